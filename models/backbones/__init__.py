@@ -1,0 +1,1 @@
+"""Backbones: feature extractors that say which channels and strides they emit."""

@@ -1,0 +1,1 @@
+"""Reusable layers (conv blocks, attention, ...)."""

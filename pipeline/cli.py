@@ -1,0 +1,96 @@
+"""``changemap`` command line: ``run`` a scene pair, list ``models``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+_USER_ERROR_EXIT = 2
+
+
+def _bands(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bands takes comma-separated band numbers like 3,2,1, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="changemap", description="Change maps from bitemporal GeoTIFFs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="detect changes between two rasters and write a COG change map")
+    run.add_argument("before", help="BEFORE raster (its grid is the output grid)")
+    run.add_argument("after", help="AFTER raster (warped onto BEFORE's grid when it differs)")
+    run.add_argument("--output", "-o", required=True, help="output change map (Cloud-Optimized GeoTIFF)")
+    run.add_argument("--model", default="tinycd", help="registered model name (see `changemap models`)")
+    run.add_argument("--weights", default=None,
+                     help="known weights name (e.g. levir, whu), a local checkpoint or a URL; 'none' for random")
+    run.add_argument("--tile", type=int, default=512, help="core tile side in pixels (= zarr chunk side)")
+    run.add_argument("--halo", type=int, default=64, help="context margin around each tile in pixels")
+    run.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    run.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the weights')")
+    run.add_argument("--workers", type=int, default=None, help="inference actors (default: one per GPU, else 1)")
+    run.add_argument("--probability", choices=("uint8", "float32"), default="uint8",
+                     help="band 1 type: uint8 scaled 0-255 (default) or float32 0-1")
+    run.add_argument("--mask", action="store_true", help="also write the binary change mask as band 2")
+    run.add_argument("--bands", type=_bands, default=None, help="1-based input bands for the model, e.g. 3,2,1")
+    run.add_argument("--workdir", default=None, help="folder for intermediate zarr stores (default: temporary)")
+    run.add_argument("--keep-workdir", action="store_true", help="keep the intermediate stores after success")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    run.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local runtime)")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON too")
+
+    mods = sub.add_parser("models", help="list the registered models, their sizes and known weights")
+    mods.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.change_detection import detect_changes
+    from pipeline.scene import summary_line
+
+    summary = detect_changes(
+        before=args.before, after=args.after, output=args.output, model=args.model, weights=args.weights,
+        tile=args.tile, halo=args.halo, batch_size=args.batch_size, threshold=args.threshold,
+        workers=args.workers, probability=args.probability, mask=args.mask, bands=args.bands,
+        workdir=args.workdir, keep_workdir=args.keep_workdir, overwrite=args.overwrite,
+        ray_address=args.ray_address,
+    )
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    print(summary_line(summary))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import models
+
+    infos = [models.model_info(name) for name in models.list_models()]
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return 0
+    print(f"{'model':<28} {'parameters':>12}  weights")
+    for info in infos:
+        print(f"{info['name']:<28} {info['parameters']:>12,}  {', '.join(info['weights']) or '-'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``changemap`` console script."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from models import UnknownModelError, WeightsError
+    from pipeline.errors import ChangemapError
+
+    try:
+        return {"run": _run, "models": _models}[args.command](args)
+    except (ChangemapError, WeightsError, UnknownModelError) as exc:
+        print(f"changemap: error: {exc}", file=sys.stderr)
+        return _USER_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Export: the output zarr store -> a Cloud-Optimized GeoTIFF on the input grid."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.grid import Grid
+from pipeline.io import store
+from pipeline.io.raster import iter_blocks, write_cog
+
+
+def probability_to_uint8(p: np.ndarray) -> np.ndarray:
+    """Scale probabilities in [0, 1] to 0..255 (NaN -> 0; nodata is carried by the mask)."""
+    return np.round(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * 255).astype("uint8")
+
+
+def _blocks(prob, valid, grid: Grid, dtype: str, mask: bool, threshold: float
+            ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
+    for y0, x0, h, w in iter_blocks(grid.height, grid.width):
+        p = prob[y0:y0 + h, x0:x0 + w]
+        ok = valid[y0:y0 + h, x0:x0 + w] & ~np.isnan(p)
+        band1 = probability_to_uint8(p) if dtype == "uint8" else np.where(ok, p, np.nan).astype("float32")
+        bands = [band1]
+        if mask:
+            bands.append(((np.nan_to_num(p, nan=0.0) > threshold) & ok).astype(dtype))
+        yield (y0, x0, h, w), np.stack(bands), ok
+
+
+def export_cog(output_store: str, input_store: str, dest: str, *, probability: str = "uint8",
+               mask: bool = False, threshold: float = 0.5, tags: dict[str, str] | None = None) -> Grid:
+    """Write band 1 = change probability (and band 2 = binary mask) to ``dest`` atomically.
+
+    Pixels where either date had no data (or no prediction exists) are masked out
+    (GDAL internal mask; NaN as well for float32).
+    """
+    grid = store.read_grid(output_store)
+    prob = store.open_array(output_store, store.PROBABILITY)
+    valid = store.open_array(input_store, store.VALID)
+    descriptions = ("change_probability",) + (("change_mask",) if mask else ())
+    write_cog(
+        dest, grid, len(descriptions), probability, _blocks(prob, valid, grid, probability, mask, threshold),
+        nodata=float("nan") if probability == "float32" else None,
+        tags={"CHANGEMAP_THRESHOLD": str(threshold), "CHANGEMAP_PROBABILITY_SCALE": "255" if probability == "uint8" else "1",
+              **(tags or {})},
+        descriptions=descriptions,
+    )
+    return grid

@@ -1,0 +1,216 @@
+"""The one module that talks to rasterio/GDAL: metadata, aligned window reads, COG writing.
+
+Everything else in the pipeline sees plain numpy arrays and the value objects of
+:mod:`pipeline.grid`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds as _transform_bounds
+from rasterio.windows import Window as RioWindow
+
+from pipeline.errors import GridError, InputRasterError
+from pipeline.grid import Alignment, Bounds, Grid, RasterInfo
+
+# Output blocks and overview settings of the COGs we write.
+COG_BLOCKSIZE = 512
+_GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS"}
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path or path.startswith("/vsi")
+
+
+def read_info(path: str, role: str = "input") -> RasterInfo:
+    """Read a raster's grid, band count, dtype and nodata, with clear errors for bad files.
+
+    Args:
+        path: local path or GDAL-readable URL.
+        role: ``BEFORE``/``AFTER``, used in error messages.
+
+    Raises:
+        InputRasterError: missing, unreadable or truncated file.
+        GridError: the raster has no CRS or no geotransform.
+    """
+    if not _is_remote(path) and not Path(path).exists():
+        raise InputRasterError(f"{role} raster {path} does not exist; check the path (and the working directory)")
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise GridError(
+                    f"{role} raster {path} has no CRS, so it cannot be placed on a map; assign one "
+                    "(e.g. gdal_edit.py -a_srs EPSG:32614 FILE) and run again"
+                )
+            if src.transform == Affine.identity():
+                raise GridError(
+                    f"{role} raster {path} has no geotransform (pixel grid without coordinates); "
+                    "georeference it first (gdal_edit.py -a_ullr / -a_srs)"
+                )
+            # Reading the last block catches truncated files before any work is done.
+            src.read(window=RioWindow(src.width - 1, src.height - 1, 1, 1))
+            dtypes = set(src.dtypes)
+            if len(dtypes) != 1:
+                raise InputRasterError(f"{role} raster {path} mixes band types {sorted(dtypes)}; convert it to one type")
+            grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
+            return RasterInfo(path, grid, src.count, src.dtypes[0], src.nodata)
+    except (GridError, InputRasterError):
+        raise
+    except RasterioError as exc:
+        raise InputRasterError(
+            f"{role} raster {path} cannot be read as a raster ({str(exc).strip()[:300]}); the file is corrupt, "
+            "truncated or not a GeoTIFF: re-download or re-export it"
+        ) from exc
+
+
+def same_crs(a_wkt: str, b_wkt: str) -> bool:
+    """Whether two CRSs are equivalent."""
+    return CRS.from_wkt(a_wkt) == CRS.from_wkt(b_wkt)
+
+
+def bounds_in_crs(info: RasterInfo, dst_wkt: str) -> Bounds:
+    """A raster's footprint expressed in another CRS."""
+    return _transform_bounds(CRS.from_wkt(info.grid.crs_wkt), CRS.from_wkt(dst_wkt), *info.grid.bounds, densify_pts=21)
+
+
+class AlignedPairReader:
+    """Reads windows of both dates on the output grid (AFTER through a WarpedVRT when needed)."""
+
+    def __init__(self, alignment: Alignment) -> None:
+        self.alignment = alignment
+        self._stack = ExitStack()
+        self._sources: list = []
+
+    def __enter__(self) -> "AlignedPairReader":
+        a = self.alignment
+        try:
+            self._sources.append(self._stack.enter_context(rasterio.open(a.before.path)))
+            after = self._stack.enter_context(rasterio.open(a.after.path))
+            if a.warp_after:
+                g = a.grid
+                after = self._stack.enter_context(WarpedVRT(
+                    after, crs=CRS.from_wkt(g.crs_wkt), transform=Affine(*g.transform), width=g.width,
+                    height=g.height, resampling=Resampling.bilinear,
+                    # Without a nodata value the VRT needs an alpha band to say where AFTER has no data.
+                    add_alpha=after.nodata is None,
+                ))
+            self._sources.append(after)
+        except RasterioError as exc:
+            self._stack.close()
+            raise InputRasterError(f"cannot open the input pair: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``image (2, bands, h, w)`` in the common dtype and ``valid (h, w)`` (both dates have data)."""
+        a = self.alignment
+        window = RioWindow(x0, y0, x1 - x0, y1 - y0)
+        bands = list(range(1, a.before.count + 1))
+        images, valid = [], np.ones((y1 - y0, x1 - x0), dtype=bool)
+        for src, info in zip(self._sources, (a.before, a.after)):
+            try:
+                data = src.read(bands, window=window)
+                mask = src.dataset_mask(window=window) > 0
+            except RasterioError as exc:
+                raise InputRasterError(
+                    f"reading rows {y0}-{y1}, columns {x0}-{x1} of {info.path} failed ({str(exc).strip()[:200]}); "
+                    "the file is corrupt or truncated: re-download or re-export it"
+                ) from exc
+            if data.dtype.kind == "f":
+                mask &= ~np.isnan(data).any(axis=0)
+            valid &= mask
+            images.append(data.astype(a.dtype, copy=False))
+        return np.stack(images), valid
+
+
+def read_raster(path: str, band: int = 1) -> tuple[np.ndarray, Grid, np.ndarray]:
+    """Read one band whole (small rasters: labels, test outputs): data, grid and valid mask."""
+    info = read_info(path, "raster")
+    with rasterio.open(path) as src:
+        data = src.read(band)
+        valid = src.read_masks(band) > 0
+    return data, info.grid, valid
+
+
+def _cog_options(dtype: str) -> dict[str, object]:
+    return {
+        "COMPRESS": "DEFLATE", "PREDICTOR": "YES" if dtype != "uint8" else "NO", "BLOCKSIZE": COG_BLOCKSIZE,
+        "OVERVIEWS": "AUTO", "RESAMPLING": "AVERAGE", "BIGTIFF": "IF_SAFER",
+    }
+
+
+def write_cog(path: str, grid: Grid, count: int, dtype: str,
+              blocks: Iterable[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]],
+              *, nodata: float | None = None, tags: dict[str, str] | None = None,
+              descriptions: tuple[str, ...] = ()) -> None:
+    """Write a Cloud-Optimized GeoTIFF block by block, atomically.
+
+    Blocks are ``((y0, x0, h, w), data (count, h, w), valid (h, w))``. They go to a tiled
+    temporary GeoTIFF (with an internal mask for nodata), which GDAL's COG driver turns
+    into the final layout with overviews; only the finished file is moved to ``path``,
+    so a failure never leaves a partial map there. Memory stays at a few blocks.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_tif = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.tif")
+    os.close(fd)
+    tmp_cog = tmp_tif[: -len(".tmp.tif")] + ".cog.tif"
+    profile = {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
+        "crs": CRS.from_wkt(grid.crs_wkt), "transform": Affine(*grid.transform), "nodata": nodata,
+        "tiled": True, "blockxsize": COG_BLOCKSIZE, "blockysize": COG_BLOCKSIZE, "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    try:
+        with rasterio.Env(**_GDAL_ENV):
+            with rasterio.open(tmp_tif, "w", **profile) as dst:
+                for (y0, x0, h, w), data, valid in blocks:
+                    window = RioWindow(x0, y0, w, h)
+                    dst.write(data, window=window)
+                    dst.write_mask(np.where(valid, 255, 0).astype("uint8"), window=window)
+                for i, text in enumerate(descriptions, start=1):
+                    dst.set_band_description(i, text)
+                if tags:
+                    dst.update_tags(**tags)
+            rasterio.shutil.copy(tmp_tif, tmp_cog, driver="COG", **_cog_options(dtype))
+        os.replace(tmp_cog, out)
+    finally:
+        for leftover in (tmp_tif, tmp_cog):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+def cog_problems(path: str) -> list[str]:
+    """Why ``path`` is not a valid Cloud-Optimized GeoTIFF (empty list: it is one)."""
+    problems = []
+    with rasterio.open(path) as src:
+        if src.driver != "GTiff":
+            problems.append(f"driver is {src.driver}, not GTiff")
+        if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
+            problems.append("GDAL does not report LAYOUT=COG (IFDs/tiles not in COG order)")
+        if not src.profile.get("tiled"):
+            problems.append("not internally tiled")
+        if max(src.width, src.height) > COG_BLOCKSIZE and not src.overviews(1):
+            problems.append("no overviews although larger than one block")
+    return problems
+
+
+def iter_blocks(height: int, width: int, size: int = COG_BLOCKSIZE) -> Iterator[tuple[int, int, int, int]]:
+    """Row-major ``(y0, x0, h, w)`` blocks covering a grid."""
+    for y0 in range(0, height, size):
+        for x0 in range(0, width, size):
+            yield y0, x0, min(size, height - y0), min(size, width - x0)

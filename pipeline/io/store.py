@@ -1,0 +1,99 @@
+"""Zarr layout of a run's intermediate stores (written with xarray + dask + rioxarray).
+
+``input.zarr``: ``image`` (time=2, band, y, x), one chunk per tile holding both
+dates, and ``valid`` (y, x), True where both dates have data. ``output.zarr``:
+``probability`` (y, x) float32, NaN where nothing was predicted. Both carry the
+grid as CF ``spatial_ref`` (CRS WKT + GeoTransform) and x/y pixel-centre coordinates.
+"""
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+import zarr
+from affine import Affine
+
+from pipeline.grid import Grid
+
+IMAGE, VALID, PROBABILITY = "image", "valid", "probability"
+_COMPLETE = "changemap_complete"
+
+
+def _coords(grid: Grid) -> dict[str, np.ndarray]:
+    a, _, c, _, e, f = grid.transform
+    return {
+        "x": c + a * (np.arange(grid.width) + 0.5),
+        "y": f + e * (np.arange(grid.height) + 0.5),
+    }
+
+
+def _georeference(ds: xr.Dataset, grid: Grid) -> xr.Dataset:
+    # rioxarray only keeps the CRS if it is written explicitly; the GeoTransform keeps
+    # the exact transform (pixel-centre coordinates would round it).
+    return ds.rio.write_crs(grid.crs_wkt).rio.write_transform(Affine(*grid.transform))
+
+
+def _encoding(ds: xr.Dataset, extra: dict[str, dict]) -> dict[str, dict]:
+    # An explicit encoding replaces a variable's own, which holds rioxarray's
+    # `grid_mapping` link to spatial_ref: merge instead of replacing.
+    return {name: {**ds[name].encoding, **enc} for name, enc in extra.items()}
+
+
+def _write(ds: xr.Dataset, path: str, encoding: dict) -> None:
+    """Write a dataset, then mark it complete: a store without the mark is a failed write."""
+    ds.attrs[_COMPLETE] = False
+    ds.to_zarr(path, mode="w", encoding=_encoding(ds, encoding), consolidated=False, zarr_format=2)
+    group = zarr.open_group(path, mode="r+")
+    group.attrs[_COMPLETE] = True
+
+
+def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, tile: int) -> None:
+    """Write the aligned pair (dask arrays; computed chunk by chunk) to ``path``."""
+    ds = xr.Dataset(
+        {IMAGE: (("time", "band", "y", "x"), image), VALID: (("y", "x"), valid)},
+        coords={"time": ["before", "after"], "band": np.arange(1, image.shape[1] + 1), **_coords(grid)},
+    )
+    ds = _georeference(ds, grid)
+    encoding = {
+        IMAGE: {"chunks": (2, image.shape[1], tile, tile)},
+        VALID: {"chunks": (tile, tile)},
+    }
+    _write(ds, path, encoding)
+
+
+def create_output_store(path: str, grid: Grid, tile: int) -> None:
+    """Create ``probability`` (metadata only); tiles are written later, one chunk each."""
+    prob = da.full((grid.height, grid.width), np.nan, dtype="float32", chunks=(tile, tile))
+    ds = _georeference(xr.Dataset({PROBABILITY: (("y", "x"), prob)}, coords=_coords(grid)), grid)
+    ds.attrs[_COMPLETE] = False
+    ds.to_zarr(path, mode="w", compute=False, consolidated=False, zarr_format=2,
+               encoding=_encoding(ds, {PROBABILITY: {"chunks": (tile, tile), "_FillValue": np.nan}}))
+
+
+def mark_complete(path: str) -> None:
+    """Flag a store as fully written."""
+    zarr.open_group(path, mode="r+").attrs[_COMPLETE] = True
+
+
+def is_complete(path: str) -> bool:
+    """Whether a store exists and was fully written."""
+    try:
+        return bool(zarr.open_group(path, mode="r").attrs.get(_COMPLETE, False))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        return False
+
+
+def read_grid(path: str) -> Grid:
+    """The grid a store was written on, decoded through rioxarray (CRS + transform)."""
+    ds = xr.open_zarr(path, consolidated=False, decode_coords="all", mask_and_scale=False)
+    crs = ds.rio.crs
+    if crs is None:
+        raise ValueError(f"zarr store {path} has no CRS (spatial_ref missing)")
+    transform = ds.rio.transform(recalc=False)
+    return Grid(crs.to_wkt(), tuple(transform)[:6], ds.sizes["x"], ds.sizes["y"])
+
+
+def open_array(path: str, name: str, mode: str = "r") -> zarr.Array:
+    """One array of a store, for direct chunk-aligned reads and writes."""
+    return zarr.open_group(path, mode=mode)[name]

@@ -1,0 +1,38 @@
+"""Starting, attaching to and stopping Ray for a pipeline run."""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
+               object_store_memory: int = 512 * 1024**2) -> bool:
+    """Attach to ``address`` or start a local runtime on loopback; True if this call started it.
+
+    A local runtime listens on 127.0.0.1 only: Ray binds to the machine's network
+    address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set before it starts.
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        return True
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=object_store_memory,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    return True
+
+
+def shutdown_if_started(started: bool) -> None:
+    """Shut Ray down if :func:`ensure_ray` started (or attached) it in this process."""
+    if started and ray.is_initialized():
+        ray.shutdown()

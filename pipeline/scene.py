@@ -1,0 +1,106 @@
+"""The steps of one scene-pair run as plain functions (the Prefect flow only orders them)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import models
+from models import LoadedWeights, WeightsMeta
+from models.registry import get_entry
+from pipeline.config import RunConfig
+from pipeline.errors import OutputExistsError
+from pipeline.grid import Alignment, plan_alignment
+from pipeline.io import fs, raster, store
+from pipeline.tiling import make_tiles
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run keeps its intermediate stores."""
+
+    run_dir: str
+    input_store: str
+    output_store: str
+    temporary: bool  # created in the system temp folder (no --workdir)
+
+
+def check_output(cfg: RunConfig) -> None:
+    """Refuse to replace an existing output unless ``overwrite`` is set."""
+    if not cfg.overwrite and fs.exists(cfg.output):
+        raise OutputExistsError(f"output {cfg.output} already exists; pass --overwrite to replace it or choose another path")
+
+
+def load_weights(model: str, weights: str | None) -> tuple[LoadedWeights | None, WeightsMeta]:
+    """Resolve ``--weights`` (default: the model's default weights) and its metadata."""
+    spec = weights if weights is not None else get_entry(model).default_weights
+    if spec in ("none", "random"):
+        spec = None
+    loaded = models.resolve_weights(model, spec)
+    meta = loaded.meta if loaded else models.default_meta(model)
+    return loaded, meta
+
+
+def plan_grid(before: str, after: str) -> Alignment:
+    """Read both rasters' metadata and decide the output grid (BEFORE's) and AFTER's warp."""
+    b = raster.read_info(before, "BEFORE")
+    a = raster.read_info(after, "AFTER")
+    same = raster.same_crs(b.grid.crs_wkt, a.grid.crs_wkt)
+    footprint = a.grid.bounds if same else raster.bounds_in_crs(a, b.grid.crs_wkt)
+    dtype = str(np.result_type(b.dtype, a.dtype))
+    return plan_alignment(b, a, same_crs=same, after_bounds_in_before_crs=footprint, dtype=dtype)
+
+
+def make_paths(cfg: RunConfig) -> RunPaths:
+    """Create the run folder for intermediate stores and save the run config in it."""
+    run_dir = fs.make_run_dir(cfg.workdir)
+    Path(run_dir, "config.json").write_text(cfg.to_json())
+    return RunPaths(run_dir, os.path.join(run_dir, "input.zarr"), os.path.join(run_dir, "output.zarr"),
+                    temporary=cfg.workdir is None)
+
+
+def cleanup(paths: RunPaths, cfg: RunConfig, succeeded: bool) -> str | None:
+    """Remove the run folder after success (or a failed temporary one); return it if kept."""
+    if cfg.keep_workdir or (not succeeded and not paths.temporary):
+        return paths.run_dir
+    fs.remove_tree(paths.run_dir)
+    return None
+
+
+def tiles_for(alignment: Alignment, tile: int):
+    """The core tiles of the output grid."""
+    return make_tiles(alignment.grid.height, alignment.grid.width, tile)
+
+
+class Progress:
+    """Prints ``infer: done/total tiles`` lines: every 5 % or 10 s (every update on a terminal)."""
+
+    def __init__(self, label: str = "infer", stream=None) -> None:
+        self.label, self.stream = label, stream or sys.stderr
+        self._last_pct, self._last_t = -100.0, 0.0
+
+    def __call__(self, done: int, total: int) -> None:  # noqa: D102
+        pct = 100.0 * done / max(total, 1)
+        now = time.monotonic()
+        if done == total or pct - self._last_pct >= 5 or now - self._last_t >= 10 or self.stream.isatty():
+            self.stream.write(f"{self.label}: {done}/{total} tiles ({pct:.0f}%)\n")
+            self.stream.flush()
+            self._last_pct, self._last_t = pct, now
+
+
+def summary_line(summary: dict) -> str:
+    """The one-line summary a run ends with."""
+    return (f"changemap: {summary['tiles']} tiles, {summary['megapixels']:.2f} MP in {summary['seconds']:.1f} s "
+            f"({summary['megapixels_per_second']:.3f} MP/s) -> {summary['output']}")
+
+
+def save_json(path: str, payload: dict) -> None:
+    """Write a small JSON file (run metadata)."""
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
