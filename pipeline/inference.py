@@ -91,9 +91,9 @@ class TilePredictor:
             )
         return self._stores[job.output_store]
 
-    def predict(self, job: InferenceJob, tiles: Sequence[Tile]) -> int:
-        """Predict ``tiles`` and write their cores to the output store; returns how many were done."""
-        image, valid, out = self._arrays(job)
+    def _batches(self, job: InferenceJob, tiles: Sequence[Tile]):
+        """Yield ``(tiles, raw windows (B, 2, C, S, S))`` for the tiles that have valid data."""
+        image, valid, _ = self._arrays(job)
         height, width = valid.shape
         size = window_size(job.tile, job.halo, self.model.size_divisor)
         band_index = np.asarray(job.bands) - 1
@@ -101,7 +101,13 @@ class TilePredictor:
         todo = [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            x = np.stack([read_window(image, halo_window(t, job.halo, size, height, width), band_index) for t in batch])
+            yield batch, np.stack([read_window(image, halo_window(t, job.halo, size, height, width), band_index)
+                                   for t in batch])
+
+    def predict(self, job: InferenceJob, tiles: Sequence[Tile]) -> int:
+        """Predict ``tiles`` and write their cores to the output store; returns how many were done."""
+        _, _, out = self._arrays(job)
+        for batch, x in self._batches(job, tiles):
             prob = self._forward(x)
             for t, p in zip(batch, prob):
                 out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[job.halo:job.halo + t.height,

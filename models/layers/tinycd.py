@@ -64,11 +64,14 @@ class UpMask(nn.Module):
 
     The reference upsamples to a fixed size (64/128/256, i.e. 256-pixel inputs only);
     here the target size is the skip feature's, which is the same at 256 pixels and
-    lets any input size (a multiple of 8) through.
+    lets any input size (a multiple of 8) through. ``align_corners=True`` is the
+    reference's choice; it is not translation-equivariant (the sampling grid depends on
+    the input extent), so tiles of a scene then differ from a whole-scene pass.
     """
 
-    def __init__(self, nin: int, nout: int) -> None:
+    def __init__(self, nin: int, nout: int, align_corners: bool = True) -> None:
         super().__init__()
+        self.align_corners = align_corners
         self._convolution = nn.Sequential(
             nn.Conv2d(nin, nin, 3, 1, groups=nin, padding=1),
             nn.PReLU(),
@@ -79,5 +82,5 @@ class UpMask(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self._convolution(x * skip)

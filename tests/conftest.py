@@ -1,0 +1,72 @@
+"""Session fixtures: isolated Prefect/Ray/cache settings, generated rasters, shared real data."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Isolate everything a run touches before any of it is imported.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="changemap-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["CHANGEMAP_CACHE"] = str(_SESSION_TMP / "cache")
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray socket on loopback
+os.environ.pop("RAY_ADDRESS", None)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CHANGEMAP_SHARED_DATA", REPO.parent / "shared" / "data"))
+LEVIR_1024 = SHARED_DATA / "levir-cd-1024" / "geotiff"
+LEVIR_256 = SHARED_DATA / "levir-cd-256"
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test when a piece of the shared research data is absent."""
+    if not path.exists():
+        pytest.skip(f"shared research data {path} is absent (it is not shipped in the repository; "
+                    "set CHANGEMAP_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> dict[str, Path]:
+    """The seeded test rasters of tests/data/make_data.py."""
+    from tests.data.make_data import make_all
+
+    return make_all(_SESSION_TMP / "synthetic", seed=0)
+
+
+@pytest.fixture(scope="session")
+def levir_pair():
+    """Paths of LEVIR-CD test_1 (before, after, label) from the shared data."""
+    return tuple(require(LEVIR_1024 / f"test_1_{s}.tif") for s in ("A", "B", "label"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray instance on loopback for the session (never `ray stop`)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2,
+             _node_ip_address="127.0.0.1", logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throw-away Prefect API for flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A private weights cache for one test."""
+    monkeypatch.setenv("CHANGEMAP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

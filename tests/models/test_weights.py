@@ -1,0 +1,94 @@
+"""Weights: cache + sha256 verification, local paths, changemap checkpoints, clear errors."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import models
+from models import WeightsError, weights as W
+from models.registry import UnknownModelError
+
+
+def test_known_weights_are_cached_and_verified(cache_dir):
+    loaded = models.resolve_weights("tinycd", "levir")
+    cached = list((cache_dir / "weights" / "tinycd").glob("levir-*.pth"))
+    assert len(cached) == 1
+    assert W.sha256_of(cached[0]) == loaded.meta.sha256 == W.catalog()["tinycd"]["levir"]["sha256"]
+    assert loaded.meta.threshold == 0.5 and loaded.meta.bands == (1, 2, 3)
+    assert "non-commercial" in loaded.meta.license
+
+
+def test_a_corrupted_cache_entry_is_replaced(cache_dir):
+    models.resolve_weights("tinycd", "levir")
+    cached = next((cache_dir / "weights" / "tinycd").glob("levir-*.pth"))
+    cached.write_bytes(b"not the checkpoint")
+    loaded = models.resolve_weights("tinycd", "levir")
+    assert W.sha256_of(cached) == loaded.meta.sha256
+
+
+def test_a_wrong_packaged_file_fails_verification(cache_dir, tmp_path, monkeypatch):
+    fake_dir = tmp_path / "pkg"
+    fake_dir.mkdir()
+    catalog = W.catalog()
+    (fake_dir / "catalog.json").write_text(json.dumps(catalog))
+    (fake_dir / catalog["tinycd"]["levir"]["file"]).write_bytes(b"tampered")
+    monkeypatch.setattr(W, "_CATALOG_PATH", fake_dir / "catalog.json")
+    with pytest.raises(WeightsError, match="failed verification: sha256"):
+        models.resolve_weights("tinycd", "levir")
+    assert not list((cache_dir / "weights" / "tinycd").glob("*"))  # nothing half-written
+
+
+def test_unknown_names_and_models_are_clear_errors():
+    with pytest.raises(WeightsError, match="known: levir, whu"):
+        models.resolve_weights("tinycd", "imagenet")
+    with pytest.raises(UnknownModelError, match="known models are .*tinycd"):
+        models.create_model("resnet-9000")
+
+
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "weights.pth"
+    bad.write_text("hello")
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+        models.resolve_weights("tinycd", str(bad))
+
+
+def test_weights_of_another_architecture_name_the_mismatch(tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3)}, other)
+    with pytest.raises(WeightsError, match="do not fit model 'tinycd': .*missing keys.*unexpected keys"):
+        models.create_model("tinycd", weights=str(other))
+    six_band = tmp_path / "six.pth"
+    torch.save(models.create_model("tinycd", in_channels=6).state_dict(), six_band)
+    with pytest.raises(WeightsError, match="shape mismatches"):
+        models.create_model("tinycd", weights=str(six_band))
+
+
+def test_changemap_checkpoint_round_trip_carries_metadata(tmp_path):
+    model = models.create_model("tinycd", in_channels=4)
+    meta = replace(W.WeightsMeta(model="tinycd", model_args={"in_channels": 4, "num_classes": 1},
+                                 bands=(4, 3, 2, 1), scale=1e-4, mean=(0.1,) * 4, std=(0.2,) * 4, threshold=0.37))
+    path = tmp_path / "best.pt"
+    W.save_checkpoint(path, model, meta)
+    loaded = models.resolve_weights("tinycd", str(path))
+    assert loaded.meta.bands == (4, 3, 2, 1) and loaded.meta.threshold == 0.37 and loaded.meta.in_channels == 4
+    rebuilt = models.create_model("tinycd", weights=loaded)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, rebuilt.state_dict()[k])
+    with pytest.raises(WeightsError, match="trained for model 'tinycd', not"):
+        from models.registry import _REGISTRY, ModelEntry
+
+        _REGISTRY["tinycd-alias"] = ModelEntry("tinycd-alias", _REGISTRY["tinycd"].factory, "alias")
+        try:
+            models.resolve_weights("tinycd-alias", str(path))
+        finally:
+            del _REGISTRY["tinycd-alias"]
+
+
+def test_weights_from_a_url_go_through_the_cache(cache_dir):
+    src = W._CATALOG_PATH.parent / "tinycd_levir.pth"
+    loaded = models.resolve_weights("tinycd", src.as_uri())  # file:// URL through fsspec
+    assert loaded.meta.sha256 == W.catalog()["tinycd"]["levir"]["sha256"]
+    assert list((cache_dir / "weights" / "urls").glob("*tinycd_levir.pth"))
