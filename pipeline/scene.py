@@ -37,11 +37,15 @@ def check_output(cfg: RunConfig) -> None:
 
 
 def load_weights(model: str, weights: str | None) -> tuple[LoadedWeights | None, WeightsMeta]:
-    """Resolve ``--weights`` (default: the model's default weights) and its metadata."""
+    """Resolve ``--weights`` (default: the model's default weights) and its metadata.
+
+    The model is built once here so that weights that do not fit fail before any work.
+    """
     spec = weights if weights is not None else get_entry(model).default_weights
     if spec in ("none", "random"):
         spec = None
     loaded = models.resolve_weights(model, spec)
+    models.create_model(model, weights=loaded)
     meta = loaded.meta if loaded else models.default_meta(model)
     return loaded, meta
 

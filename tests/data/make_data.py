@@ -83,3 +83,16 @@ def make_all(out: str | Path, seed: int = 0) -> dict[str, Path]:
 if __name__ == "__main__":
     for name, path in make_all(sys.argv[1] if len(sys.argv) > 1 else "test-data").items():
         print(name, path)
+
+
+def reproject_to(src_path: str | Path, dst_path: str | Path, crs: str, resolution: float) -> Path:
+    """Warp a raster to another CRS and resolution (bilinear), e.g. LEVIR AFTER to UTM 14N at 0.5 m."""
+    dst_crs = CRS.from_user_input(crs)
+    with rasterio.open(src_path) as src:
+        transform, w, h = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds,
+                                                      resolution=resolution)
+        out = np.zeros((src.count, h, w), dtype=src.dtypes[0])
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs=dst_crs, resampling=Resampling.bilinear, dst_nodata=0)
+    _write(Path(dst_path), out, dst_crs, transform, nodata=0)
+    return Path(dst_path)

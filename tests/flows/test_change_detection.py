@@ -1,0 +1,63 @@
+"""The detect_changes flow end to end on real LEVIR-CD data (Prefect + zarr + Ray + TinyCD)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from flows.change_detection import detect_changes
+from pipeline.io import raster
+from pipeline.metrics import confusion
+from tests.data.make_data import reproject_to
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
+
+
+def _f1(map_path, label_path):
+    mask, grid, valid = raster.read_raster(str(map_path), band=2)
+    label, label_grid, _ = raster.read_raster(str(label_path))
+    assert grid == label_grid
+    return confusion(mask > 0, label > 127, valid).f1, valid
+
+
+def test_levir_pair_gives_an_accurate_georeferenced_cog(levir_pair, tmp_path):
+    before, after, label = levir_pair
+    out = tmp_path / "change.tif"
+    summary = detect_changes(str(before), str(after), str(out), mask=True, keep_workdir=True,
+                             workdir=str(tmp_path / "work"))
+    assert summary["tiles"] == 4 and summary["megapixels"] == pytest.approx(1.048576)
+    assert summary["megapixels_per_second"] > 0 and summary["output"] == str(out)
+    assert raster.cog_problems(str(out)) == []
+    with rasterio.open(before) as b, rasterio.open(out) as o:
+        assert (o.crs, o.transform, o.width, o.height) == (b.crs, b.transform, b.width, b.height)
+        assert o.tags()["CHANGEMAP_WEIGHTS_SHA256"].startswith("743645b8")
+    f1, valid = _f1(out, label)
+    assert valid.all() and f1 >= 0.90, f1
+    # The work folder was kept on request, with the run config and both stores.
+    kept = summary["workdir"]
+    assert kept and (tmp_path / "work").exists()
+    assert {p.name for p in (tmp_path / "work").iterdir() for p in p.iterdir()} >= {
+        "config.json", "input.zarr", "output.zarr"}
+
+
+def test_after_in_another_crs_is_warped_onto_before_grid(levir_pair, tmp_path):
+    before, after, label = levir_pair
+    utm_after = reproject_to(after, tmp_path / "after_utm14.tif", "EPSG:32614", 0.5)
+    out = tmp_path / "change.tif"
+    summary = detect_changes(str(before), str(utm_after), str(out), mask=True, workdir=str(tmp_path / "w"))
+    assert summary["warped_after"] and summary["workdir"] is None
+    assert list((tmp_path / "w").iterdir()) == []  # intermediate stores removed after success
+    with rasterio.open(before) as b, rasterio.open(out) as o:
+        assert (o.crs, o.transform, o.shape) == (b.crs, b.transform, b.shape)
+    f1, valid = _f1(out, label)
+    assert valid.mean() > 0.97 and f1 >= 0.85, f1
+
+
+def test_float_probability_output(synthetic, tmp_path):
+    out = tmp_path / "p.tif"
+    detect_changes(str(synthetic["before"]), str(synthetic["after"]), str(out), probability="float32",
+                   tile=128, halo=16)
+    with rasterio.open(out) as src:
+        p = src.read(1)
+        assert src.dtypes == ("float32",) and src.count == 1
+    assert np.isnan(p[:, :12]).all() and np.nanmin(p) >= 0 and np.nanmax(p) <= 1

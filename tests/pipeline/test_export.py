@@ -1,0 +1,52 @@
+"""Export: probability scaling, the mask band, nodata, on the input grid."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline import export, ingest, scene
+from pipeline.io import raster, store
+
+
+@pytest.fixture
+def filled(synthetic, tmp_path):
+    alignment = scene.plan_grid(str(synthetic["before"]), str(synthetic["after"]))
+    inp, out = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
+    ingest.ingest_pair(alignment, inp, tile=64)
+    store.create_output_store(out, alignment.grid, 64)
+    prob = store.open_array(out, store.PROBABILITY, mode="r+")
+    ramp = np.tile(np.linspace(0, 1, 300, dtype="float32"), (230, 1))
+    prob[:, :] = ramp
+    prob[:64, 256:] = np.nan  # a tile never predicted
+    return alignment, inp, out, ramp
+
+
+def test_uint8_probability_and_mask_band(filled, tmp_path):
+    alignment, inp, out, ramp = filled
+    dest = str(tmp_path / "map.tif")
+    grid = export.export_cog(out, inp, dest, probability="uint8", mask=True, threshold=0.25)
+    assert grid == alignment.grid and raster.cog_problems(dest) == []
+    with rasterio.open(dest) as src:
+        assert src.count == 2 and src.dtypes == ("uint8", "uint8")
+        assert src.descriptions == ("change_probability", "change_mask")
+        p, m = src.read(1), src.read(2)
+        ok = src.dataset_mask() > 0
+        assert src.tags()["CHANGEMAP_THRESHOLD"] == "0.25"
+    assert not ok[:, :12].any()  # AFTER's nodata
+    assert not ok[:64, 256:].any()  # never predicted
+    assert ok[100:, 20:].all()
+    np.testing.assert_array_equal(p[ok], np.round(ramp[ok] * 255).astype("uint8"))
+    np.testing.assert_array_equal(m[ok], (ramp[ok] > 0.25).astype("uint8"))
+    assert (m[~ok] == 0).all()
+
+
+def test_float32_probability_uses_nan_for_nodata(filled, tmp_path):
+    _, inp, out, ramp = filled
+    dest = str(tmp_path / "map.tif")
+    export.export_cog(out, inp, dest, probability="float32")
+    with rasterio.open(dest) as src:
+        p = src.read(1)
+        assert src.count == 1 and src.dtypes[0] == "float32" and np.isnan(src.nodata)
+    assert np.isnan(p[:, :12]).all()
+    np.testing.assert_allclose(p[100:, 20:], ramp[100:, 20:])

@@ -1,0 +1,69 @@
+"""The changemap CLI: listing models, and one clear paragraph (no output file) for each bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline.cli import main
+
+
+def test_models_lists_tinycd_with_size_and_weights(capsys):
+    assert main(["models", "--json"]) == 0
+    infos = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert infos["tinycd"]["parameters"] == 285_128 and infos["tinycd"]["weights"] == ["levir", "whu"]
+
+
+@pytest.fixture
+def not_a_checkpoint(tmp_path):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(b"\x00garbage")
+    return path
+
+
+@pytest.fixture
+def foreign_checkpoint(tmp_path):
+    path = tmp_path / "foreign.pth"
+    torch.save({"head.weight": torch.zeros(2, 2)}, path)
+    return path
+
+
+CASES = {
+    "missing file": (lambda s, t: [str(t / "nope.tif"), str(s["after"])], "does not exist"),
+    "corrupt tiff": (lambda s, t: [str(s["before"]), str(s["corrupt"])], "corrupt, truncated or not a GeoTIFF"),
+    "no crs": (lambda s, t: [str(s["no_crs"]), str(s["after"])], "has no CRS"),
+    "no overlap": (lambda s, t: [str(s["before"]), str(s["far"])], "footprints do not overlap"),
+    "band mismatch": (lambda s, t: [str(s["before"]), str(s["four_band"])], "band count mismatch"),
+    "unknown model": (lambda s, t: [str(s["before"]), str(s["after"]), "--model", "unet-9000"], "unknown model"),
+    "unknown weights": (lambda s, t: [str(s["before"]), str(s["after"]), "--weights", "imagenet"],
+                        "neither a known name"),
+    "not a checkpoint": (lambda s, t: [str(s["before"]), str(s["after"]), "--weights", str(t / "bad.pth")],
+                         "not a readable PyTorch checkpoint"),
+    "wrong weights": (lambda s, t: [str(s["before"]), str(s["after"]), "--weights", str(t / "foreign.pth")],
+                      "do not fit model 'tinycd'"),
+    "bad tile": (lambda s, t: [str(s["before"]), str(s["after"]), "--tile", "100"], "--tile must be a multiple of 16"),
+}
+
+
+@pytest.mark.usefixtures("prefect_harness", "not_a_checkpoint", "foreign_checkpoint")
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_inputs_end_with_one_clear_error_and_no_output(case, synthetic, tmp_path, capsys):
+    make_args, text = CASES[case]
+    out = tmp_path / "out" / "change.tif"
+    code = main(["run", *make_args(synthetic, tmp_path), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert text in err
+    message = [line for line in err.splitlines() if line.startswith("changemap: error:")]
+    assert len(message) == 1, err
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_existing_output_is_not_replaced_without_overwrite(synthetic, tmp_path, capsys):
+    out = tmp_path / "change.tif"
+    out.write_bytes(b"precious")
+    assert main(["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
