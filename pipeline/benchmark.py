@@ -1,0 +1,209 @@
+"""Benchmarks that print figures: accuracy on LEVIR-CD, and throughput/peak memory on a large mosaic.
+
+    python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64]
+    python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--keep]
+
+``levir`` runs the flow on LEVIR-CD test_1..3 (F1 against the labels, COG checks), compares
+the tiled map with one forward pass over the whole image, and repeats test_1 with AFTER
+reprojected to UTM 14N at 0.5 m. ``large`` builds a size x size 3-band mosaic from the LEVIR
+tiles (written block by block, never whole in memory), runs ``changemap run`` on it in a
+child process and samples the resident memory of that process tree (driver, Ray and its
+actors; Linux /proc) to report the peak next to the throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def run_with_peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, int, str]:
+    """Run a command; return (exit code, seconds, peak tree RSS in bytes, combined output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    return proc.returncode, time.perf_counter() - start, peak, out
+
+
+def _levir(args: argparse.Namespace) -> None:
+    import torch
+
+    from flows.change_detection import detect_changes
+    from pipeline.inference import TilePredictor
+    from pipeline.io import raster
+    from pipeline.metrics import Confusion, confusion
+    from pipeline.scene import load_weights
+    from tests.data.make_data import reproject_to
+
+    root = Path(args.data) / "levir-cd-1024" / "geotiff"
+    loaded, meta = load_weights("tinycd", None)
+    whole_model = TilePredictor("tinycd", loaded, batch_size=1)
+    total, agreement = Confusion(0, 0, 0, 0), Confusion(0, 0, 0, 0)
+    near_seam = flipped = 0
+    tmp = Path(tempfile.mkdtemp(prefix="changemap-bench-"))
+    try:
+        for i in (1, 2, 3):
+            a, b, lab = (str(root / f"test_{i}_{s}.tif") for s in ("A", "B", "label"))
+            out = tmp / f"test_{i}.tif"
+            s = detect_changes(a, b, str(out), mask=True, tile=args.tile, halo=args.halo, workers=args.workers)
+            pred, grid, valid = raster.read_raster(str(out), 2)
+            label, label_grid, _ = raster.read_raster(lab)
+            c = confusion(pred > 0, label > 127, valid)
+            total = total + c
+            # One forward pass over the whole image (no tiling) for the seam check.
+            img = np.stack([raster.read_raster(p, band)[0] for p in (a, b) for band in (1, 2, 3)]).reshape(2, 3, *pred.shape)
+            with torch.inference_mode():
+                whole = whole_model._forward(img[None])[0] > meta.threshold
+            agreement = agreement + confusion(pred > 0, whole)
+            flips = (pred > 0) != whole
+            seam = _distance_to_tile_borders(pred.shape, args.tile) < 32
+            flipped += int(flips.sum())
+            near_seam += int((flips & seam).sum())
+            print(f"test_{i}: F1 {c.f1:.4f} IoU {c.iou:.4f}  tiled-vs-whole F1 {confusion(pred > 0, whole).f1:.4f}  "
+                  f"same grid {grid == label_grid}  COG problems {raster.cog_problems(str(out))}  "
+                  f"{s['megapixels_per_second']:.3f} MP/s", flush=True)
+        print(f"LEVIR test_1..3 (tile {args.tile}, halo {args.halo}): F1 {total.f1:.4f} IoU {total.iou:.4f} "
+              f"precision {total.precision:.4f} recall {total.recall:.4f}; tiled vs whole-image F1 {agreement.f1:.4f}; "
+              f"{near_seam} of {flipped} differing pixels lie within 32 px of an inner tile border "
+              f"({100 * _seam_area(args.tile):.1f} % of the area)")
+        utm = reproject_to(root / "test_1_B.tif", tmp / "after_utm.tif", "EPSG:32614", 0.5)
+        out = tmp / "utm.tif"
+        detect_changes(str(root / "test_1_A.tif"), str(utm), str(out), mask=True, tile=args.tile, halo=args.halo)
+        pred, _, valid = raster.read_raster(str(out), 2)
+        label, _, _ = raster.read_raster(str(root / "test_1_label.tif"))
+        print(f"test_1 with AFTER in UTM 14N at 0.5 m: F1 {confusion(pred > 0, label > 127, valid).f1:.4f} "
+              f"(valid {valid.mean():.4f})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _distance_to_tile_borders(shape: tuple[int, int], tile: int) -> np.ndarray:
+    """Pixel distance to the nearest inner tile border (inf where the scene has one tile)."""
+    def axis(n: int) -> np.ndarray:
+        borders = np.arange(tile, n, tile)
+        idx = np.arange(n)
+        if not len(borders):
+            return np.full(n, np.inf)
+        return np.min(np.minimum(np.abs(idx[:, None] - borders[None]), np.abs(idx[:, None] + 1 - borders[None])), 1)
+    return np.minimum(axis(shape[0])[:, None], axis(shape[1])[None, :])
+
+
+def _seam_area(tile: int, size: int = 1024) -> float:
+    return float((_distance_to_tile_borders((size, size), tile) < 32).mean())
+
+
+def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0) -> None:
+    """Write a size x size 3-band mosaic of randomly flipped/rotated source tiles, block by block."""
+    from pipeline.io import raster
+
+    rng = np.random.default_rng(seed)
+    tiles = [np.stack([raster.read_raster(p, b)[0] for b in (1, 2, 3)]) for p in sources]
+    first = raster.read_info(sources[0]).grid
+    from pipeline.grid import Grid
+
+    grid = Grid(first.crs_wkt, first.transform, size, size)
+
+    def blocks():
+        for y0, x0, h, w in raster.iter_blocks(size, size, block):
+            t = tiles[rng.integers(len(tiles))]
+            t = np.rot90(t, k=int(rng.integers(4)), axes=(1, 2))
+            yield (y0, x0, h, w), np.ascontiguousarray(t[:, :h, :w]), np.ones((h, w), bool)
+
+    raster.write_cog(str(path), grid, 3, "uint8", blocks())
+
+
+def _large(args: argparse.Namespace) -> None:
+    root = Path(args.data) / "levir-cd-1024" / "geotiff"
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-large-"))
+    work.mkdir(parents=True, exist_ok=True)
+    before, after = work / f"before_{args.size}.tif", work / f"after_{args.size}.tif"
+    t0 = time.perf_counter()
+    for path, date in ((before, "A"), (after, "B")):
+        if not path.exists():
+            make_mosaic(path, args.size, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)])
+    print(f"mosaics {args.size}x{args.size} ready in {time.perf_counter() - t0:.1f} s "
+          f"({before.stat().st_size / 1e6:.0f} MB + {after.stat().st_size / 1e6:.0f} MB on disk)", flush=True)
+    out = work / f"change_{args.size}.tif"
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(before), str(after), "--output", str(out),
+           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--json",
+           "--workdir", str(work / "stores")]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    code, seconds, peak, output = run_with_peak_rss(cmd)
+    summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
+    if code or summary is None:
+        print(output[-3000:])
+        raise SystemExit(f"run failed with exit code {code}")
+    mp = summary["megapixels"]
+    print(f"scene {args.size}x{args.size} ({mp:.1f} MP, {2 * 3 * mp:.0f} MB of uint8 input per pair): "
+          f"{summary['tiles']} tiles in {summary['seconds']:.1f} s = {summary['megapixels_per_second']:.3f} MP/s "
+          f"(process wall {seconds:.1f} s), peak RSS of the process tree {peak / 2**20:.0f} MiB, "
+          f"{summary['workers']} {summary['device']} worker(s)")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line of the benchmark."""
+    p = argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="which", required=True)
+    for name in ("levir", "large"):
+        s = sub.add_parser(name)
+        s.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
+        s.add_argument("--tile", type=int, default=512)
+        s.add_argument("--halo", type=int, default=64)
+        s.add_argument("--workers", type=int, default=None)
+    large = sub.choices["large"]
+    large.add_argument("--size", type=int, default=8192)
+    large.add_argument("--workdir", default=None, help="where the mosaics and stores go (default: temporary)")
+    large.add_argument("--keep", action="store_true", help="keep the mosaics and outputs")
+    args = p.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    {"levir": _levir, "large": _large}[args.which](args)
+
+
+if __name__ == "__main__":
+    main()
