@@ -1,7 +1,6 @@
 """The steps of one scene-pair run as plain functions (the Prefect flow only orders them)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -101,10 +100,3 @@ def summary_line(summary: dict) -> str:
     """The one-line summary a run ends with."""
     return (f"changemap: {summary['tiles']} tiles, {summary['megapixels']:.2f} MP in {summary['seconds']:.1f} s "
             f"({summary['megapixels_per_second']:.3f} MP/s) -> {summary['output']}")
-
-
-def save_json(path: str, payload: dict) -> None:
-    """Write a small JSON file (run metadata)."""
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True))
-
-

@@ -41,8 +41,3 @@ def exists(path: str) -> bool:
     """Whether a file or folder exists at a path or URL."""
     fs, root = fsspec.core.url_to_fs(path)
     return fs.exists(root)
-
-
-def move(src: str, dst: str) -> None:
-    """Move a local file or folder into place atomically (same filesystem)."""
-    os.replace(src, dst)
