@@ -28,36 +28,44 @@ import numpy as np
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (Linux /proc)."""
-    total, stack = 0, [pid]
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """Resident and proportional (shared pages split between sharers) bytes of a process tree.
+
+    RSS summed over processes counts shared libraries and shared memory once per process;
+    PSS counts them once in all, so it is the fairer total (Linux /proc).
+    """
+    rss = pss = 0
+    stack = [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-                        break
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     stack.extend(int(c) for c in f.read().split())
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+    return rss, pss
 
 
-def run_with_peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, int, str]:
-    """Run a command; return (exit code, seconds, peak tree RSS in bytes, combined output)."""
+def run_with_peak_memory(cmd: list[str], env: dict[str, str] | None = None
+                         ) -> tuple[int, float, tuple[int, int], str]:
+    """Run a command; return (exit code, seconds, peak tree (RSS, PSS) in bytes, combined output)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = 0
+    peak = (0, 0)
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak = (max(peak[0], rss), max(peak[1], pss))
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -172,7 +180,7 @@ def _large(args: argparse.Namespace) -> None:
            "--workdir", str(work / "stores")]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
-    code, seconds, peak, output = run_with_peak_rss(cmd)
+    code, seconds, (peak_rss, peak_pss), output = run_with_peak_memory(cmd)
     summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
     if code or summary is None:
         print(output[-3000:])
@@ -180,7 +188,8 @@ def _large(args: argparse.Namespace) -> None:
     mp = summary["megapixels"]
     print(f"scene {args.size}x{args.size} ({mp:.1f} MP, {2 * 3 * mp:.0f} MB of uint8 input per pair): "
           f"{summary['tiles']} tiles in {summary['seconds']:.1f} s = {summary['megapixels_per_second']:.3f} MP/s "
-          f"(process wall {seconds:.1f} s), peak RSS of the process tree {peak / 2**20:.0f} MiB, "
+          f"(process wall {seconds:.1f} s); peak memory of the process tree: PSS {peak_pss / 2**20:.0f} MiB, "
+          f"summed RSS {peak_rss / 2**20:.0f} MiB; "
           f"{summary['workers']} {summary['device']} worker(s)")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
