@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from models import tinycd as _tinycd  # noqa: F401  (registers the model)
+from models import changeformer as _changeformer  # noqa: F401  (registers the models)
+from models import tinycd as _tinycd  # noqa: F401
 from models.base import ChangeModel
 from models.registry import UnknownModelError, get_entry, registered_names
 from models.weights import (

@@ -1,0 +1,1 @@
+"""Decode heads: fused features -> class logits."""

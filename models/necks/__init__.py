@@ -1,0 +1,1 @@
+"""Necks: fuse the two dates' feature pyramids."""
