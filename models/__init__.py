@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from models import changeformer as _changeformer  # noqa: F401  (registers the models)
+from models import changer as _changer  # noqa: F401
 from models import tinycd as _tinycd  # noqa: F401
 from models.base import ChangeModel
 from models.registry import UnknownModelError, get_entry, registered_names

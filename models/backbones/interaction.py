@@ -1,0 +1,77 @@
+"""Interaction backbones (Changer): one backbone runs both dates, an interaction layer
+exchanges information after every stage, and each output level is ``cat([x1, x2], 1)``."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from models.backbones.mit import _nlc_to_nchw, mit
+from models.backbones.resnet import ResNet
+from models.layers.interaction import build_interaction
+
+
+class IAResNet(ResNet):
+    """Interaction ResNet; ``deep_stem=True`` gives IA_ResNetV1c, plus ``avg_down=True`` IA_ResNetV1d."""
+
+    def __init__(self, interaction_cfg: Sequence[Any] = (None, None, None, None), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if len(interaction_cfg) != len(self.res_layers):
+            raise ValueError(f"interaction_cfg needs one entry per stage ({len(self.res_layers)}), "
+                             f"got {len(interaction_cfg)}")
+        self.ccs = nn.ModuleList([build_interaction(cfg, info.channels)
+                                  for cfg, info in zip(interaction_cfg, self.feature_info)])
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each (concatenated) output level."""
+        return [2 * c for c in super().out_channels]
+
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
+        """Feature pyramid of the pair, each level the two dates concatenated."""
+        x1, x2 = self.stem_forward(x1), self.stem_forward(x2)
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            layer = getattr(self, name)
+            x1, x2 = self.ccs[i](layer(x1), layer(x2))
+            if i in self.out_indices:
+                outs.append(torch.cat([x1, x2], dim=1))
+        return outs
+
+
+def ia_resnet_v1c(depth: int = 18, **kwargs: Any) -> IAResNet:
+    """IA_ResNetV1c: deep stem."""
+    return IAResNet(depth=depth, deep_stem=True, avg_down=False, **kwargs)
+
+
+def ia_resnet_v1d(depth: int = 18, **kwargs: Any) -> IAResNet:
+    """IA_ResNetV1d: deep stem and average-pool downsampling."""
+    return IAResNet(depth=depth, deep_stem=True, avg_down=True, **kwargs)
+
+
+class IAMixVisionTransformer(nn.Module):
+    """MiT whose stages run on both dates, followed by that stage's interaction layer."""
+
+    def __init__(self, variant: str = "b0", in_channels: int = 3,
+                 interaction_cfg: Sequence[Any] = (None, None, None, None), **kwargs: Any) -> None:
+        super().__init__()
+        self.mit = mit(variant, in_channels, **kwargs)
+        self.ccs = nn.ModuleList([build_interaction(cfg, info.channels)
+                                  for cfg, info in zip(interaction_cfg, self.mit.feature_info)])
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each (concatenated) output level."""
+        return [2 * c for c in self.mit.out_channels]
+
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
+        """Feature pyramid of the pair, each level the two dates concatenated."""
+        outs = []
+        for (embed, blocks, norm), cc in zip(self.mit.layers, self.ccs):
+            (x1, hw), (x2, _) = embed(x1), embed(x2)
+            for block in blocks:
+                x1, x2 = block(x1, hw), block(x2, hw)
+            x1, x2 = cc(_nlc_to_nchw(norm(x1), hw), _nlc_to_nchw(norm(x2), hw))
+            outs.append(torch.cat([x1, x2], dim=1))
+        return outs
