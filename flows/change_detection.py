@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models import LoadedWeights, UnknownModelError, WeightsError
+from models import LoadedWeights, UnknownModelError, WeightsError, WeightsMeta
 from pipeline import export, ingest, ray_runtime, scene
 from pipeline.config import RunConfig
 from pipeline.errors import ChangemapError
@@ -53,11 +53,12 @@ def ingest_task(alignment: Alignment, input_store: str, tile: int) -> None:
 
 
 @task(name="infer", retries=1, retry_delay_seconds=5, **_task)
-def infer_task(cfg: RunConfig, loaded: LoadedWeights | None, alignment: Alignment, paths: scene.RunPaths,
-               bands: tuple[int, ...]) -> InferenceStats:
+def infer_task(cfg: RunConfig, loaded: LoadedWeights | None, meta: WeightsMeta, alignment: Alignment,
+               paths: scene.RunPaths, bands: tuple[int, ...]) -> InferenceStats:
     store.create_output_store(paths.output_store, alignment.grid, cfg.tile)
     started = ray_runtime.ensure_ray(cfg.ray_address)
-    pool = PredictorPool(cfg.model, loaded, workers=cfg.workers, batch_size=cfg.batch_size)
+    pool = PredictorPool(meta.model, loaded, workers=cfg.workers, batch_size=cfg.batch_size,
+                         model_args=dict(meta.model_args))
     try:
         job = InferenceJob(paths.input_store, paths.output_store, cfg.tile, cfg.halo, bands)
         stats = pool.run(job, scene.tiles_for(alignment, cfg.tile), progress=scene.Progress())
@@ -100,9 +101,9 @@ def detect_changes(before: str, after: str, output: str, model: str = "tinycd", 
     succeeded = False
     try:
         ingest_task(alignment, paths.input_store, cfg.tile)
-        stats = infer_task(cfg, loaded, alignment, paths, chosen_bands)
+        stats = infer_task(cfg, loaded, meta, alignment, paths, chosen_bands)
         cut = cfg.threshold if cfg.threshold is not None else meta.threshold
-        export_task(cfg, paths, cut, {"CHANGEMAP_MODEL": cfg.model, "CHANGEMAP_WEIGHTS_SHA256": meta.sha256,
+        export_task(cfg, paths, cut, {"CHANGEMAP_MODEL": meta.model, "CHANGEMAP_WEIGHTS_SHA256": meta.sha256,
                                       "CHANGEMAP_WEIGHTS_LICENSE": meta.license})
         succeeded = True
     finally:

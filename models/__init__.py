@@ -10,6 +10,9 @@ from typing import Any
 
 from models import changeformer as _changeformer  # noqa: F401  (registers the models)
 from models import changer as _changer  # noqa: F401
+from models import deeplabv3plus as _deeplabv3plus  # noqa: F401
+from models import siamese as _siamese  # noqa: F401
+from models import transunet as _transunet  # noqa: F401
 from models import tinycd as _tinycd  # noqa: F401
 from models.base import ChangeModel
 from models.registry import UnknownModelError, get_entry, registered_names
@@ -25,7 +28,7 @@ from models.weights import (
 
 __all__ = [
     "ChangeModel", "LoadedWeights", "UnknownModelError", "WeightsError", "WeightsMeta",
-    "build_model", "create_model", "list_models", "model_info",
+    "build_model", "create_model", "list_models", "model_info", "model_spec",
 ]
 
 
@@ -52,11 +55,48 @@ def create_model(name: str, *, in_channels: int = 3, num_classes: int | None = N
     return model
 
 
-def build_model(name: str, weights: LoadedWeights | None) -> tuple[ChangeModel, WeightsMeta]:
-    """A model in eval mode and the metadata that says how to feed it."""
-    model = create_model(name, weights=weights)
-    meta = weights.meta if weights is not None else replace(default_meta(name), model=name)
-    return model.eval(), meta
+def build_model(name: str, weights: LoadedWeights | None,
+                model_args: dict[str, Any] | None = None) -> tuple[ChangeModel, WeightsMeta]:
+    """A model in eval mode and the metadata that says how to feed it.
+
+    ``model_args`` (e.g. from a model config file) apply when there are no weights;
+    weights carry their own.
+    """
+    if weights is not None:
+        return create_model(name, weights=weights).eval(), weights.meta
+    meta = default_meta(name, model_args)
+    return create_model(name, **dict(meta.model_args)).eval(), replace(meta, model=name)
+
+
+def model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``--model`` value -> (registered name, arguments): a name, or a YAML/JSON model config file.
+
+    A config is a mapping with ``name`` (default ``siamese``) and the model's arguments.
+    """
+    if not spec.lower().endswith((".yaml", ".yml", ".json")):
+        get_entry(spec)
+        return spec, {}
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(spec)
+    if not path.exists():
+        raise UnknownModelError(f"model config {spec} does not exist; pass a registered name or a YAML/JSON file")
+    try:
+        cfg = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise UnknownModelError(f"model config {spec} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise UnknownModelError(f"model config {spec} must be a mapping of arguments, got {type(cfg).__name__}")
+    cfg = dict(cfg)
+    name = cfg.pop("name", "siamese")
+    get_entry(name)
+    try:
+        get_entry(name).factory(**cfg)
+    except (TypeError, ValueError) as exc:
+        raise UnknownModelError(f"model config {spec} does not build model {name!r}: {exc}") from exc
+    return name, cfg
 
 
 def model_info(name: str) -> dict[str, Any]:

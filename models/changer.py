@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbones.interaction import IAMixVisionTransformer, ia_resnet_v1c
+from models.backbones.ghostnet import GhostNetBackbone
+from models.backbones.interaction import IAMixVisionTransformer, StagedInteraction, ia_resnet_v1c
 from models.base import ChangeModel
 from models.heads.changer import ChangerHead
 from models.layers.interaction import CHANGER_EX
@@ -41,3 +42,9 @@ def changer_r18(in_channels: int = 3, num_classes: int = 2, **kwargs: Any) -> Ch
 def changer_mit_b0(in_channels: int = 3, num_classes: int = 2, **kwargs: Any) -> Changer:
     """ChangerEx with an IA-MiT-b0 backbone."""
     return Changer(IAMixVisionTransformer("b0", in_channels, interaction_cfg=CHANGER_EX, **kwargs), num_classes)
+
+
+@register_model("changer-ghost", "Changer head over a GhostNet backbone with SE plugins and ChangerEx interactions")
+def changer_ghost(in_channels: int = 3, num_classes: int = 2, width: float = 1.0) -> Changer:
+    """ChangerEx interactions over a GhostNet 1.0x backbone (SE in the bottlenecks that have it)."""
+    return Changer(StagedInteraction(GhostNetBackbone(in_channels, width), CHANGER_EX), num_classes)

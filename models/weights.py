@@ -115,13 +115,21 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def default_meta(model: str) -> WeightsMeta:
-    """Metadata for a model used without known weights (random init or a bare state dict)."""
+def default_meta(model: str, model_args: Mapping[str, Any] | None = None) -> WeightsMeta:
+    """Metadata for a model used without known weights (random init or a bare state dict).
+
+    RGB models get ImageNet statistics; other band counts get identity statistics
+    (values scaled by 1/255) until a trained checkpoint brings its own.
+    """
     entry = get_entry(model)
     known = catalog().get(model, {})
-    if entry.default_weights and entry.default_weights in known:
+    args = dict(model_args or {})
+    if entry.default_weights and entry.default_weights in known and not args:
         return replace(_meta_from_catalog(known[entry.default_weights]), sha256="", source="", license="unknown")
-    return WeightsMeta(model=model)
+    n = int(args.get("in_channels", 3))
+    if n == 3:
+        return WeightsMeta(model=model, model_args=args)
+    return WeightsMeta(model=model, model_args=args, mean=(0.0,) * n, std=(1.0,) * n)
 
 
 def _meta_from_catalog(entry: Mapping[str, Any]) -> WeightsMeta:

@@ -66,11 +66,12 @@ class TilePredictor:
     """Loads a model once and predicts batches of tiles of one or more scenes."""
 
     def __init__(self, model_name: str, weights: LoadedWeights | None, *, batch_size: int = 4,
-                 device: str | None = None, threads: int | None = None) -> None:
+                 device: str | None = None, threads: int | None = None,
+                 model_args: dict | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.meta = models.build_model(model_name, weights)
+        self.model, self.meta = models.build_model(model_name, weights, model_args)
         self.model.to(self.device)
         self.batch_size = batch_size
         self._stores: dict[str, tuple] = {}
@@ -140,7 +141,7 @@ class PredictorPool:
     """Model actors placed on the Ray cluster: one per GPU (``num_gpus=1``), else CPU actors."""
 
     def __init__(self, model_name: str, weights: LoadedWeights | None, *, workers: int | None = None,
-                 batch_size: int = 4) -> None:
+                 batch_size: int = 4, model_args: dict | None = None) -> None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = max(1, int(ray.available_resources().get("CPU", 1)))
         if gpus:
@@ -157,7 +158,7 @@ class PredictorPool:
         weights_ref = ray.put(weights)
         self.actors = [
             RemotePredictor.options(**options).remote(model_name, weights_ref, batch_size=batch_size,
-                                                      device=self.device, threads=threads)
+                                                      device=self.device, threads=threads, model_args=model_args)
             for _ in range(self.workers)
         ]
         ray.get([a.describe.remote() for a in self.actors])  # fail here if the model cannot load

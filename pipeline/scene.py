@@ -36,16 +36,17 @@ def check_output(cfg: RunConfig) -> None:
 
 
 def load_weights(model: str, weights: str | None) -> tuple[LoadedWeights | None, WeightsMeta]:
-    """Resolve ``--weights`` (default: the model's default weights) and its metadata.
+    """Resolve ``--model`` (name or config file) and ``--weights`` (default: the model's default).
 
     The model is built once here so that weights that do not fit fail before any work.
+    Returns the loaded weights (None: random initialisation) and the metadata to run with.
     """
-    spec = weights if weights is not None else get_entry(model).default_weights
+    name, args = models.model_spec(model)
+    spec = weights if weights is not None else get_entry(name).default_weights
     if spec in ("none", "random"):
         spec = None
-    loaded = models.resolve_weights(model, spec)
-    models.create_model(model, weights=loaded)
-    meta = loaded.meta if loaded else models.default_meta(model)
+    loaded = models.resolve_weights(name, spec)
+    _, meta = models.build_model(name, loaded, args)
     return loaded, meta
 
 

@@ -50,6 +50,33 @@ def ia_resnet_v1d(depth: int = 18, **kwargs: Any) -> IAResNet:
     return IAResNet(depth=depth, deep_stem=True, avg_down=True, **kwargs)
 
 
+class StagedInteraction(nn.Module):
+    """Any backbone with ``stem``, ``stages`` and ``feature_info`` run on both dates with interactions."""
+
+    def __init__(self, backbone: nn.Module, interaction_cfg: Sequence[Any] = (None, None, None, None)) -> None:
+        super().__init__()
+        if len(interaction_cfg) != len(backbone.stages):
+            raise ValueError(f"interaction_cfg needs one entry per stage ({len(backbone.stages)}), "
+                             f"got {len(interaction_cfg)}")
+        self.backbone = backbone
+        self.ccs = nn.ModuleList([build_interaction(cfg, info.channels)
+                                  for cfg, info in zip(interaction_cfg, backbone.feature_info)])
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each (concatenated) output level."""
+        return [2 * c for c in self.backbone.out_channels]
+
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
+        """Feature pyramid of the pair, each level the two dates concatenated."""
+        x1, x2 = self.backbone.stem(x1), self.backbone.stem(x2)
+        outs = []
+        for stage, cc in zip(self.backbone.stages, self.ccs):
+            x1, x2 = cc(stage(x1), stage(x2))
+            outs.append(torch.cat([x1, x2], dim=1))
+        return outs
+
+
 class IAMixVisionTransformer(nn.Module):
     """MiT whose stages run on both dates, followed by that stage's interaction layer."""
 
