@@ -191,10 +191,32 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"{str(exc).splitlines()[0][:200]}); pass a .pth/.pt state dict or a changemap checkpoint"
         ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        return dict(obj["state_dict"]), dict(obj.get("meta") or {}) or None
+        meta = obj.get("meta")
+        if isinstance(meta, Mapping) and "model" in meta:
+            return dict(obj["state_dict"]), dict(meta)
+        return map_foreign_keys(obj["state_dict"]), None  # mmsegmentation / open-cd checkpoint
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), None
     raise WeightsError(f"weights file {path} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def map_foreign_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mmsegmentation / open-cd key names -> ours.
+
+    Our MiT, SegFormer head, ResNet and Changer modules use mmseg's / open-cd's sub-module
+    names (``backbone.layers.{stage}.{0,1,2}``, ``attn.attn.in_proj_weight``,
+    ``ffn.layers.{0,1,4}``, ``decode_head.convs.{i}.conv``/``.bn``, ``conv_seg``), so the map
+    only removes wrappers: a ``module.`` prefix (DataParallel) and the ``data_preprocessor``
+    and ``auxiliary_head`` entries, which hold no weights of the change model. Loading stays
+    strict afterwards, and a mismatch lists the missing and unexpected keys.
+    """
+    out = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith(("data_preprocessor.", "auxiliary_head.")):
+            continue
+        out[key] = value
+    return out
 
 
 def resolve_weights(model: str, spec: str | os.PathLike | None) -> LoadedWeights | None:

@@ -92,3 +92,18 @@ def test_weights_from_a_url_go_through_the_cache(cache_dir):
     loaded = models.resolve_weights("tinycd", src.as_uri())  # file:// URL through fsspec
     assert loaded.meta.sha256 == W.catalog()["tinycd"]["levir"]["sha256"]
     assert list((cache_dir / "weights" / "urls").glob("*tinycd_levir.pth"))
+
+
+def test_mmseg_style_checkpoints_load_after_key_mapping(tmp_path):
+    model = models.create_model("changeformer-mit-b0").eval()
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["auxiliary_head.conv_seg.weight"] = torch.zeros(2, 8, 1, 1)
+    path = tmp_path / "iter_40000.pth"
+    torch.save({"state_dict": state, "meta": {"mmseg_version": "1.2.2", "CLASSES": ["unchanged", "changed"]}}, path)
+    loaded = models.resolve_weights("changeformer-mit-b0", str(path))
+    rebuilt = models.create_model("changeformer-mit-b0", weights=loaded)
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in model.state_dict().items())
+    del state["module.decode_head.conv_seg.weight"]
+    torch.save({"state_dict": state, "meta": {"mmseg_version": "1.2.2"}}, path)
+    with pytest.raises(WeightsError, match=r"1 missing keys \(e\.g\. decode_head\.conv_seg\.weight\)"):
+        models.create_model("changeformer-mit-b0", weights=str(path))
