@@ -28,6 +28,8 @@ def _stub_mmcv_ops() -> None:
     ops = types.ModuleType("mmcv.ops")
 
     def __getattr__(name: str):  # any compiled op: a placeholder class
+        if name.startswith("__"):
+            raise AttributeError(name)
         return type(name, (), {"__init__": lambda self, *a, **k: None})
 
     ops.__getattr__ = __getattr__
