@@ -38,8 +38,8 @@ _task = dict(cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_user_error)
 
 
 @task(name="weights", retries=2, retry_delay_seconds=2, **_task)
-def weights_task(model: str, weights: str | None):
-    return scene.load_weights(model, weights)
+def weights_task(model: str, weights: str | None, in_channels: int | None):
+    return scene.load_weights(model, weights, in_channels)
 
 
 @task(name="grid", retries=2, retry_delay_seconds=2, **_task)
@@ -92,7 +92,7 @@ def detect_changes(before: str, after: str, output: str, model: str = "tinycd", 
                     workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite, ray_address=ray_address)
     logger = get_run_logger()
     scene.check_output(cfg)
-    loaded, meta = weights_task(cfg.model, cfg.weights)
+    loaded, meta = weights_task(cfg.model, cfg.weights, len(cfg.bands) if cfg.bands else None)
     alignment = grid_task(cfg.before, cfg.after)
     chosen_bands = select_bands(meta, alignment.before.count, cfg.bands)
     if alignment.warp_after:

@@ -18,6 +18,7 @@ from models.base import ChangeModel
 from models.registry import UnknownModelError, get_entry, registered_names
 from models.weights import (
     LoadedWeights,
+    adapt_input_channels,
     WeightsError,
     WeightsMeta,
     default_meta,
@@ -37,20 +38,26 @@ def list_models() -> list[str]:
     return registered_names()
 
 
-def create_model(name: str, *, in_channels: int = 3, num_classes: int | None = None,
+def create_model(name: str, *, in_channels: int | None = None, num_classes: int | None = None,
                  weights: str | LoadedWeights | None = None, **kwargs: Any) -> ChangeModel:
     """Build a registered model, optionally loading weights (known name, path, URL or loaded).
 
-    With weights, ``in_channels``/``num_classes`` default to the checkpoint's.
+    With weights, ``in_channels``/``num_classes`` default to the checkpoint's; asking for
+    another band count adapts the band-dependent tensors (see
+    :func:`models.weights.adapt_input_channels`).
     """
     entry = get_entry(name)
     loaded = weights if isinstance(weights, LoadedWeights) or weights is None else resolve_weights(name, weights)
-    args: dict[str, Any] = dict(loaded.meta.model_args) if loaded else {"in_channels": in_channels}
+    args: dict[str, Any] = dict(loaded.meta.model_args) if loaded else {"in_channels": in_channels or 3}
     if loaded is None and num_classes is not None:
         args["num_classes"] = num_classes
+    if in_channels is not None:
+        args["in_channels"] = in_channels
     args.update(kwargs)
     model = entry.factory(**args)
     if loaded is not None:
+        if in_channels is not None and in_channels != loaded.meta.in_channels:
+            loaded = adapt_input_channels(loaded, model.state_dict(), in_channels)
         load_into(model, loaded, name)
     return model
 
@@ -60,9 +67,13 @@ def build_model(name: str, weights: LoadedWeights | None,
     """A model in eval mode and the metadata that says how to feed it.
 
     ``model_args`` (e.g. from a model config file) apply when there are no weights;
-    weights carry their own.
+    weights carry their own, except ``in_channels``, which adapts them to more bands.
     """
     if weights is not None:
+        n = (model_args or {}).get("in_channels")
+        if n is not None and n != weights.meta.in_channels:
+            probe = create_model(name, **{**dict(weights.meta.model_args), "in_channels": n})
+            weights = adapt_input_channels(weights, probe.state_dict(), n)
         return create_model(name, weights=weights).eval(), weights.meta
     meta = default_meta(name, model_args)
     return create_model(name, **dict(meta.model_args)).eval(), replace(meta, model=name)

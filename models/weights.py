@@ -284,6 +284,42 @@ def load_into(model: torch.nn.Module, weights: LoadedWeights, name: str) -> None
     model.load_state_dict(weights.state_dict, strict=True)
 
 
+def adapt_input_channels(weights: LoadedWeights, model_state: Mapping[str, torch.Tensor],
+                         in_channels: int) -> LoadedWeights:
+    """Fit weights trained on ``meta.in_channels`` (e.g. RGB) bands to a model with ``in_channels`` bands.
+
+    The rule (timm's ``adapt_input_conv``, generalised to every tensor that depends on the
+    band count): along each axis where the checkpoint has the old band count and the model
+    the new one, the old slices are repeated cyclically (band i takes the weights of old band
+    i mod 3). Input-channel axes (axis 1 of a conv/linear weight) are then scaled by
+    old / new so a layer's response to an input whose bands look alike stays the same.
+    Normalisation statistics are repeated the same way. Tensors of any other shape must
+    match exactly.
+    """
+    old = weights.meta.in_channels
+    adapted = dict(weights.state_dict)
+    for key, target in model_state.items():
+        src = adapted.get(key)
+        if src is None or src.shape == target.shape or src.ndim != target.ndim:
+            continue
+        axes = [i for i, (a, b) in enumerate(zip(src.shape, target.shape)) if a != b]
+        if not all(src.shape[i] == old and target.shape[i] == in_channels for i in axes):
+            continue  # left for load_into to report
+        out = src
+        for axis in axes:
+            index = torch.arange(in_channels) % old
+            out = out.index_select(axis, index)
+            if axis == 1:
+                out = out * (old / in_channels)
+        adapted[key] = out.contiguous()
+    cycle = [i % old for i in range(in_channels)]
+    meta = replace(
+        weights.meta, model_args={**weights.meta.model_args, "in_channels": in_channels}, bands=None,
+        mean=tuple(weights.meta.mean[i] for i in cycle), std=tuple(weights.meta.std[i] for i in cycle),
+    )
+    return LoadedWeights(meta, adapted)
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: WeightsMeta) -> None:
     """Write a changemap checkpoint (state dict + metadata) atomically."""
     path = Path(path)

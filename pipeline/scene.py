@@ -35,13 +35,18 @@ def check_output(cfg: RunConfig) -> None:
         raise OutputExistsError(f"output {cfg.output} already exists; pass --overwrite to replace it or choose another path")
 
 
-def load_weights(model: str, weights: str | None) -> tuple[LoadedWeights | None, WeightsMeta]:
+def load_weights(model: str, weights: str | None, in_channels: int | None = None
+                 ) -> tuple[LoadedWeights | None, WeightsMeta]:
     """Resolve ``--model`` (name or config file) and ``--weights`` (default: the model's default).
 
+    ``in_channels`` (the number of ``--bands``) builds the model for that many bands,
+    adapting weights trained on fewer (see :func:`models.weights.adapt_input_channels`).
     The model is built once here so that weights that do not fit fail before any work.
     Returns the loaded weights (None: random initialisation) and the metadata to run with.
     """
     name, args = models.model_spec(model)
+    if in_channels is not None:
+        args["in_channels"] = in_channels
     spec = weights if weights is not None else get_entry(name).default_weights
     if spec in ("none", "random"):
         spec = None

@@ -61,3 +61,12 @@ def test_float_probability_output(synthetic, tmp_path):
         p = src.read(1)
         assert src.dtypes == ("float32",) and src.count == 1
     assert np.isnan(p[:, :12]).all() and np.nanmin(p) >= 0 and np.nanmax(p) <= 1
+
+
+def test_rgb_weights_run_on_four_bands(synthetic, tmp_path):
+    four = str(synthetic["four_band"])
+    out = tmp_path / "four.tif"
+    summary = detect_changes(four, four, str(out), bands=[1, 2, 3, 4], tile=128, halo=16, mask=True)
+    assert summary["tiles"] == 6
+    mask, _, valid = raster.read_raster(str(out), band=2)
+    assert valid.all() and mask.sum() < 0.01 * mask.size  # identical dates: (almost) no change

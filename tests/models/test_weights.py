@@ -107,3 +107,16 @@ def test_mmseg_style_checkpoints_load_after_key_mapping(tmp_path):
     torch.save({"state_dict": state, "meta": {"mmseg_version": "1.2.2"}}, path)
     with pytest.raises(WeightsError, match=r"1 missing keys \(e\.g\. decode_head\.conv_seg\.weight\)"):
         models.create_model("changeformer-mit-b0", weights=str(path))
+
+
+def test_rgb_weights_adapt_to_more_bands():
+    """Rule: band i takes RGB band i mod 3's weights, input axes scaled by 3/N (same response to repeated RGB)."""
+    rgb = models.create_model("tinycd", weights="levir").eval()
+    six = models.create_model("tinycd", weights="levir", in_channels=6).eval()
+    assert six._backbone[0][0].weight.shape == (48, 6, 3, 3)
+    torch.testing.assert_close(six._backbone[0][0].weight[:, 3:], rgb._backbone[0][0].weight / 2)
+    x = torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(six(torch.cat([x, x], 2)), rgb(x), atol=2e-4, rtol=1e-3)
+    loaded = W.adapt_input_channels(models.resolve_weights("tinycd", "levir"), six.state_dict(), 6)
+    assert loaded.meta.mean == (0.485, 0.456, 0.406) * 2 and loaded.meta.in_channels == 6
