@@ -2,6 +2,7 @@
 
     python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64]
     python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--keep]
+    python -m pipeline.benchmark models [--size 256 --batch 8 --threads 2]
 
 ``levir`` runs the flow on LEVIR-CD test_1..3 (F1 against the labels, COG checks), compares
 the tiled map with one forward pass over the whole image, and repeats test_1 with AFTER
@@ -195,6 +196,30 @@ def _large(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _models(args: argparse.Namespace) -> None:
+    import torch
+
+    import models
+
+    torch.set_num_threads(args.threads)
+    x = torch.randn(args.batch, 2, 3, args.size, args.size)
+    print(f"{'model':<28} {'parameters':>12} {'MP/s':>8}  (input {args.batch} x 2 x 3 x {args.size}^2, "
+          f"{args.threads} threads, inference_mode, CPU)")
+    for name in models.list_models():
+        kwargs = {"backbone": "resnet", "head": "segformer"} if name == "siamese" else {}
+        model = models.create_model(name, **kwargs).eval()
+        with torch.inference_mode():
+            model(x[:1])  # warm-up
+            runs, start = 0, time.perf_counter()
+            while runs < args.repeats or time.perf_counter() - start < 5:
+                model(x)
+                runs += 1
+            seconds = (time.perf_counter() - start) / runs
+        params = sum(p.numel() for p in model.parameters())
+        mp = args.batch * args.size * args.size / 1e6
+        print(f"{name:<28} {params:>12,} {mp / seconds:>8.3f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line of the benchmark."""
     p = argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__.split("\n\n")[0])
@@ -205,13 +230,18 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--tile", type=int, default=512)
         s.add_argument("--halo", type=int, default=64)
         s.add_argument("--workers", type=int, default=None)
+    zoo = sub.add_parser("models")
+    zoo.add_argument("--size", type=int, default=256)
+    zoo.add_argument("--batch", type=int, default=8)
+    zoo.add_argument("--threads", type=int, default=2)
+    zoo.add_argument("--repeats", type=int, default=2)
     large = sub.choices["large"]
     large.add_argument("--size", type=int, default=8192)
     large.add_argument("--workdir", default=None, help="where the mosaics and stores go (default: temporary)")
     large.add_argument("--keep", action="store_true", help="keep the mosaics and outputs")
     args = p.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    {"levir": _levir, "large": _large}[args.which](args)
+    {"levir": _levir, "large": _large, "models": _models}[args.which](args)
 
 
 if __name__ == "__main__":
