@@ -106,3 +106,16 @@ def test_siamese_builder_errors():
         models.create_model("siamese", interaction=[None] * 4)
     with pytest.raises(ValueError, match="go inside ResNet blocks"):
         models.create_model("siamese", backbone="mit", plugins=[{"cfg": "se", "position": "after_conv1"}])
+
+
+def test_the_readme_example_config_builds_what_it_says():
+    from tests.conftest import REPO
+
+    name, args = models.model_spec(str(REPO / "examples" / "siamese_resnet18.yaml"))
+    model = models.create_model(name, **args).eval()
+    block = model.backbone.layer1[0]
+    assert len(block.after_conv2_plugins) == 1 and model.backbone.deep_stem
+    assert len(model.level_plugins[0]) == 0 and len(model.level_plugins[1]) == 1
+    assert model.neck.policy == "abs_diff"
+    with torch.no_grad():
+        assert model(torch.randn(1, 2, 3, 64, 64)).shape == (1, 2, 64, 64)
