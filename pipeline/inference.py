@@ -144,6 +144,13 @@ class PredictorPool:
                  batch_size: int = 4, model_args: dict | None = None) -> None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+        # Actors that cannot be placed would wait forever: refuse instead.
+        if workers and workers > (gpus or cpus):
+            kind = "GPU" if gpus else "free CPU"
+            raise ChangemapError(
+                f"--workers {workers} asks for more inference actors than the Ray cluster has {kind}s "
+                f"({gpus or cpus}); use --workers {gpus or cpus} or fewer, or attach a bigger cluster"
+            )
         if gpus:
             self.workers = workers or gpus
             options = {"num_gpus": 1, "num_cpus": 1}

@@ -27,6 +27,8 @@ def _bn(c: int) -> nn.BatchNorm2d:
 
 
 class _PluginMixin:
+    """Plugins at after_conv1/2/3 and the shared residual forward (optionally checkpointed)."""
+
     def _make_plugins(self, plugins: Sequence[dict], widths: dict[str, int]) -> None:
         for pos in POSITIONS:
             chain = []
@@ -41,8 +43,12 @@ class _PluginMixin:
     def _plug(self, x: torch.Tensor, pos: str) -> torch.Tensor:
         return getattr(self, f"{pos}_plugins")(x)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = checkpoint(self._inner, x, use_reentrant=False) if self.with_cp and x.requires_grad else self._inner(x)
+        return self.relu(out)
 
-class BasicBlock(nn.Module, _PluginMixin):
+
+class BasicBlock(_PluginMixin, nn.Module):
     """Two 3x3 convs; plugins after_conv1 / after_conv2."""
 
     expansion = 1
@@ -68,12 +74,8 @@ class BasicBlock(nn.Module, _PluginMixin):
         out = self._plug(self.bn2(self.conv2(out)), "after_conv2")
         return out + (x if self.downsample is None else self.downsample(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = checkpoint(self._inner, x, use_reentrant=False) if self.with_cp and x.requires_grad else self._inner(x)
-        return self.relu(out)
 
-
-class Bottleneck(nn.Module, _PluginMixin):
+class Bottleneck(_PluginMixin, nn.Module):
     """1x1 reduce, 3x3, 1x1 expand (x4); plugins after_conv1 / after_conv2 / after_conv3."""
 
     expansion = 4
@@ -102,10 +104,6 @@ class Bottleneck(nn.Module, _PluginMixin):
         out = self._plug(self.relu(self.bn2(self.conv2(out))), "after_conv2")
         out = self._plug(self.bn3(self.conv3(out)), "after_conv3")
         return out + (x if self.downsample is None else self.downsample(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = checkpoint(self._inner, x, use_reentrant=False) if self.with_cp and x.requires_grad else self._inner(x)
-        return self.relu(out)
 
 
 ARCH = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)),

@@ -120,3 +120,8 @@ def test_ray_actor_pool_predicts_all_tiles(stores, ray_local):
     store.create_output_store(ref_out, alignment.grid, 64)
     ref.predict(InferenceJob(inp, ref_out, 64, 16, (1, 2, 3)), tiles)
     np.testing.assert_allclose(prob[valid], store.open_array(ref_out, store.PROBABILITY)[:][valid], atol=1e-5)
+
+
+def test_more_workers_than_the_cluster_can_place_is_a_clear_error(ray_local):
+    with pytest.raises(ChangemapError, match="--workers 9 asks for more inference actors than the Ray cluster has"):
+        PredictorPool("tinycd", None, workers=9)
