@@ -81,6 +81,12 @@ def _models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``changemap`` console script."""
     args = _parser().parse_args(argv)
+    if getattr(args, "ray_address", None):
+        import pipeline
+
+        # Ray is not imported yet: attaching to a cluster must not pin the driver to loopback.
+        if pipeline.LOOPBACK_RAY and "ray" not in sys.modules:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from models import UnknownModelError, WeightsError
     from pipeline.errors import ChangemapError

@@ -36,6 +36,29 @@ class Confusion:
         d = self.tp + self.fp + self.fn
         return self.tp / d if d else 1.0
 
+    @property
+    def total(self) -> int:  # noqa: D102
+        return self.tp + self.fp + self.fn + self.tn
+
+    @property
+    def overall_accuracy(self) -> float:  # noqa: D102
+        return (self.tp + self.tn) / self.total if self.total else 1.0
+
+    @property
+    def kappa(self) -> float:
+        """Cohen's kappa: agreement beyond chance."""
+        n = self.total
+        if not n:
+            return 1.0
+        expected = ((self.tp + self.fp) * (self.tp + self.fn) + (self.tn + self.fn) * (self.tn + self.fp)) / (n * n)
+        return (self.overall_accuracy - expected) / (1 - expected) if expected < 1 else 1.0
+
+    def as_dict(self) -> dict[str, float | int | list[list[int]]]:
+        """Scores and the confusion matrix ``[[tn, fp], [fn, tp]]`` (rows: label, columns: prediction)."""
+        return {"precision": self.precision, "recall": self.recall, "f1": self.f1, "iou": self.iou,
+                "overall_accuracy": self.overall_accuracy, "kappa": self.kappa, "pixels": self.total,
+                "confusion_matrix": [[self.tn, self.fp], [self.fn, self.tp]]}
+
 
 def confusion(pred: np.ndarray, label: np.ndarray, valid: np.ndarray | None = None) -> Confusion:
     """Confusion counts of boolean ``pred`` against boolean ``label`` over ``valid`` pixels."""

@@ -11,8 +11,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
                object_store_memory: int = 512 * 1024**2) -> bool:
     """Attach to ``address`` or start a local runtime on loopback; True if this call started it.
 
-    A local runtime listens on 127.0.0.1 only: Ray binds to the machine's network
-    address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set before it starts.
+    A local runtime listens on 127.0.0.1 only: ``pipeline/__init__`` sets
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before anything imports ray (setting it here
+    would be too late).
     """
     if ray.is_initialized():
         return False
@@ -20,7 +21,6 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return True
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,

@@ -146,6 +146,26 @@ def read_raster(path: str, band: int = 1) -> tuple[np.ndarray, Grid, np.ndarray]
     return data, info.grid, valid
 
 
+def read_tags(path: str) -> dict[str, str]:
+    """Dataset-level tags (metadata) of a raster."""
+    with rasterio.open(path) as src:
+        return dict(src.tags())
+
+
+def band_descriptions(path: str) -> list[str]:
+    """Band descriptions ('' where a band has none)."""
+    with rasterio.open(path) as src:
+        return [d or "" for d in src.descriptions]
+
+
+def read_on_grid(path: str, grid: Grid, band: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One band warped onto ``grid`` with nearest neighbour (labels), and where it has data."""
+    with rasterio.open(path) as src, WarpedVRT(
+            src, crs=CRS.from_wkt(grid.crs_wkt), transform=Affine(*grid.transform), width=grid.width,
+            height=grid.height, resampling=Resampling.nearest, add_alpha=src.nodata is None) as vrt:
+        return vrt.read(band), vrt.dataset_mask() > 0
+
+
 def _cog_options(dtype: str) -> dict[str, object]:
     return {
         "COMPRESS": "DEFLATE", "PREDICTOR": "YES" if dtype != "uint8" else "NO", "BLOCKSIZE": COG_BLOCKSIZE,
