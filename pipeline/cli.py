@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local runtime)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON too")
 
+    ev = sub.add_parser("evaluate", help="score a change map against a label raster")
+    ev.add_argument("prediction", help="change map (changemap output, or any raster of probabilities/0-1 mask)")
+    ev.add_argument("label", help="label raster (0/255, 0/1 with 255 unlabeled, or OSCD 1/2)")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="threshold band 1 (default: use the mask band if present, else the map's threshold)")
+    ev.add_argument("--label-values", default=None, help="NO_CHANGE,CHANGE[,NODATA], e.g. 0,255 or 1,2")
+    ev.add_argument("--align", action="store_true", help="warp the label onto the prediction's grid (nearest)")
+    ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+
     mods = sub.add_parser("models", help="list the registered models, their sizes and known weights")
     mods.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -62,6 +71,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     print(summary_line(summary))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.evaluate import evaluate_pair, parse_label_values
+
+    values = parse_label_values(args.label_values) if args.label_values else None
+    c = evaluate_pair(args.prediction, args.label, threshold=args.threshold, label_values=values, align=args.align)
+    metrics = {"prediction": args.prediction, "label": args.label, **c.as_dict()}
+    print(f"F1 {c.f1:.4f}  IoU {c.iou:.4f}  precision {c.precision:.4f}  recall {c.recall:.4f}  "
+          f"OA {c.overall_accuracy:.4f}  kappa {c.kappa:.4f}  over {c.total:,} labelled pixels "
+          f"[[TN {c.tn:,}, FP {c.fp:,}], [FN {c.fn:,}, TP {c.tp:,}]]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -92,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.errors import ChangemapError
 
     try:
-        return {"run": _run, "models": _models}[args.command](args)
+        return {"run": _run, "evaluate": _evaluate, "models": _models}[args.command](args)
     except (ChangemapError, WeightsError, UnknownModelError) as exc:
         print(f"changemap: error: {exc}", file=sys.stderr)
         return _USER_ERROR_EXIT
