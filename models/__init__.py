@@ -38,14 +38,9 @@ def list_models() -> list[str]:
     return registered_names()
 
 
-def create_model(name: str, *, in_channels: int | None = None, num_classes: int | None = None,
-                 weights: str | LoadedWeights | None = None, **kwargs: Any) -> ChangeModel:
-    """Build a registered model, optionally loading weights (known name, path, URL or loaded).
-
-    With weights, ``in_channels``/``num_classes`` default to the checkpoint's; asking for
-    another band count adapts the band-dependent tensors (see
-    :func:`models.weights.adapt_input_channels`).
-    """
+def _create(name: str, in_channels: int | None, num_classes: int | None,
+            weights: str | LoadedWeights | None, kwargs: dict[str, Any]) -> tuple[ChangeModel, LoadedWeights | None]:
+    """Build a model and load weights into it; returns the weights as loaded (adapted to the bands)."""
     entry = get_entry(name)
     loaded = weights if isinstance(weights, LoadedWeights) or weights is None else resolve_weights(name, weights)
     args: dict[str, Any] = dict(loaded.meta.model_args) if loaded else {"in_channels": in_channels or 3}
@@ -59,7 +54,18 @@ def create_model(name: str, *, in_channels: int | None = None, num_classes: int 
         if in_channels is not None and in_channels != loaded.meta.in_channels:
             loaded = adapt_input_channels(loaded, model.state_dict(), in_channels)
         load_into(model, loaded, name)
-    return model
+    return model, loaded
+
+
+def create_model(name: str, *, in_channels: int | None = None, num_classes: int | None = None,
+                 weights: str | LoadedWeights | None = None, **kwargs: Any) -> ChangeModel:
+    """Build a registered model, optionally loading weights (known name, path, URL or loaded).
+
+    With weights, ``in_channels``/``num_classes`` default to the checkpoint's; asking for
+    another band count adapts the band-dependent tensors (see
+    :func:`models.weights.adapt_input_channels`).
+    """
+    return _create(name, in_channels, num_classes, weights, kwargs)[0]
 
 
 def build_model(name: str, weights: LoadedWeights | None,
@@ -70,11 +76,8 @@ def build_model(name: str, weights: LoadedWeights | None,
     weights carry their own, except ``in_channels``, which adapts them to more bands.
     """
     if weights is not None:
-        n = (model_args or {}).get("in_channels")
-        if n is not None and n != weights.meta.in_channels:
-            probe = create_model(name, **{**dict(weights.meta.model_args), "in_channels": n})
-            weights = adapt_input_channels(weights, probe.state_dict(), n)
-        return create_model(name, weights=weights).eval(), weights.meta
+        model, loaded = _create(name, (model_args or {}).get("in_channels"), None, weights, {})
+        return model.eval(), loaded.meta
     meta = default_meta(name, model_args)
     return create_model(name, **dict(meta.model_args)).eval(), replace(meta, model=name)
 

@@ -91,7 +91,7 @@ def _levir(args: argparse.Namespace) -> None:
     loaded, meta = load_weights("tinycd", None)
     whole_model = TilePredictor("tinycd", loaded, batch_size=1)
     total, agreement = Confusion(0, 0, 0, 0), Confusion(0, 0, 0, 0)
-    near_seam = flipped = 0
+    near_seam = flipped = seam_px = all_px = 0
     tmp = Path(tempfile.mkdtemp(prefix="changemap-bench-"))
     try:
         for i in (1, 2, 3):
@@ -111,13 +111,14 @@ def _levir(args: argparse.Namespace) -> None:
             seam = _distance_to_tile_borders(pred.shape, args.tile) < 32
             flipped += int(flips.sum())
             near_seam += int((flips & seam).sum())
+            seam_px, all_px = seam_px + int(seam.sum()), all_px + seam.size
             print(f"test_{i}: F1 {c.f1:.4f} IoU {c.iou:.4f}  tiled-vs-whole F1 {confusion(pred > 0, whole).f1:.4f}  "
                   f"same grid {grid == label_grid}  COG problems {raster.cog_problems(str(out))}  "
                   f"{s['megapixels_per_second']:.3f} MP/s", flush=True)
         print(f"LEVIR test_1..3 (tile {args.tile}, halo {args.halo}): F1 {total.f1:.4f} IoU {total.iou:.4f} "
               f"precision {total.precision:.4f} recall {total.recall:.4f}; tiled vs whole-image F1 {agreement.f1:.4f}; "
               f"{near_seam} of {flipped} differing pixels lie within 32 px of an inner tile border "
-              f"({100 * _seam_area(args.tile):.1f} % of the area)")
+              f"({100 * seam_px / all_px:.1f} % of the area)")
         utm = reproject_to(root / "test_1_B.tif", tmp / "after_utm.tif", "EPSG:32614", 0.5)
         out = tmp / "utm.tif"
         detect_changes(str(root / "test_1_A.tif"), str(utm), str(out), mask=True, tile=args.tile, halo=args.halo)
@@ -138,10 +139,6 @@ def _distance_to_tile_borders(shape: tuple[int, int], tile: int) -> np.ndarray:
             return np.full(n, np.inf)
         return np.min(np.minimum(np.abs(idx[:, None] - borders[None]), np.abs(idx[:, None] + 1 - borders[None])), 1)
     return np.minimum(axis(shape[0])[:, None], axis(shape[1])[None, :])
-
-
-def _seam_area(tile: int, size: int = 1024) -> float:
-    return float((_distance_to_tile_borders((size, size), tile) < 32).mean())
 
 
 def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0) -> None:

@@ -46,15 +46,12 @@ def infer_label_values(values: np.ndarray, nodata: float | None) -> LabelValues:
 
 def prediction_mask(path: str, threshold: float | None) -> tuple[np.ndarray, np.ndarray, object]:
     """Binary change and valid mask of a change map: its mask band, or band 1 thresholded."""
-    info = raster.read_info(path, "PRED")
-    tags = raster.read_tags(path)
-    descriptions = raster.band_descriptions(path)
+    tags, descriptions = raster.read_metadata(path, "PRED")
     if threshold is None and "change_mask" in descriptions:
-        band = descriptions.index("change_mask") + 1
-        data, grid, valid = raster.read_raster(path, band)
+        data, grid, valid = raster.read_raster(path, descriptions.index("change_mask") + 1)
         return data > 0, valid, grid
     data, grid, valid = raster.read_raster(path, 1)
-    scale = float(tags.get("CHANGEMAP_PROBABILITY_SCALE", 255 if info.dtype == "uint8" else 1))
+    scale = float(tags.get("CHANGEMAP_PROBABILITY_SCALE", 255 if data.dtype == np.uint8 else 1))
     cut = threshold if threshold is not None else float(tags.get("CHANGEMAP_THRESHOLD", 0.5))
     probability = data.astype("float32") / scale
     valid = valid & np.isfinite(probability)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -34,6 +34,21 @@ def _is_remote(path: str) -> bool:
     return "://" in path or path.startswith("/vsi")
 
 
+@contextmanager
+def _open(path: str, role: str) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster, turning a missing or unreadable file into an error that names it and the fix."""
+    if not _is_remote(path) and not Path(path).exists():
+        raise InputRasterError(f"{role} raster {path} does not exist; check the path (and the working directory)")
+    try:
+        with rasterio.open(path) as src:
+            yield src
+    except RasterioError as exc:
+        raise InputRasterError(
+            f"{role} raster {path} cannot be read as a raster ({str(exc).strip()[:300]}); the file is corrupt, "
+            "truncated or not a GeoTIFF: re-download or re-export it"
+        ) from exc
+
+
 def read_info(path: str, role: str = "input") -> RasterInfo:
     """Read a raster's grid, band count, dtype and nodata, with clear errors for bad files.
 
@@ -45,34 +60,24 @@ def read_info(path: str, role: str = "input") -> RasterInfo:
         InputRasterError: missing, unreadable or truncated file.
         GridError: the raster has no CRS or no geotransform.
     """
-    if not _is_remote(path) and not Path(path).exists():
-        raise InputRasterError(f"{role} raster {path} does not exist; check the path (and the working directory)")
-    try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise GridError(
-                    f"{role} raster {path} has no CRS, so it cannot be placed on a map; assign one "
-                    "(e.g. gdal_edit.py -a_srs EPSG:32614 FILE) and run again"
-                )
-            if src.transform == Affine.identity():
-                raise GridError(
-                    f"{role} raster {path} has no geotransform (pixel grid without coordinates); "
-                    "georeference it first (gdal_edit.py -a_ullr / -a_srs)"
-                )
-            # Reading the last block catches truncated files before any work is done.
-            src.read(window=RioWindow(src.width - 1, src.height - 1, 1, 1))
-            dtypes = set(src.dtypes)
-            if len(dtypes) != 1:
-                raise InputRasterError(f"{role} raster {path} mixes band types {sorted(dtypes)}; convert it to one type")
-            grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
-            return RasterInfo(path, grid, src.count, src.dtypes[0], src.nodata)
-    except (GridError, InputRasterError):
-        raise
-    except RasterioError as exc:
-        raise InputRasterError(
-            f"{role} raster {path} cannot be read as a raster ({str(exc).strip()[:300]}); the file is corrupt, "
-            "truncated or not a GeoTIFF: re-download or re-export it"
-        ) from exc
+    with _open(path, role) as src:
+        if src.crs is None:
+            raise GridError(
+                f"{role} raster {path} has no CRS, so it cannot be placed on a map; assign one "
+                "(e.g. gdal_edit.py -a_srs EPSG:32614 FILE) and run again"
+            )
+        if src.transform == Affine.identity():
+            raise GridError(
+                f"{role} raster {path} has no geotransform (pixel grid without coordinates); "
+                "georeference it first (gdal_edit.py -a_ullr / -a_srs)"
+            )
+        # Reading the last block catches truncated files before any work is done.
+        src.read(window=RioWindow(src.width - 1, src.height - 1, 1, 1))
+        dtypes = set(src.dtypes)
+        if len(dtypes) != 1:
+            raise InputRasterError(f"{role} raster {path} mixes band types {sorted(dtypes)}; convert it to one type")
+        grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
+        return RasterInfo(path, grid, src.count, src.dtypes[0], src.nodata)
 
 
 def same_crs(a_wkt: str, b_wkt: str) -> bool:
@@ -146,16 +151,10 @@ def read_raster(path: str, band: int = 1) -> tuple[np.ndarray, Grid, np.ndarray]
     return data, info.grid, valid
 
 
-def read_tags(path: str) -> dict[str, str]:
-    """Dataset-level tags (metadata) of a raster."""
-    with rasterio.open(path) as src:
-        return dict(src.tags())
-
-
-def band_descriptions(path: str) -> list[str]:
-    """Band descriptions ('' where a band has none)."""
-    with rasterio.open(path) as src:
-        return [d or "" for d in src.descriptions]
+def read_metadata(path: str, role: str = "raster") -> tuple[dict[str, str], list[str]]:
+    """Dataset-level tags and band descriptions ('' where a band has none) of a raster."""
+    with _open(path, role) as src:
+        return dict(src.tags()), [d or "" for d in src.descriptions]
 
 
 def read_on_grid(path: str, grid: Grid, band: int = 1) -> tuple[np.ndarray, np.ndarray]:
