@@ -41,3 +41,9 @@ def exists(path: str) -> bool:
     """Whether a file or folder exists at a path or URL."""
     fs, root = fsspec.core.url_to_fs(path)
     return fs.exists(root)
+
+
+def read_text(url: str) -> str:
+    """The whole text (UTF-8) of a small file at a path or URL (manifests, split lists)."""
+    with fsspec.open(url, "rt", encoding="utf-8") as f:
+        return f.read()

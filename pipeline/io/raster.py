@@ -233,3 +233,16 @@ def iter_blocks(height: int, width: int, size: int = COG_BLOCKSIZE) -> Iterator[
     for y0 in range(0, height, size):
         for x0 in range(0, width, size):
             yield y0, x0, min(size, height - y0), min(size, width - x0)
+
+
+def read_image(path: str, role: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Read every band of a raster whole (dataset tiles: GeoTIFF, PNG, ...): ``(C, H, W)`` and valid ``(H, W)``.
+
+    Unlike :func:`read_info` it does not require a CRS (training crops are often plain PNGs).
+    """
+    with _open(path, role) as src:
+        try:
+            return src.read(), src.dataset_mask() > 0
+        except RasterioError as exc:
+            raise InputRasterError(f"{role} {path} cannot be read ({str(exc).strip()[:200]}); "
+                                   "the file is corrupt or truncated") from exc
