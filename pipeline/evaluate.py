@@ -78,3 +78,94 @@ def evaluate_pair(pred_path: str, label_path: str, *, threshold: float | None = 
     if values.nodata is not None:
         valid &= label != values.nodata
     return confusion(pred, label == values.change, valid)
+
+
+@dataclass(frozen=True)
+class DatasetScores:
+    """Scores of a model over a dataset: per image and over the whole set (summed confusion)."""
+
+    model: str
+    weights: str
+    threshold: float
+    per_image: tuple[tuple[str, Confusion], ...]
+
+    @property
+    def total(self) -> Confusion:
+        """The confusion summed over every image (not an average of per-image scores)."""
+        out = Confusion(0, 0, 0, 0)
+        for _, c in self.per_image:
+            out = out + c
+        return out
+
+    def as_dict(self) -> dict:
+        """JSON-friendly: the totals, then each image's scores."""
+        return {"model": self.model, "weights": self.weights, "threshold": self.threshold, **self.total.as_dict(),
+                "images": [{"name": n, **c.as_dict()} for n, c in self.per_image]}
+
+
+def model_from_weights(weights: str | None) -> str | None:
+    """The model a changemap checkpoint was trained as (None for other weights or none)."""
+    from pathlib import Path
+
+    from models.weights import read_checkpoint
+
+    if not weights or "://" in weights or not Path(weights).is_file():
+        return None
+    _, meta = read_checkpoint(weights)
+    return meta.get("model") if meta else None
+
+
+def load_model(model: str | None, weights: str | None, in_channels: int | None = None):
+    """``--model``/``--weights`` -> (model in eval mode, its metadata, the model name).
+
+    ``model`` may be omitted for a changemap checkpoint (it names its model); ``weights``
+    None means the model's default weights, ``none`` random initialisation.
+    """
+    import models
+    from models.registry import get_entry
+
+    spec = model or model_from_weights(weights)
+    if spec is None:
+        raise ChangemapError("pass --model NAME (only a changemap checkpoint names its own model)")
+    name, args = models.model_spec(spec)
+    if in_channels is not None:
+        args["in_channels"] = in_channels
+    wspec = weights if weights is not None else get_entry(name).default_weights
+    loaded = None if wspec in (None, "none", "random") else models.resolve_weights(name, wspec)
+    net, meta = models.build_model(name, loaded, args)
+    return net, meta, name
+
+
+def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split: str | None = None,
+                     threshold: float | None = None, label_values: LabelValues | None = None,
+                     bands: tuple[int, ...] | None = None, tile: int = 0, halo: int = 64, align: bool = False,
+                     device: str | None = None, progress=None) -> DatasetScores:
+    """Run a model over every pair of a dataset and score it against the labels.
+
+    Images are predicted whole (``tile == 0``) or in tiles with a halo; pixels where either
+    date has no data, or the label is unlabeled, are excluded. ``progress(done, total, name)``
+    is called after each image.
+    """
+    import torch
+
+    from pipeline.datasets import infer_dataset_label_values, load_dataset, read_labelled, read_pair
+    from pipeline.inference import select_bands
+    from pipeline.predict import normalize, predict_image
+
+    samples = load_dataset(data, split)
+    net, meta, name = load_model(model, weights, len(bands) if bands else None)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(dev)
+    values = label_values or infer_dataset_label_values(samples)
+    cut = threshold if threshold is not None else meta.threshold
+    rows = []
+    for i, s in enumerate(samples, 1):
+        pair, valid = read_pair(s)
+        chosen = select_bands(meta, pair.shape[1], bands)
+        x = normalize(pair[:, np.asarray(chosen) - 1], meta)
+        prob = predict_image(net, x, device=dev, tile=tile, halo=halo)
+        change, labelled = read_labelled(s, values, pair.shape[-2:], align)
+        rows.append((s.name, confusion(prob > cut, change, valid & labelled)))
+        if progress:
+            progress(i, len(samples), s.name)
+    return DatasetScores(name, str(weights if weights is not None else meta.source or "default"), cut, tuple(rows))
