@@ -1,4 +1,4 @@
-"""``changemap`` command line: ``run`` a scene pair, list ``models``."""
+"""``changemap`` command line: ``run`` a scene pair, ``evaluate``, ``train``, list ``models``."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,9 @@ import json
 import os
 import sys
 from typing import Sequence
+
+from pipeline.train_cli import add_dataset_evaluate_options as _add_dataset_evaluate_options
+from pipeline.train_cli import add_train_parser as _add_train_parser
 
 _USER_ERROR_EXIT = 2
 
@@ -43,14 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local runtime)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON too")
 
-    ev = sub.add_parser("evaluate", help="score a change map against a label raster")
-    ev.add_argument("prediction", help="change map (changemap output, or any raster of probabilities/0-1 mask)")
-    ev.add_argument("label", help="label raster (0/255, 0/1 with 255 unlabeled, or OSCD 1/2)")
+    ev = sub.add_parser("evaluate", help="score a change map against a label raster, or a model on a dataset",
+                        usage="changemap evaluate PRED LABEL [options]\n"
+                              "       changemap evaluate --model NAME --weights W --data DATASET [options]")
+    ev.add_argument("prediction", nargs="?", help="change map (changemap output, or any raster of probabilities/0-1 mask)")
+    ev.add_argument("label", nargs="?", help="label raster (0/255, 0/1 with 255 unlabeled, or OSCD 1/2)")
+    _add_dataset_evaluate_options(ev)
     ev.add_argument("--threshold", type=float, default=None,
                     help="threshold band 1 (default: use the mask band if present, else the map's threshold)")
     ev.add_argument("--label-values", default=None, help="NO_CHANGE,CHANGE[,NODATA], e.g. 0,255 or 1,2")
     ev.add_argument("--align", action="store_true", help="warp the label onto the prediction's grid (nearest)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+
+    _add_train_parser(sub)
 
     mods = sub.add_parser("models", help="list the registered models, their sizes and known weights")
     mods.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -77,6 +85,13 @@ def _run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.data or args.model or args.weights:
+        return _evaluate_dataset(args)
+    if not args.prediction or not args.label:
+        from pipeline.errors import ChangemapError
+
+        raise ChangemapError("evaluate takes PRED LABEL, or --model NAME --weights W --data DATASET")
+
     from pipeline.evaluate import evaluate_pair, parse_label_values
 
     values = parse_label_values(args.label_values) if args.label_values else None
@@ -88,6 +103,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
     return 0
+
+
+def _evaluate_dataset(args: argparse.Namespace) -> int:
+    from pipeline.train_cli import run_evaluate_dataset
+
+    return run_evaluate_dataset(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.train_cli import run_train
+
+    return run_train(args)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -117,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.errors import ChangemapError
 
     try:
-        return {"run": _run, "evaluate": _evaluate, "models": _models}[args.command](args)
+        return {"run": _run, "evaluate": _evaluate, "models": _models, "train": _train}[args.command](args)
     except (ChangemapError, WeightsError, UnknownModelError) as exc:
         print(f"changemap: error: {exc}", file=sys.stderr)
         return _USER_ERROR_EXIT
