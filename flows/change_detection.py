@@ -11,13 +11,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.types import SecretDict
 
 from models import LoadedWeights, UnknownModelError, WeightsError, WeightsMeta
-from pipeline import export, ingest, ray_runtime, scene
+from pipeline import export, ingest, ray_runtime, scene, storage
 from pipeline.config import RunConfig
 from pipeline.errors import ChangemapError
 from pipeline.grid import Alignment
-from pipeline.inference import InferenceJob, InferenceStats, PredictorPool, select_bands
+from pipeline.inference import InferenceJob, InferenceStats, borrow_pool, select_bands
 from pipeline.io import store
 
 _USER_ERRORS = (ChangemapError, WeightsError, UnknownModelError)
@@ -57,15 +58,15 @@ def infer_task(cfg: RunConfig, loaded: LoadedWeights | None, meta: WeightsMeta, 
                paths: scene.RunPaths, bands: tuple[int, ...]) -> InferenceStats:
     store.create_output_store(paths.output_store, alignment.grid, cfg.tile)
     started = ray_runtime.ensure_ray(cfg.ray_address)
-    pool = PredictorPool(meta.model, loaded, workers=cfg.workers, batch_size=cfg.batch_size,
-                         model_args=dict(meta.model_args))
     try:
-        job = InferenceJob(paths.input_store, paths.output_store, cfg.tile, cfg.halo, bands)
-        stats = pool.run(job, scene.tiles_for(alignment, cfg.tile), progress=scene.Progress())
+        # Inside an archive run the model actors are shared across pairs (loaded once).
+        with borrow_pool(meta.model, loaded, workers=cfg.workers, batch_size=cfg.batch_size,
+                         model_args=dict(meta.model_args)) as pool:
+            job = InferenceJob(paths.input_store, paths.output_store, cfg.tile, cfg.halo, bands, storage.installed())
+            stats = pool.run(job, scene.tiles_for(alignment, cfg.tile), progress=scene.Progress())
         store.mark_complete(paths.output_store)
         return stats
     finally:
-        pool.close()
         ray_runtime.shutdown_if_started(started)
 
 
@@ -80,12 +81,18 @@ def detect_changes(before: str, after: str, output: str, model: str = "tinycd", 
                    tile: int = 512, halo: int = 64, batch_size: int = 4, threshold: float | None = None,
                    workers: int | None = None, probability: str = "uint8", mask: bool = False,
                    bands: list[int] | None = None, workdir: str | None = None, keep_workdir: bool = False,
-                   overwrite: bool = False, ray_address: str | None = None) -> dict[str, Any]:
+                   overwrite: bool = False, ray_address: str | None = None,
+                   storage_options: SecretDict | None = None) -> dict[str, Any]:
     """Detect changes between BEFORE and AFTER and write a change-map COG on BEFORE's grid.
 
+    Paths may be fsspec URLs; ``storage_options`` (fsspec options, also mirrored into
+    GDAL's settings) is a secret parameter: Prefect stores it masked. Without it the
+    process's installed options (the CLI's ``--storage-options``) and the environment apply.
     Returns a summary: tiles, megapixels, seconds, megapixels_per_second, output, threshold.
     """
     start = time.perf_counter()
+    if storage_options is not None:
+        storage.install(storage_options.get_secret_value())
     cfg = RunConfig(before=before, after=after, output=output, model=model, weights=weights, tile=tile,
                     halo=halo, batch_size=batch_size, threshold=threshold, workers=workers,
                     probability=probability, mask=mask, bands=tuple(bands) if bands else None,

@@ -1,12 +1,15 @@
 """Export: the output zarr store -> a Cloud-Optimized GeoTIFF on the input grid."""
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Iterator
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.grid import Grid
-from pipeline.io import store
+from pipeline.io import fs, store
 from pipeline.io.raster import iter_blocks, write_cog
 
 
@@ -35,9 +38,23 @@ def export_cog(output_store: str, input_store: str, dest: str, *, probability: s
     (GDAL internal mask; NaN as well for float32).
     """
     grid = store.read_grid(output_store)
+    descriptions = ("change_probability",) + (("change_mask",) if mask else ())
+    if storage.is_remote(dest):
+        # Built locally, then published whole: the final key never holds a partial map.
+        with tempfile.TemporaryDirectory(prefix="changemap-export-") as tmp:
+            local = os.path.join(tmp, storage.basename(dest))
+            _write(output_store, input_store, local, grid, probability, mask, threshold, tags, descriptions)
+            fs.upload(local, dest)
+    else:
+        _write(output_store, input_store, storage.local_path(dest), grid, probability, mask, threshold, tags,
+               descriptions)
+    return grid
+
+
+def _write(output_store: str, input_store: str, dest: str, grid: Grid, probability: str, mask: bool,
+           threshold: float, tags: dict[str, str] | None, descriptions: tuple[str, ...]) -> None:
     prob = store.open_array(output_store, store.PROBABILITY)
     valid = store.open_array(input_store, store.VALID)
-    descriptions = ("change_probability",) + (("change_mask",) if mask else ())
     write_cog(
         dest, grid, len(descriptions), probability, _blocks(prob, valid, grid, probability, mask, threshold),
         nodata=float("nan") if probability == "float32" else None,
@@ -45,4 +62,3 @@ def export_cog(output_store: str, input_store: str, dest: str, *, probability: s
               **(tags or {})},
         descriptions=descriptions,
     )
-    return grid

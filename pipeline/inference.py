@@ -8,17 +8,21 @@ retried tile just rewrites the same chunk.
 """
 from __future__ import annotations
 
+import json
+import queue
+import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import ray
 import torch
-from ray.util import ActorPool
 
 import models
 from models import LoadedWeights, WeightsMeta
+from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.io import store
 from pipeline.tiling import Tile, Window, halo_window, window_size
@@ -33,6 +37,7 @@ class InferenceJob:
     tile: int
     halo: int
     bands: tuple[int, ...]  # 1-based
+    storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)  # for stores in object storage
 
 
 def select_bands(meta: WeightsMeta, raster_bands: int, override: Sequence[int] | None) -> tuple[int, ...]:
@@ -85,6 +90,9 @@ class TilePredictor:
 
     def _arrays(self, job: InferenceJob):
         if job.output_store not in self._stores:
+            storage.install(job.storage)  # this actor's process reads/writes the stores with them
+            if len(self._stores) > 8:  # an actor serving an archive keeps a few scenes' handles only
+                self._stores.clear()
             self._stores[job.output_store] = (
                 store.open_array(job.input_store, store.IMAGE),
                 store.open_array(job.input_store, store.VALID),
@@ -170,18 +178,48 @@ class PredictorPool:
         ]
         ray.get([a.describe.remote() for a in self.actors])  # fail here if the model cannot load
         self.batch_size = batch_size
+        self.tiles_done = 0
+        self._lock = threading.Lock()
+        self._idle: queue.Queue = queue.Queue()
+        for actor in self.actors:
+            self._idle.put(actor)
 
     def run(self, job: InferenceJob, tiles: Sequence[Tile],
             progress: Callable[[int, int], None] | None = None) -> InferenceStats:
-        """Predict all tiles of one scene, reporting ``(done, total)`` as batches finish."""
+        """Predict all tiles of one scene, reporting ``(done, total)`` as batches finish.
+
+        Safe to call from several threads at once (an archive runs pairs concurrently):
+        actors are lent batch by batch from one idle queue, so scenes share them fairly.
+        """
         start = time.perf_counter()
-        batches = [list(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
-        pool = ActorPool(self.actors)
-        done = 0
-        for n in pool.map_unordered(lambda actor, batch: actor.predict.remote(job, batch), batches):
-            done += n
-            if progress:
-                progress(done, len(tiles))
+        pending = [list(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
+        pending.reverse()
+        inflight: dict = {}
+        done, error = 0, None
+        while (pending and error is None) or inflight:
+            if pending and error is None:
+                try:
+                    actor = self._idle.get(timeout=0.05 if inflight else 5.0)
+                except queue.Empty:
+                    actor = None
+                if actor is not None:
+                    inflight[actor.predict.remote(job, pending.pop())] = actor
+            if not inflight:
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0 if pending and error is None else 1.0)
+            for ref in ready:
+                self._idle.put(inflight.pop(ref))
+                try:
+                    done += ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - re-raised once the other batches are back
+                    error = error or exc
+                    continue
+                if progress:
+                    progress(done, len(tiles))
+        if error is not None:
+            raise error
+        with self._lock:
+            self.tiles_done += done
         return InferenceStats(len(tiles), time.perf_counter() - start, self.workers, self.device)
 
     def close(self) -> None:
@@ -189,3 +227,48 @@ class PredictorPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+# Pools lent to every run of this process that uses the same model, weights and
+# batch size (an archive keeps its actors, and their loaded models, across pairs).
+_shared: dict[str, PredictorPool] = {}
+_shared_lock = threading.Lock()
+
+
+def pool_key(model_name: str, weights: LoadedWeights | None, batch_size: int, workers: int | None,
+             model_args: dict | None) -> str:
+    """What makes two runs able to share model actors."""
+    sha = weights.meta.sha256 if weights is not None else "random"
+    return json.dumps([model_name, sha, batch_size, workers, model_args or {}], sort_keys=True, default=str)
+
+
+@contextmanager
+def shared_pool(model_name: str, weights: LoadedWeights | None, *, workers: int | None = None,
+                batch_size: int = 4, model_args: dict | None = None) -> Iterator[PredictorPool]:
+    """Create a pool that :func:`borrow_pool` lends to runs in this process until the block ends."""
+    key = pool_key(model_name, weights, batch_size, workers, model_args)
+    pool = PredictorPool(model_name, weights, workers=workers, batch_size=batch_size, model_args=model_args)
+    with _shared_lock:
+        _shared[key] = pool
+    try:
+        yield pool
+    finally:
+        with _shared_lock:
+            _shared.pop(key, None)
+        pool.close()
+
+
+@contextmanager
+def borrow_pool(model_name: str, weights: LoadedWeights | None, *, workers: int | None = None,
+                batch_size: int = 4, model_args: dict | None = None) -> Iterator[PredictorPool]:
+    """The shared pool for this model if one is open, else a pool of our own, closed afterwards."""
+    with _shared_lock:
+        pool = _shared.get(pool_key(model_name, weights, batch_size, workers, model_args))
+    if pool is not None:
+        yield pool
+        return
+    own = PredictorPool(model_name, weights, workers=workers, batch_size=batch_size, model_args=model_args)
+    try:
+        yield own
+    finally:
+        own.close()

@@ -1,17 +1,16 @@
 """The steps of one scene-pair run as plain functions (the Prefect flow only orders them)."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 import models
 from models import LoadedWeights, WeightsMeta
 from models.registry import get_entry
+from pipeline import storage
 from pipeline.config import RunConfig
 from pipeline.errors import OutputExistsError
 from pipeline.grid import Alignment, plan_alignment
@@ -68,8 +67,8 @@ def plan_grid(before: str, after: str) -> Alignment:
 def make_paths(cfg: RunConfig) -> RunPaths:
     """Create the run folder for intermediate stores and save the run config in it."""
     run_dir = fs.make_run_dir(cfg.workdir)
-    Path(run_dir, "config.json").write_text(cfg.to_json())
-    return RunPaths(run_dir, os.path.join(run_dir, "input.zarr"), os.path.join(run_dir, "output.zarr"),
+    fs.write_text(storage.join(run_dir, "config.json"), cfg.to_json())
+    return RunPaths(run_dir, storage.join(run_dir, "input.zarr"), storage.join(run_dir, "output.zarr"),
                     temporary=cfg.workdir is None)
 
 

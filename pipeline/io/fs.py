@@ -1,12 +1,29 @@
-"""The one module that talks to fsspec: fetching files, work folders, atomic moves."""
+"""The one module that talks to fsspec: files, listings, work folders, atomic uploads.
+
+Every function takes a local path or an fsspec URL and uses the storage options
+installed for the process (:mod:`pipeline.storage`).
+"""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Any
 
 import fsspec
+
+from pipeline import storage
+
+# Object stores publish an object only when its upload completes (single PUT or a
+# completed multipart upload), so writing straight to the final key is atomic.
+_ATOMIC_PUT = {"s3", "gs", "az"}
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` (with the installed storage options) and the path within it."""
+    return fsspec.core.url_to_fs(url, **storage.options_for(url))
 
 
 def download(url: str, local_path: str) -> None:
@@ -15,7 +32,8 @@ def download(url: str, local_path: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, fsspec.open(url, "rb") as src:
+        fs, path = filesystem(url)
+        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
             shutil.copyfileobj(src, out, length=1 << 20)
         os.replace(tmp, target)
     finally:
@@ -23,27 +41,97 @@ def download(url: str, local_path: str) -> None:
             os.unlink(tmp)
 
 
-def make_run_dir(base: str | None, prefix: str = "changemap-") -> str:
-    """A fresh folder for one run's intermediate stores (under ``base``, else the system temp)."""
-    if base:
-        Path(base).mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix=prefix, dir=base)
+def upload(local_path: str, url: str) -> None:
+    """Publish a finished local file at ``url`` so that it appears only when complete.
+
+    Local destinations get a rename in the same folder; object stores (S3, GCS, Azure)
+    publish an object only when its upload completes, so it goes straight to the key;
+    other filesystems get a temporary name in the same folder and a move.
+    """
+    if not storage.is_remote(url):
+        dest = Path(storage.local_path(url))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    fs, path = filesystem(url)
+    if storage.protocol(url) in _ATOMIC_PUT:
+        fs.put_file(local_path, path)
+    else:
+        tmp = f"{storage.parent(path)}/.{storage.basename(path)}.{uuid.uuid4().hex}.part"
+        fs.put_file(local_path, tmp)
+        try:
+            fs.mv(tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+    fs.invalidate_cache(storage.parent(path))
 
 
-def remove_tree(path: str) -> None:
-    """Delete a folder and everything below it (missing is fine)."""
-    fs, root = fsspec.core.url_to_fs(path)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
-def exists(path: str) -> bool:
-    """Whether a file or folder exists at a path or URL."""
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs.exists(root)
+def write_text(url: str, text: str) -> None:
+    """Write a small text file (summary, config) atomically at a path or URL."""
+    fd, tmp = tempfile.mkstemp(suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        upload(tmp, url)
+    finally:
+        os.unlink(tmp)
 
 
 def read_text(url: str) -> str:
     """The whole text (UTF-8) of a small file at a path or URL (manifests, split lists)."""
-    with fsspec.open(url, "rt", encoding="utf-8") as f:
+    fs, path = filesystem(url)
+    with fs.open(path, "rt", encoding="utf-8") as f:
         return f.read()
+
+
+def make_run_dir(base: str | None, prefix: str = "changemap-") -> str:
+    """A fresh folder (or prefix) for one run's intermediate stores (under ``base``, else the system temp)."""
+    if base and storage.is_remote(base):
+        run_dir = storage.join(base, f"{prefix}{uuid.uuid4().hex[:12]}")
+        fs, path = filesystem(run_dir)
+        fs.makedirs(path, exist_ok=True)  # a no-op on object stores
+        return run_dir
+    if base:
+        Path(storage.local_path(base)).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=storage.local_path(base) if base else None)
+
+
+def remove_tree(url: str) -> None:
+    """Delete a folder (or prefix) and everything below it (missing is fine)."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def exists(url: str) -> bool:
+    """Whether a file or folder exists at a path or URL (listing caches bypassed)."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """Files matching a glob pattern, as URLs of the same protocol as the pattern (sorted)."""
+    fs, path = filesystem(pattern)
+    fs.invalidate_cache()
+    found = sorted(p for p in fs.glob(path) if not fs.isdir(p))
+    if not storage.is_remote(pattern):
+        return found
+    scheme = pattern.split("://", 1)[0]
+    return [f"{scheme}://{fs._strip_protocol(p).lstrip('/') if scheme != 'memory' else fs._strip_protocol(p)}"
+            for p in found]
+
+
+def rasterio_opener(url: str) -> Any:
+    """The fsspec filesystem rasterio should read ``url`` through (protocols GDAL cannot read itself)."""
+    fs, _ = filesystem(url)
+    return fs

@@ -17,36 +17,123 @@ import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
+from rasterio.session import AWSSession, AzureSession, GSSession
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds as _transform_bounds
 from rasterio.windows import Window as RioWindow
 
+from pipeline import storage
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Alignment, Bounds, Grid, RasterInfo
+from pipeline.io import fs
 
 # Output blocks and overview settings of the COGs we write.
 COG_BLOCKSIZE = 512
 _GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("/vsi")
+# Protocols GDAL reads itself through its virtual file systems (/vsis3/, /vsigs/, /vsiaz/,
+# /vsicurl/): HTTP range requests for just the blocks a window needs, GDAL's block
+# cache and its own retries. Anything else fsspec knows (memory://, ...) is read
+# through an fsspec file object handed to GDAL (rasterio's ``opener``), still block by block.
+_GDAL_PROTOCOLS = {"s3", "gs", "az", "http"}
+
+
+def _endpoint(options: dict) -> str | None:
+    url = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    return url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _gdal_session(url: str) -> tuple[object | None, dict[str, str]]:
+    """A rasterio session and GDAL options mirroring the fsspec storage options of ``url``."""
+    proto = storage.protocol(url)
+    opts = storage.options_for(url)
+    config: dict[str, str] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    if proto == "s3":
+        endpoint = _endpoint(opts)
+        host = None
+        if endpoint:
+            parts = endpoint.split("://", 1)
+            host = parts[-1].rstrip("/")
+            config["AWS_HTTPS"] = "NO" if parts[0] == "http" else "YES"
+            config["AWS_VIRTUAL_HOSTING"] = "FALSE"  # custom endpoints (MinIO, moto, ...) want path-style URLs
+        region = opts.get("region_name") or (opts.get("client_kwargs") or {}).get("region_name")
+        session = AWSSession(
+            aws_unsigned=bool(opts.get("anon")) or None, aws_access_key_id=opts.get("key"),
+            aws_secret_access_key=opts.get("secret"), aws_session_token=opts.get("token"),
+            region_name=region, profile_name=opts.get("profile"), endpoint_url=host,
+            requester_pays=bool(opts.get("requester_pays", False)),
+        )
+        return session, config
+    if proto == "gs":
+        token = opts.get("token")
+        if opts.get("anon") or token == "anon":
+            config["GS_NO_SIGN_REQUEST"] = "YES"
+            return None, config
+        return GSSession(token if isinstance(token, str) and os.path.exists(token) else None), config
+    if proto == "az":
+        return AzureSession(
+            azure_storage_connection_string=opts.get("connection_string"),
+            azure_storage_account=opts.get("account_name"), azure_storage_access_key=opts.get("account_key"),
+            azure_unsigned=bool(opts.get("anon", False)),
+        ), config
+    return None, config
+
+
+def _gdal_name(url: str) -> str:
+    """The name rasterio opens: local path, or a URL in a scheme rasterio maps to GDAL's /vsi* paths."""
+    proto = storage.protocol(url)
+    if proto == "file":
+        return storage.local_path(url)
+    if proto == "az":  # abfs://container/key and az://container/key are the same object
+        return "az://" + url.split("://", 1)[1]
+    if proto == "s3":
+        return "s3://" + url.split("://", 1)[1]
+    return url
+
+
+@contextmanager
+def _rio(url: str) -> Iterator[rasterio.DatasetReader]:
+    """rasterio.open for a path or URL, inside the GDAL settings its storage needs."""
+    with ExitStack() as stack:
+        proto = storage.protocol(url)
+        if proto in _GDAL_PROTOCOLS:
+            session, config = _gdal_session(url)
+            stack.enter_context(rasterio.Env(session=session, **config) if session else rasterio.Env(**config))
+            yield stack.enter_context(rasterio.open(_gdal_name(url)))
+        elif proto == "file":
+            yield stack.enter_context(rasterio.open(storage.local_path(url)))
+        else:
+            yield stack.enter_context(rasterio.open(url, opener=fs.rasterio_opener(url)))
+
+
+def _missing(path: str) -> bool:
+    if storage.is_remote(path):
+        return False  # one request less: opening it says the same
+    return not Path(storage.local_path(path)).exists()
 
 
 @contextmanager
 def _open(path: str, role: str) -> Iterator[rasterio.DatasetReader]:
     """Open a raster, turning a missing or unreadable file into an error that names it and the fix."""
-    if not _is_remote(path) and not Path(path).exists():
-        raise InputRasterError(f"{role} raster {path} does not exist; check the path (and the working directory)")
+    shown = storage.redact_url(path)
+    if _missing(path):
+        raise InputRasterError(f"{role} raster {shown} does not exist; check the path (and the working directory)")
     try:
-        with rasterio.open(path) as src:
+        with _rio(path) as src:
             yield src
     except RasterioError as exc:
+        detail = storage.scrub(str(exc).strip()[:300])
+        if storage.is_remote(path) and ("No such file" in detail or "does not exist" in detail or "404" in detail):
+            raise InputRasterError(
+                f"{role} raster {shown} does not exist or is not readable with the given credentials ({detail}); "
+                "check the URL, the credentials (environment, profile or --storage-options) and the endpoint"
+            ) from None
         raise InputRasterError(
-            f"{role} raster {path} cannot be read as a raster ({str(exc).strip()[:300]}); the file is corrupt, "
+            f"{role} raster {shown} cannot be read as a raster ({detail}); the file is corrupt, "
             "truncated or not a GeoTIFF: re-download or re-export it"
-        ) from exc
+        ) from None
 
 
 def read_info(path: str, role: str = "input") -> RasterInfo:
@@ -63,19 +150,19 @@ def read_info(path: str, role: str = "input") -> RasterInfo:
     with _open(path, role) as src:
         if src.crs is None:
             raise GridError(
-                f"{role} raster {path} has no CRS, so it cannot be placed on a map; assign one "
+                f"{role} raster {storage.redact_url(path)} has no CRS, so it cannot be placed on a map; assign one "
                 "(e.g. gdal_edit.py -a_srs EPSG:32614 FILE) and run again"
             )
         if src.transform == Affine.identity():
             raise GridError(
-                f"{role} raster {path} has no geotransform (pixel grid without coordinates); "
+                f"{role} raster {storage.redact_url(path)} has no geotransform (pixel grid without coordinates); "
                 "georeference it first (gdal_edit.py -a_ullr / -a_srs)"
             )
         # Reading the last block catches truncated files before any work is done.
         src.read(window=RioWindow(src.width - 1, src.height - 1, 1, 1))
         dtypes = set(src.dtypes)
         if len(dtypes) != 1:
-            raise InputRasterError(f"{role} raster {path} mixes band types {sorted(dtypes)}; convert it to one type")
+            raise InputRasterError(f"{role} raster {storage.redact_url(path)} mixes band types {sorted(dtypes)}; convert it to one type")
         grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
         return RasterInfo(path, grid, src.count, src.dtypes[0], src.nodata)
 
@@ -101,8 +188,8 @@ class AlignedPairReader:
     def __enter__(self) -> "AlignedPairReader":
         a = self.alignment
         try:
-            self._sources.append(self._stack.enter_context(rasterio.open(a.before.path)))
-            after = self._stack.enter_context(rasterio.open(a.after.path))
+            self._sources.append(self._stack.enter_context(_rio(a.before.path)))
+            after = self._stack.enter_context(_rio(a.after.path))
             if a.warp_after:
                 g = a.grid
                 after = self._stack.enter_context(WarpedVRT(
@@ -114,7 +201,7 @@ class AlignedPairReader:
             self._sources.append(after)
         except RasterioError as exc:
             self._stack.close()
-            raise InputRasterError(f"cannot open the input pair: {exc}") from exc
+            raise InputRasterError(f"cannot open the input pair: {storage.scrub(str(exc))}") from None
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -132,7 +219,8 @@ class AlignedPairReader:
                 mask = src.dataset_mask(window=window) > 0
             except RasterioError as exc:
                 raise InputRasterError(
-                    f"reading rows {y0}-{y1}, columns {x0}-{x1} of {info.path} failed ({str(exc).strip()[:200]}); "
+                    f"reading rows {y0}-{y1}, columns {x0}-{x1} of {storage.redact_url(info.path)} failed "
+                    f"({storage.scrub(str(exc).strip()[:200])}); "
                     "the file is corrupt or truncated: re-download or re-export it"
                 ) from exc
             if data.dtype.kind == "f":
@@ -145,7 +233,7 @@ class AlignedPairReader:
 def read_raster(path: str, band: int = 1) -> tuple[np.ndarray, Grid, np.ndarray]:
     """Read one band whole (small rasters: labels, test outputs): data, grid and valid mask."""
     info = read_info(path, "raster")
-    with rasterio.open(path) as src:
+    with _rio(path) as src:
         data = src.read(band)
         valid = src.read_masks(band) > 0
     return data, info.grid, valid
@@ -159,7 +247,7 @@ def read_metadata(path: str, role: str = "raster") -> tuple[dict[str, str], list
 
 def read_on_grid(path: str, grid: Grid, band: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """One band warped onto ``grid`` with nearest neighbour (labels), and where it has data."""
-    with rasterio.open(path) as src, WarpedVRT(
+    with _rio(path) as src, WarpedVRT(
             src, crs=CRS.from_wkt(grid.crs_wkt), transform=Affine(*grid.transform), width=grid.width,
             height=grid.height, resampling=Resampling.nearest, add_alpha=src.nodata is None) as vrt:
         return vrt.read(band), vrt.dataset_mask() > 0
@@ -216,7 +304,7 @@ def write_cog(path: str, grid: Grid, count: int, dtype: str,
 def cog_problems(path: str) -> list[str]:
     """Why ``path`` is not a valid Cloud-Optimized GeoTIFF (empty list: it is one)."""
     problems = []
-    with rasterio.open(path) as src:
+    with _open(path, "output") as src:
         if src.driver != "GTiff":
             problems.append(f"driver is {src.driver}, not GTiff")
         if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
@@ -244,5 +332,5 @@ def read_image(path: str, role: str = "image") -> tuple[np.ndarray, np.ndarray]:
         try:
             return src.read(), src.dataset_mask() > 0
         except RasterioError as exc:
-            raise InputRasterError(f"{role} {path} cannot be read ({str(exc).strip()[:200]}); "
+            raise InputRasterError(f"{role} {storage.redact_url(path)} cannot be read ({storage.scrub(str(exc).strip()[:200])}); "
                                    "the file is corrupt or truncated") from exc

@@ -14,10 +14,20 @@ import xarray as xr
 import zarr
 from affine import Affine
 
+from pipeline import storage
 from pipeline.grid import Grid
 
 IMAGE, VALID, PROBABILITY = "image", "valid", "probability"
 _COMPLETE = "changemap_complete"
+
+
+def _so(path: str) -> dict:
+    """``storage_options`` keyword for xarray/zarr: only for URLs (local stores take none)."""
+    return {"storage_options": storage.options_for(path)} if storage.is_remote(path) else {}
+
+
+def _group(path: str, mode: str) -> zarr.Group:
+    return zarr.open_group(storage.local_path(path), mode=mode, **_so(path))
 
 
 def _coords(grid: Grid) -> dict[str, np.ndarray]:
@@ -43,9 +53,9 @@ def _encoding(ds: xr.Dataset, extra: dict[str, dict]) -> dict[str, dict]:
 def _write(ds: xr.Dataset, path: str, encoding: dict) -> None:
     """Write a dataset, then mark it complete: a store without the mark is a failed write."""
     ds.attrs[_COMPLETE] = False
-    ds.to_zarr(path, mode="w", encoding=_encoding(ds, encoding), consolidated=False, zarr_format=2)
-    group = zarr.open_group(path, mode="r+")
-    group.attrs[_COMPLETE] = True
+    ds.to_zarr(storage.local_path(path), mode="w", encoding=_encoding(ds, encoding), consolidated=False,
+               zarr_format=2, **_so(path))
+    _group(path, "r+").attrs[_COMPLETE] = True
 
 
 def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, tile: int) -> None:
@@ -67,26 +77,27 @@ def create_output_store(path: str, grid: Grid, tile: int) -> None:
     prob = da.full((grid.height, grid.width), np.nan, dtype="float32", chunks=(tile, tile))
     ds = _georeference(xr.Dataset({PROBABILITY: (("y", "x"), prob)}, coords=_coords(grid)), grid)
     ds.attrs[_COMPLETE] = False
-    ds.to_zarr(path, mode="w", compute=False, consolidated=False, zarr_format=2,
+    ds.to_zarr(storage.local_path(path), mode="w", compute=False, consolidated=False, zarr_format=2, **_so(path),
                encoding=_encoding(ds, {PROBABILITY: {"chunks": (tile, tile), "_FillValue": np.nan}}))
 
 
 def mark_complete(path: str) -> None:
     """Flag a store as fully written."""
-    zarr.open_group(path, mode="r+").attrs[_COMPLETE] = True
+    _group(path, "r+").attrs[_COMPLETE] = True
 
 
 def is_complete(path: str) -> bool:
     """Whether a store exists and was fully written."""
     try:
-        return bool(zarr.open_group(path, mode="r").attrs.get(_COMPLETE, False))
+        return bool(_group(path, "r").attrs.get(_COMPLETE, False))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return False
 
 
 def read_grid(path: str) -> Grid:
     """The grid a store was written on, decoded through rioxarray (CRS + transform)."""
-    ds = xr.open_zarr(path, consolidated=False, decode_coords="all", mask_and_scale=False)
+    ds = xr.open_zarr(storage.local_path(path), consolidated=False, decode_coords="all", mask_and_scale=False,
+                      **_so(path))
     crs = ds.rio.crs
     if crs is None:
         raise ValueError(f"zarr store {path} has no CRS (spatial_ref missing)")
@@ -96,4 +107,4 @@ def read_grid(path: str) -> Grid:
 
 def open_array(path: str, name: str, mode: str = "r") -> zarr.Array:
     """One array of a store, for direct chunk-aligned reads and writes."""
-    return zarr.open_group(path, mode=mode)[name]
+    return _group(path, mode)[name]
