@@ -20,6 +20,31 @@ def _bands(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--bands takes comma-separated band numbers like 3,2,1, got {text!r}") from None
 
 
+def _add_run_options(p: argparse.ArgumentParser, *, single: bool = True) -> None:
+    """The options of one pair's run (shared by ``run`` and ``archive``)."""
+    p.add_argument("--model", default="tinycd", help="registered model name (see `changemap models`)")
+    p.add_argument("--weights", default=None,
+                   help="known weights name (e.g. levir, whu), a local checkpoint or a URL; 'none' for random")
+    p.add_argument("--tile", type=int, default=512, help="core tile side in pixels (= zarr chunk side)")
+    p.add_argument("--halo", type=int, default=64, help="context margin around each tile in pixels")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the weights')")
+    p.add_argument("--workers", type=int, default=None, help="inference actors (default: one per GPU, else 1)")
+    p.add_argument("--probability", choices=("uint8", "float32"), default="uint8",
+                   help="band 1 type: uint8 scaled 0-255 (default) or float32 0-1")
+    p.add_argument("--mask", action="store_true", help="also write the binary change mask as band 2")
+    p.add_argument("--bands", type=_bands, default=None, help="1-based input bands for the model, e.g. 3,2,1")
+    p.add_argument("--workdir", default=None, help="folder for intermediate zarr stores (default: temporary)")
+    if single:
+        p.add_argument("--keep-workdir", action="store_true", help="keep the intermediate stores after success")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output" if single else "redo pairs whose output is already complete")
+    p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local runtime)")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="fsspec storage options (also given to GDAL), e.g. '{\"key\": ..., \"secret\": ..., "
+                        "\"endpoint_url\": ...}' or keyed by protocol '{\"s3\": {...}}'; default: environment")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="changemap", description="Change maps from bitemporal GeoTIFFs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -28,22 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("before", help="BEFORE raster (its grid is the output grid)")
     run.add_argument("after", help="AFTER raster (warped onto BEFORE's grid when it differs)")
     run.add_argument("--output", "-o", required=True, help="output change map (Cloud-Optimized GeoTIFF)")
-    run.add_argument("--model", default="tinycd", help="registered model name (see `changemap models`)")
-    run.add_argument("--weights", default=None,
-                     help="known weights name (e.g. levir, whu), a local checkpoint or a URL; 'none' for random")
-    run.add_argument("--tile", type=int, default=512, help="core tile side in pixels (= zarr chunk side)")
-    run.add_argument("--halo", type=int, default=64, help="context margin around each tile in pixels")
-    run.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    run.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the weights')")
-    run.add_argument("--workers", type=int, default=None, help="inference actors (default: one per GPU, else 1)")
-    run.add_argument("--probability", choices=("uint8", "float32"), default="uint8",
-                     help="band 1 type: uint8 scaled 0-255 (default) or float32 0-1")
-    run.add_argument("--mask", action="store_true", help="also write the binary change mask as band 2")
-    run.add_argument("--bands", type=_bands, default=None, help="1-based input bands for the model, e.g. 3,2,1")
-    run.add_argument("--workdir", default=None, help="folder for intermediate zarr stores (default: temporary)")
-    run.add_argument("--keep-workdir", action="store_true", help="keep the intermediate stores after success")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    run.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local runtime)")
+    _add_run_options(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON too")
 
     ev = sub.add_parser("evaluate", help="score a change map against a label raster, or a model on a dataset",
@@ -57,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-values", default=None, help="NO_CHANGE,CHANGE[,NODATA], e.g. 0,255 or 1,2")
     ev.add_argument("--align", action="store_true", help="warp the label onto the prediction's grid (nearest)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+
+    arc = sub.add_parser("archive", help="process many pairs (manifest or globs) into change maps",
+                         usage="changemap archive MANIFEST --output-prefix PREFIX [options]\n"
+                               "       changemap archive --before GLOB --after GLOB [--pair-by stem|REGEX] "
+                               "--output-prefix PREFIX [options]")
+    arc.add_argument("manifest", nargs="?", help="CSV (id,before,after[,output]) or JSON-lines file, path or URL")
+    arc.add_argument("--before", default=None, help="glob of BEFORE rasters (quote it), e.g. 's3://b/2019/*.tif'")
+    arc.add_argument("--after", default=None, help="glob of AFTER rasters (quote it)")
+    arc.add_argument("--pair-by", default="stem",
+                     help="pair glob matches by file 'stem' (default) or a regex with a named group, "
+                          "e.g. '(?P<tile>T\\d+)'")
+    arc.add_argument("--output-prefix", required=True, help="folder or URL prefix: outputs PREFIX/{id}.tif, summary")
+    arc.add_argument("--concurrency", type=int, default=1, help="pairs processed at once (sharing the model actors)")
+    _add_run_options(arc, single=False)
+    arc.add_argument("--json", action="store_true", help="print the archive summary as JSON too")
 
     _add_train_parser(sub)
 
@@ -80,6 +105,28 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     print(summary_line(summary))
     return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from flows.archive import process_archive
+
+    state = process_archive(
+        output_prefix=args.output_prefix, manifest=args.manifest, before=args.before, after=args.after,
+        pair_by=args.pair_by, concurrency=args.concurrency, overwrite=args.overwrite, model=args.model,
+        weights=args.weights, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
+        threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask,
+        bands=args.bands, workdir=args.workdir, ray_address=args.ray_address, return_state=True,
+    )
+    data = state.result(raise_on_failure=False)
+    if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)
+        raise data if isinstance(data, Exception) else RuntimeError(str(state.message))
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+    for row in data["pairs"]:
+        if row["status"] in ("failed", "unpaired"):
+            print(f"  {row['id']}: {row['status']}: {row['error']}", file=sys.stderr)
+    print(f"changemap archive: {data['message']} in {data['seconds']:.1f} s; summary {data['summary_csv']}")
+    return 0 if data["counts"]["failed"] == 0 else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -144,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.errors import ChangemapError
 
     try:
-        return {"run": _run, "evaluate": _evaluate, "models": _models, "train": _train}[args.command](args)
+        if getattr(args, "storage_options", None):
+            from pipeline import storage
+
+            storage.install(storage.StorageOptions.from_json(args.storage_options))
+        commands = {"run": _run, "archive": _archive, "evaluate": _evaluate, "models": _models, "train": _train}
+        return commands[args.command](args)
     except (ChangemapError, WeightsError, UnknownModelError) as exc:
         print(f"changemap: error: {exc}", file=sys.stderr)
         return _USER_ERROR_EXIT
