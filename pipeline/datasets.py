@@ -120,7 +120,7 @@ def _from_folder(root: Path, split: str | None) -> list[Sample]:
         listing = root / "list" / f"{split}.txt"
         if not listing.exists():
             raise DatasetError(f"dataset {root} has no split {split!r} (no {listing} nor {root / split}/A); "
-                               f"its splits: {available_splits(str(root)) or 'none'}")
+                               f"its splits: {', '.join(available_splits(str(root))) or 'none'}")
         wanted = [Path(line.strip()).stem for line in listing.read_text().splitlines() if line.strip()]
         unknown = [n for n in wanted if n not in before]
         if unknown:
@@ -175,7 +175,7 @@ def _from_manifest(spec: str, split: str | None) -> list[Sample]:
                               _resolve(found["label"], base) if found["label"] else None))
     if split is not None and not samples:
         raise DatasetError(f"manifest {spec} has no rows with split {split!r}; its splits: "
-                           f"{available_splits(spec) or 'none (no split column)'}")
+                           f"{', '.join(available_splits(spec)) or 'none (no split column)'}")
     return samples
 
 

@@ -205,8 +205,11 @@ def run(cfg: TrainConfig, plan: TrainPlan, *, device: torch.device | None = None
         model.train()
         items = epoch_items(len(dataset), epoch, cfg.seed, workers.rank, workers.world, cfg.batch_size,
                             step_in_epoch)
+        # Its own generator: creating a loader must not draw from the global RNG (a resumed run
+        # creates one at another point of the RNG stream than the run it continues).
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=items,
-                                             num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+                                             num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
+                                             generator=torch.Generator().manual_seed(cfg.seed))
         bar = _progress(workers, per_epoch, step_in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
         for x, target, valid in loader:
             x, target, valid = (t.to(device, non_blocking=True) for t in (x, target, valid))
