@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
-from prefect.types import SecretDict
+from pydantic import SecretStr
 
 from flows.change_detection import detect_changes, weights_task
 from pipeline import archive, ray_runtime, scene, storage
@@ -91,7 +91,7 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
                     tile: int = 512, halo: int = 64, batch_size: int = 4, threshold: float | None = None,
                     workers: int | None = None, probability: str = "uint8", mask: bool = False,
                     bands: list[int] | None = None, workdir: str | None = None, ray_address: str | None = None,
-                    storage_options: SecretDict | None = None):
+                    storage_options: SecretStr | None = None):
     """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
 
     Returns a Completed state when no pair failed, else a Failed one; both carry the
@@ -100,7 +100,7 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
     start = time.perf_counter()
     logger = get_run_logger()
     if storage_options is not None:
-        storage.install(storage_options.get_secret_value())
+        storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
     if concurrency < 1:
         raise ChangemapError(f"--concurrency must be at least 1, got {concurrency}")
     run_options = dict(model=model, weights=weights, tile=tile, halo=halo, batch_size=batch_size,

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.types import SecretDict
+from pydantic import SecretStr
 
 from models import LoadedWeights, UnknownModelError, WeightsError, WeightsMeta
 from pipeline import export, ingest, ray_runtime, scene, storage
@@ -82,17 +82,18 @@ def detect_changes(before: str, after: str, output: str, model: str = "tinycd", 
                    workers: int | None = None, probability: str = "uint8", mask: bool = False,
                    bands: list[int] | None = None, workdir: str | None = None, keep_workdir: bool = False,
                    overwrite: bool = False, ray_address: str | None = None,
-                   storage_options: SecretDict | None = None) -> dict[str, Any]:
+                   storage_options: SecretStr | None = None) -> dict[str, Any]:
     """Detect changes between BEFORE and AFTER and write a change-map COG on BEFORE's grid.
 
-    Paths may be fsspec URLs; ``storage_options`` (fsspec options, also mirrored into
-    GDAL's settings) is a secret parameter: Prefect stores it masked. Without it the
+    Paths may be fsspec URLs; ``storage_options`` (fsspec options as JSON text, also
+    mirrored into GDAL's settings) is a secret string: Prefect stores it masked (a
+    ``SecretStr``; Prefect's ``SecretDict`` is stored in clear by its parameter encoder). Without it the
     process's installed options (the CLI's ``--storage-options``) and the environment apply.
     Returns a summary: tiles, megapixels, seconds, megapixels_per_second, output, threshold.
     """
     start = time.perf_counter()
     if storage_options is not None:
-        storage.install(storage_options.get_secret_value())
+        storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
     cfg = RunConfig(before=before, after=after, output=output, model=model, weights=weights, tile=tile,
                     halo=halo, batch_size=batch_size, threshold=threshold, workers=workers,
                     probability=probability, mask=mask, bands=tuple(bands) if bands else None,

@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _secret(args: argparse.Namespace):
+    """``--storage-options`` for a flow: a SecretStr, which Prefect stores masked (a plain str is stored as is)."""
+    from pydantic import SecretStr
+
+    return SecretStr(args.storage_options) if args.storage_options else None
+
+
 def _run(args: argparse.Namespace) -> int:
     from flows.change_detection import detect_changes
     from pipeline.scene import summary_line
@@ -99,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         tile=args.tile, halo=args.halo, batch_size=args.batch_size, threshold=args.threshold,
         workers=args.workers, probability=args.probability, mask=args.mask, bands=args.bands,
         workdir=args.workdir, keep_workdir=args.keep_workdir, overwrite=args.overwrite,
-        ray_address=args.ray_address,
+        ray_address=args.ray_address, storage_options=_secret(args),
     )
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -115,7 +122,8 @@ def _archive(args: argparse.Namespace) -> int:
         pair_by=args.pair_by, concurrency=args.concurrency, overwrite=args.overwrite, model=args.model,
         weights=args.weights, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
         threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask,
-        bands=args.bands, workdir=args.workdir, ray_address=args.ray_address, return_state=True,
+        bands=args.bands, workdir=args.workdir, ray_address=args.ray_address, storage_options=_secret(args),
+        return_state=True,
     )
     data = state.result(raise_on_failure=False)
     if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)

@@ -70,3 +70,24 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     """A private weights cache for one test."""
     monkeypatch.setenv("CHANGEMAP_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 API on 127.0.0.1 (in-process), with the endpoint and dummy keys as storage options.
+
+    Nothing goes into the environment: the keys reach fsspec and GDAL only through
+    changemap's storage options, which is what the archive tests check.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "AKIACHANGEMAPTEST", "secret": "sEcReT-changemap-not-to-be-logged-42",
+               "endpoint_url": f"http://{host}:{port}"}
+    yield options
+    server.stop()

@@ -1,0 +1,128 @@
+"""process_archive end to end against a real S3 API (moto on 127.0.0.1) with real LEVIR-CD pairs."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from pydantic import SecretStr
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
+
+from flows.archive import process_archive
+from pipeline import storage
+from pipeline.evaluate import evaluate_pair
+from pipeline.io import fs, raster
+from pipeline.metrics import Confusion
+from tests.conftest import LEVIR_1024, require
+from tests.data.levir_archive import make_corrupt_pair, make_levir_archive
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
+
+BUCKET = "s3://scenes"
+
+
+@pytest.fixture(scope="module")
+def s3_archive(s3_server, tmp_path_factory):
+    """Nine real pairs and one corrupt pair uploaded to the S3 server, with a CSV manifest."""
+    local = tmp_path_factory.mktemp("levir-archive")
+    records = make_levir_archive(require(LEVIR_1024), local)
+    records.append(make_corrupt_pair(records[0], local))
+    storage.install(s3_server)
+    s3, _ = fs.filesystem(BUCKET)
+    if not s3.exists("scenes"):
+        s3.mkdir("scenes")  # no region: moto refuses a LocationConstraint for us-east-1
+    rows = ["id,before,after"]
+    for rec in records:
+        for key, year in (("before", "2019"), ("after", "2023")):
+            s3.put_file(rec[key], f"scenes/archive/{year}/{rec['id']}.tif")
+        # relative entries resolve against the manifest's own prefix
+        rows.append(f"{rec['id']},2019/{rec['id']}.tif,{BUCKET}/archive/2023/{rec['id']}.tif")
+    s3.put_file(records[0]["before"], "scenes/archive/2023/extra_only_after.tif")  # unpaired in the glob form
+    s3.pipe_file("scenes/archive/manifest.csv", ("\n".join(rows) + "\n").encode())
+    yield {"records": {r["id"]: r for r in records}, "options": s3_server}
+    storage.install(None)
+
+
+def _run(s3_archive, prefix, **kw):
+    state = process_archive(output_prefix=prefix, tile=256, halo=32, concurrency=2,
+                            storage_options=SecretStr(json.dumps(s3_archive["options"])), return_state=True, **kw)
+    return state, state.result(raise_on_failure=False)
+
+
+def _check_maps(s3_archive, data, tmp_path):
+    """Each succeeded map, read back from the bucket, is on its BEFORE grid; summed F1 >= 0.90."""
+    total = Confusion(0, 0, 0, 0)
+    for row in data["pairs"]:
+        if row["status"] not in ("succeeded", "skipped"):
+            continue
+        rec = s3_archive["records"][row["id"]]
+        local = tmp_path / f"{row['id']}.tif"
+        fs.download(row["output"], str(local))
+        assert raster.read_info(str(local)).grid == raster.read_info(rec["before"]).grid
+        assert raster.cog_problems(str(local)) == []
+        total = total + evaluate_pair(str(local), rec["label"])
+    assert total.f1 >= 0.90, total.as_dict()
+
+
+def _assert_no_secret(s3_archive, texts):
+    secret = s3_archive["options"]["secret"]
+    for text in texts:
+        assert secret not in text
+
+
+def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd, caplog):
+    prefix = f"{BUCKET}/maps"
+    state, data = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", workdir=f"{BUCKET}/work")
+    assert state.is_failed() and state.message == "10 pairs: 9 succeeded, 1 failed, 0 skipped (complete)"
+    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "unpaired": 0}
+    assert data["tiles_inferred"] == 9 and data["model_actors"] == 1
+    failed = [r for r in data["pairs"] if r["status"] == "failed"]
+    assert [r["id"] for r in failed] == ["corrupt_pair"] and "corrupt" in failed[0]["error"]
+    assert not fs.exists(f"{prefix}/corrupt_pair.tif")  # nothing half-written under the final key
+    assert fs.glob(f"{BUCKET}/work/**") == []  # work stores in S3 removed after each success
+    _check_maps(s3_archive, data, tmp_path)
+
+    summary_csv = fs.read_text(f"{prefix}/archive-summary.csv")
+    rows = list(csv.DictReader(io.StringIO(summary_csv)))
+    assert [r["status"] for r in rows].count("succeeded") == 9 and rows[-1]["id"] == "corrupt_pair"
+    assert rows[0]["output"] == f"{prefix}/{rows[0]['id']}.tif" and float(rows[0]["megapixels"]) > 0
+    summary_json = fs.read_text(f"{prefix}/archive-summary.json")
+    assert json.loads(summary_json)["counts"]["failed"] == 1
+
+    # Second run: the nine complete maps are checked and skipped, nothing is inferred.
+    state2, data2 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv")
+    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 9, "unpaired": 0}
+    assert data2["tiles_inferred"] == 0
+
+    # --overwrite redoes them.
+    state3, data3 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", overwrite=True)
+    assert data3["counts"]["succeeded"] == 9 and data3["tiles_inferred"] == 9
+
+    # The secret key never reaches logs, summaries, map tags, artifacts or stored parameters.
+    tags, _ = raster.read_metadata(f"{prefix}/{rows[0]['id']}.tif")
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
+        stored = [json.dumps(r.parameters, default=str) for r in runs]
+        artifacts = [json.dumps(a.data, default=str) + str(a.description) for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC, limit=200, offset=0)]
+        logs = [log.message for log in client.read_logs(limit=200, offset=0, sort=LogSort.TIMESTAMP_DESC)]
+    archive_runs = [r for r in runs if r.parameters.get("storage_options") is not None]
+    assert len(archive_runs) >= 3, [r.parameters for r in runs]
+    assert all(r.parameters["storage_options"] == "**********" for r in archive_runs), archive_runs[0].parameters
+    assert any("archive-summary" in a or "corrupt_pair" in a for a in artifacts)
+    out, err = capfd.readouterr()
+    _assert_no_secret(s3_archive, [summary_csv, summary_json, json.dumps(tags), out, err, caplog.text,
+                                   *stored, *artifacts, *logs])
+
+
+def test_glob_form_pairs_by_stem_and_reports_unpaired(s3_archive, tmp_path):
+    state, data = _run(s3_archive, f"{BUCKET}/maps-glob", before=f"{BUCKET}/archive/2019/*.tif",
+                       after=f"{BUCKET}/archive/2023/*.tif", pair_by="stem")
+    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "unpaired": 1}
+    unpaired = [r for r in data["pairs"] if r["status"] == "unpaired"]
+    assert unpaired[0]["id"] == "extra_only_after.tif" and "no BEFORE file" in unpaired[0]["error"]
+    _check_maps(s3_archive, data, tmp_path)
