@@ -77,7 +77,8 @@ def load_dataset(spec: str, split: str | None = None, *, need_labels: bool = Tru
     if spec.lower().endswith(MANIFEST_SUFFIXES):
         samples = _from_manifest(spec, split)
     elif not _is_url(spec) and Path(spec).is_dir():
-        samples = _from_folder(Path(spec), split)
+        # Absolute paths: Ray Train workers run in another working directory.
+        samples = _from_folder(Path(spec).resolve(), split)
     else:
         raise DatasetError(
             f"dataset {spec} is neither a folder (LEVIR-CD layout: A/, B/, label/) nor a manifest "
@@ -159,7 +160,7 @@ def _resolve(path: str, base: str) -> str:
 
 def _from_manifest(spec: str, split: str | None) -> list[Sample]:
     rows = _manifest_rows(spec)
-    base = spec.rsplit("/", 1)[0] + "/" if _is_url(spec) else str(Path(spec).parent)
+    base = spec.rsplit("/", 1)[0] + "/" if _is_url(spec) else str(Path(spec).resolve().parent)
     samples = []
     for i, row in enumerate(rows, 1):
         if split is not None and row.get("split") != split:

@@ -44,6 +44,8 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainPlan]:
     """The run folder, configuration and plan: saved for a new run, read back for a resumed one."""
     out = Path(cfg.out).resolve()
     cfg = replace(cfg, out=str(out))
+    if cfg.weights and "://" not in cfg.weights and Path(cfg.weights).is_file():
+        cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))  # workers run elsewhere
     if cfg.resume:
         if not (out / state.CONFIG).exists():
             raise TrainConfigError(f"--resume: {out} holds no training run; start one without --resume")
