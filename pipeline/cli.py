@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(arc, single=False)
     arc.add_argument("--json", action="store_true", help="print the archive summary as JSON too")
 
+    srv = sub.add_parser("serve", help="run the Prefect deployments of a prefect.yaml here (schedules + triggered runs)")
+    srv.add_argument("--file", default="infra/prefect/prefect.yaml", help="deployment file (prefect.yaml format)")
+    srv.add_argument("--deployment", action="append", default=None,
+                     help="serve only this deployment (repeatable; default: all in the file)")
+    srv.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter of every served deployment (VALUE parsed as JSON, else text)")
+    srv.add_argument("--limit", type=int, default=None, help="flow runs executed at once (default: no limit)")
+
     _add_train_parser(sub)
 
     mods = sub.add_parser("models", help="list the registered models, their sizes and known weights")
@@ -135,6 +143,26 @@ def _archive(args: argparse.Namespace) -> int:
             print(f"  {row['id']}: {row['status']}: {row['error']}", file=sys.stderr)
     print(f"changemap archive: {data['message']} in {data['seconds']:.1f} s; summary {data['summary_csv']}")
     return 0 if data["counts"]["failed"] == 0 else 1
+
+
+def _params(pairs: list[str]) -> dict:
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--param takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve
+
+    serve(args.file, only=args.deployment, limit=args.limit, overrides=_params(args.param))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -203,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline import storage
 
             storage.install(storage.StorageOptions.from_json(args.storage_options))
-        commands = {"run": _run, "archive": _archive, "evaluate": _evaluate, "models": _models, "train": _train}
+        commands = {"run": _run, "archive": _archive, "serve": _serve, "evaluate": _evaluate, "models": _models, "train": _train}
         return commands[args.command](args)
     except (ChangemapError, WeightsError, UnknownModelError) as exc:
         print(f"changemap: error: {exc}", file=sys.stderr)
