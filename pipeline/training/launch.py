@@ -104,6 +104,7 @@ def _ray_worker(config: dict) -> None:
 
 def _ray_train(cfg: TrainConfig, plan: TrainPlan) -> None:
     import ray
+    import ray.train
 
     from pipeline.errors import ChangemapError
     from pipeline.ray_runtime import ensure_ray, shutdown_if_started
@@ -130,6 +131,10 @@ def _ray_train(cfg: TrainConfig, plan: TrainPlan) -> None:
             run_config=RunConfig(name="ray-train", storage_path=str(Path(cfg.out) / "ray"),
                                  failure_config=FailureConfig(max_failures=0)),
         )
-        trainer.fit()
+        failed = getattr(ray.train, "TrainingFailedError", RuntimeError)
+        try:
+            trainer.fit()
+        except failed as exc:  # one paragraph with the workers' own error, not Ray's traceback
+            raise ChangemapError(f"Ray Train workers failed: {str(exc).strip()[-1500:]}") from exc
     finally:
         shutdown_if_started(started)
