@@ -121,5 +121,5 @@ def detect_changes(before: str, after: str, output: str, model: str = "tinycd", 
     seconds = time.perf_counter() - start
     mp = alignment.grid.megapixels
     return {"tiles": stats.tiles, "megapixels": mp, "seconds": seconds, "megapixels_per_second": mp / seconds,
-            "output": cfg.output, "threshold": cut, "workers": stats.workers, "device": stats.device,
+            "output": cfg.output, "threshold": cut, "workers": stats.workers, "device": stats.device, "ray_cluster": stats.cluster,
             "warped_after": alignment.warp_after, "workdir": kept}

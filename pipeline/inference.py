@@ -143,6 +143,7 @@ class InferenceStats:
     seconds: float
     workers: int
     device: str
+    cluster: str = ""  # the Ray cluster's GCS address the actors ran on
 
 
 class PredictorPool:
@@ -220,7 +221,8 @@ class PredictorPool:
             raise error
         with self._lock:
             self.tiles_done += done
-        return InferenceStats(len(tiles), time.perf_counter() - start, self.workers, self.device)
+        return InferenceStats(len(tiles), time.perf_counter() - start, self.workers, self.device,
+                              ray.get_runtime_context().gcs_address)
 
     def close(self) -> None:
         """Release the actors (and their GPU memory)."""

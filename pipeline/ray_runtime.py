@@ -6,6 +6,8 @@ import os
 
 import ray
 
+from pipeline.errors import ChangemapError
+
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
                object_store_memory: int = 512 * 1024**2) -> bool:
@@ -19,9 +21,17 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except ConnectionError as exc:
+            raise ChangemapError(
+                f"cannot attach to the Ray cluster at {address} ({exc}); check the address (HEAD:6379, or "
+                "ray://HEAD:10001 for Ray Client), that the cluster is up and reachable, and, if the cluster uses "
+                "token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token) here too"
+            ) from None
         return True
     ray.init(
+        address="local",  # always a new runtime: never a cluster found through /tmp/ray/ray_current_cluster
         num_cpus=num_cpus,
         include_dashboard=False,
         object_store_memory=object_store_memory,

@@ -50,7 +50,7 @@ def ray_local():
     """One small local Ray instance on loopback for the session (never `ray stop`)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2,
              _node_ip_address="127.0.0.1", logging_level="WARNING")
     yield ray
     ray.shutdown()

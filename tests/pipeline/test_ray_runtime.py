@@ -31,3 +31,58 @@ def test_an_explicit_cluster_address_is_not_pinned_to_loopback():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "None"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_path):
+    """A head node started here on 127.0.0.1 (stopped by its own process id, never `ray stop`)."""
+    import json
+    import signal
+    import time
+
+    port = _free_port()
+    import secrets
+
+    # Ray 2.5x+ heads use token authentication: the driver needs the same token.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # its own session folder; short (socket paths <108)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+         "--include-dashboard=false", f"--object-store-memory={100 * 1024**2}",
+         f"--temp-dir={ray_tmp}"],
+        env=env, stdout=(tmp_path / "head.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = f"127.0.0.1:{port}"
+        out = tmp_path / "change.tif"
+        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(synthetic["before"]), str(synthetic["after"]),
+               "-o", str(out), "--tile", "128", "--halo", "16", "--ray-address", address, "--json"]
+        deadline = time.monotonic() + 60
+        while b"Ray runtime started" not in (tmp_path / "head.log").read_bytes():  # ready for drivers
+            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()[-2000:]
+            time.sleep(1)
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads([x for x in done.stdout.splitlines() if x.startswith("{")][-1])
+        assert summary["ray_cluster"] == address and summary["device"] == "cpu" and out.exists()
+        assert head.poll() is None  # the run detached without stopping the cluster it attached to
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(10)  # a graceful shutdown takes ~30 s: the whole process group is killed after 10
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
