@@ -73,6 +73,9 @@ class RunConfig:
             fail(f"--probability must be one of {', '.join(PROBABILITY_TYPES)}, got {self.probability!r}")
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
             fail(f"--bands are 1-based band numbers, got {self.bands}")
+        if self.workdir and self.workdir.startswith("memory://"):
+            fail("--workdir memory:// lives inside one process, but Ray actors run in others; use a local folder "
+                 "or shared storage (s3://, gs://, ...)")
         if self.before == self.output or self.after == self.output:
             fail(f"--output {self.output} would overwrite an input; choose another output path")
 

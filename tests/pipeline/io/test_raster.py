@@ -87,3 +87,28 @@ def test_a_failing_write_leaves_no_file(tmp_path, synthetic):
     with pytest.raises(RuntimeError):
         raster.write_cog(str(tmp_path / "map.tif"), grid, 1, "uint8", broken())
     assert os.listdir(tmp_path) == []
+
+
+def test_rasters_are_read_through_fsspec_for_protocols_gdal_lacks(synthetic):
+    """memory:// (no GDAL virtual file system): block reads through an fsspec file object, same result."""
+    import fsspec
+
+    from pipeline.grid import plan_alignment
+    from pipeline.io.raster import AlignedPairReader
+
+    mem = fsspec.filesystem("memory")
+    for name in ("before", "after"):
+        mem.pipe(f"/raster-test/{name}.tif", synthetic[name].read_bytes())
+    try:
+        local = [raster.read_info(str(synthetic[n])) for n in ("before", "after")]
+        remote = [raster.read_info(f"memory://raster-test/{n}.tif") for n in ("before", "after")]
+        assert [r.grid for r in remote] == [r.grid for r in local]
+        plans = [plan_alignment(b, a, same_crs=True, after_bounds_in_before_crs=a.grid.bounds, dtype="uint8")
+                 for b, a in (local, remote)]
+        with AlignedPairReader(plans[0]) as lr, AlignedPairReader(plans[1]) as rr:
+            (li, lv), (ri, rv) = lr.read(10, 90, 20, 150), rr.read(10, 90, 20, 150)
+        assert (li == ri).all() and (lv == rv).all()
+    finally:
+        mem.rm("/raster-test", recursive=True)
+    with pytest.raises(InputRasterError, match="memory://raster-test/gone.tif"):
+        raster.read_info("memory://raster-test/gone.tif", "BEFORE")
