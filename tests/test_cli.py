@@ -67,3 +67,20 @@ def test_an_existing_output_is_not_replaced_without_overwrite(synthetic, tmp_pat
     assert main(["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("args, message", [
+    (["--output-prefix", "{tmp}/maps"], "needs a MANIFEST, or both --before and --after"),
+    (["{tmp}/missing.csv", "--output-prefix", "{tmp}/maps"], "missing.csv does not exist"),
+    (["--before", "{tmp}/none/*.tif", "--after", "{tmp}/none/*.tif", "--output-prefix", "{tmp}/maps"],
+     "no files match"),
+    (["{tmp}/m.csv", "--output-prefix", "{tmp}/maps", "--storage-options", '{"secret": "s3cr3t-value"'],
+     "--storage-options is not valid JSON"),
+])
+def test_archive_input_errors_are_one_clear_line(args, message, tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("id,before,after\n")
+    code = main(["archive", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "s3cr3t-value" not in err
+    assert not (tmp_path / "maps").exists()
