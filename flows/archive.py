@@ -87,7 +87,7 @@ def _one_pair(pair: archive.Pair, run_options: dict[str, Any]) -> PairResult:
 @flow(name="process_archive", log_prints=False)
 def process_archive(output_prefix: str, manifest: str | None = None, before: str | None = None,
                     after: str | None = None, pair_by: str = "stem", concurrency: int = 1,
-                    overwrite: bool = False, model: str = "tinycd", weights: str | None = None,
+                    overwrite: bool = False, model: str | None = None, weights: str | None = None,
                     tile: int = 512, halo: int = 64, batch_size: int = 4, threshold: float | None = None,
                     workers: int | None = None, probability: str = "uint8", mask: bool = False,
                     bands: list[int] | None = None, workdir: str | None = None, ray_address: str | None = None,
@@ -103,6 +103,7 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
         storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
     if concurrency < 1:
         raise ChangemapError(f"--concurrency must be at least 1, got {concurrency}")
+    model = scene.choose_model(model, weights)  # a changemap checkpoint names its model
     run_options = dict(model=model, weights=weights, tile=tile, halo=halo, batch_size=batch_size,
                        threshold=threshold, workers=workers, probability=probability, mask=mask, bands=bands,
                        workdir=workdir, ray_address=ray_address)

@@ -77,7 +77,7 @@ def export_task(cfg: RunConfig, paths: scene.RunPaths, threshold: float, model_t
 
 
 @flow(name="detect_changes", log_prints=False)
-def detect_changes(before: str, after: str, output: str, model: str = "tinycd", weights: str | None = None,
+def detect_changes(before: str, after: str, output: str, model: str | None = None, weights: str | None = None,
                    tile: int = 512, halo: int = 64, batch_size: int = 4, threshold: float | None = None,
                    workers: int | None = None, probability: str = "uint8", mask: bool = False,
                    bands: list[int] | None = None, workdir: str | None = None, keep_workdir: bool = False,
@@ -94,7 +94,7 @@ def detect_changes(before: str, after: str, output: str, model: str = "tinycd", 
     start = time.perf_counter()
     if storage_options is not None:
         storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
-    cfg = RunConfig(before=before, after=after, output=output, model=model, weights=weights, tile=tile,
+    cfg = RunConfig(before=before, after=after, output=output, model=scene.choose_model(model, weights), weights=weights, tile=tile,
                     halo=halo, batch_size=batch_size, threshold=threshold, workers=workers,
                     probability=probability, mask=mask, bands=tuple(bands) if bands else None,
                     workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite, ray_address=ray_address)

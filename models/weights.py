@@ -259,6 +259,21 @@ def resolve_weights(model: str, spec: str | os.PathLike | None) -> LoadedWeights
     return LoadedWeights(replace(loaded_meta, sha256=sha256_of(path), source=str(spec)), state)
 
 
+def checkpoint_model(spec: str | os.PathLike | None) -> str | None:
+    """The model a changemap checkpoint (local path or URL) was trained for; None for anything else."""
+    if spec is None:
+        return None
+    spec = str(spec)
+    if "://" in spec:
+        path = _fetch_url(spec)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            return None  # a known weights name, or a missing file that resolve_weights reports
+    _, meta = read_checkpoint(path)
+    return str(meta["model"]) if meta else None
+
+
 def load_into(model: torch.nn.Module, weights: LoadedWeights, name: str) -> None:
     """Load a state dict strictly, turning key/shape mismatches into one clear error."""
     missing, unexpected = [], []

@@ -22,7 +22,9 @@ def _bands(text: str) -> list[int]:
 
 def _add_run_options(p: argparse.ArgumentParser, *, single: bool = True) -> None:
     """The options of one pair's run (shared by ``run`` and ``archive``)."""
-    p.add_argument("--model", default="tinycd", help="registered model name (see `changemap models`)")
+    p.add_argument("--model", default=None,
+                   help="registered model name or model config file (see `changemap models`); default: the "
+                        "model a changemap checkpoint given as --weights names, else tinycd")
     p.add_argument("--weights", default=None,
                    help="known weights name (e.g. levir, whu), a local checkpoint or a URL; 'none' for random")
     p.add_argument("--tile", type=int, default=512, help="core tile side in pixels (= zarr chunk side)")
@@ -231,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline import storage
 
             storage.install(storage.StorageOptions.from_json(args.storage_options))
-        commands = {"run": _run, "archive": _archive, "serve": _serve, "evaluate": _evaluate, "models": _models, "train": _train}
+        commands = {"run": _run, "archive": _archive, "serve": _serve, "evaluate": _evaluate, "models": _models,
+                    "train": _train}
         return commands[args.command](args)
     except (ChangemapError, WeightsError, UnknownModelError) as exc:
         print(f"changemap: error: {exc}", file=sys.stderr)

@@ -14,6 +14,20 @@ class ConfigError(ChangemapError):
     """An option value that cannot work."""
 
 
+def frozen_from_dict(cls: type, d: Mapping[str, Any], error: type[Exception], what: str,
+                     tuple_fields: tuple[str, ...] = ()) -> Any:
+    """Build the frozen config ``cls`` from a JSON-like mapping: unknown keys are an error, lists become tuples."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise error(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+    kw = dict(d)
+    for key in tuple_fields:
+        if kw.get(key) is not None:
+            kw[key] = tuple(kw[key])
+    return cls(**kw)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything ``changemap run`` needs; saved with the outputs it produced.
@@ -92,11 +106,4 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
         """Build from a mapping; unknown fields are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown run options {sorted(unknown)}; known: {sorted(known)}")
-        kw = dict(d)
-        if kw.get("bands") is not None:
-            kw["bands"] = tuple(int(b) for b in kw["bands"])
-        return cls(**kw)
+        return frozen_from_dict(cls, d, ConfigError, "run options", tuple_fields=("bands",))

@@ -14,7 +14,7 @@ from pipeline import storage
 from pipeline.config import RunConfig
 from pipeline.errors import OutputExistsError
 from pipeline.grid import Alignment, plan_alignment
-from pipeline.io import fs, raster, store
+from pipeline.io import fs, raster
 from pipeline.tiling import make_tiles
 
 
@@ -32,6 +32,16 @@ def check_output(cfg: RunConfig) -> None:
     """Refuse to replace an existing output unless ``overwrite`` is set."""
     if not cfg.overwrite and fs.exists(cfg.output):
         raise OutputExistsError(f"output {cfg.output} already exists; pass --overwrite to replace it or choose another path")
+
+
+DEFAULT_MODEL = "tinycd"
+
+
+def choose_model(model: str | None, weights: str | None) -> str:
+    """``--model`` as given, else the model a changemap checkpoint names, else TinyCD."""
+    if model:
+        return model
+    return models.weights.checkpoint_model(weights) or DEFAULT_MODEL
 
 
 def load_weights(model: str, weights: str | None, in_channels: int | None = None

@@ -1,9 +1,10 @@
 """The frozen, validated configuration of one training run (saved as RUN_DIR/config.json)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from pipeline.config import frozen_from_dict
 from pipeline.errors import ChangemapError
 from pipeline.losses import LOSSES
 
@@ -149,12 +150,4 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise TrainConfigError(f"unknown training options {sorted(unknown)}")
-        kw = dict(d)
-        for key in ("bands", "mean", "std"):
-            if kw.get(key) is not None:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
+        return frozen_from_dict(cls, d, TrainConfigError, "training options", tuple_fields=("bands", "mean", "std"))

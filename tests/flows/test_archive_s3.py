@@ -42,6 +42,9 @@ def s3_archive(s3_server, tmp_path_factory):
         rows.append(f"{rec['id']},2019/{rec['id']}.tif,{BUCKET}/archive/2023/{rec['id']}.tif")
     s3.put_file(records[0]["before"], "scenes/archive/2023/extra_only_after.tif")  # unpaired in the glob form
     s3.pipe_file("scenes/archive/manifest.csv", ("\n".join(rows) + "\n").encode())
+    s3.pipe_file("scenes/archive/manifest-good.jsonl", "".join(  # the JSON-lines form, without the corrupt pair
+        json.dumps({"id": r["id"], "before": f"2019/{r['id']}.tif", "after": f"2023/{r['id']}.tif"}) + "\n"
+        for r in records if r["id"] != "corrupt_pair").encode())
     yield {"records": {r["id"]: r for r in records}, "options": s3_server}
     storage.install(None)
 
@@ -96,6 +99,11 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
     state2, data2 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv")
     assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 9, "unpaired": 0}
     assert data2["tiles_inferred"] == 0
+
+    # With every map complete, nothing starts: no model actor, no inference.
+    state_ok, data_ok = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest-good.jsonl")
+    assert state_ok.is_completed() and data_ok["counts"]["skipped"] == 9
+    assert data_ok["model_actors"] == 0 and data_ok["tiles_inferred"] == 0
 
     # --overwrite redoes them.
     state3, data3 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", overwrite=True)
