@@ -108,6 +108,10 @@ def _rio(url: str) -> Iterator[rasterio.DatasetReader]:
             yield stack.enter_context(rasterio.open(url, opener=fs.rasterio_opener(url)))
 
 
+_DENIED = ("403", "401", "Access Denied", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")
+_MISSING = ("No such file", "does not exist", "404", "NoSuchKey", "NoSuchBucket")
+
+
 def _missing(path: str) -> bool:
     if storage.is_remote(path):
         return False  # one request less: opening it says the same
@@ -125,10 +129,15 @@ def _open(path: str, role: str) -> Iterator[rasterio.DatasetReader]:
             yield src
     except RasterioError as exc:
         detail = storage.scrub(str(exc).strip()[:300])
-        if storage.is_remote(path) and ("No such file" in detail or "does not exist" in detail or "404" in detail):
+        if storage.is_remote(path) and any(m in detail for m in _DENIED):
             raise InputRasterError(
-                f"{role} raster {shown} does not exist or is not readable with the given credentials ({detail}); "
-                "check the URL, the credentials (environment, profile or --storage-options) and the endpoint"
+                f"{role} raster {shown} is not readable with the given credentials ({detail}); check the "
+                "credentials (environment, profile or --storage-options), the endpoint and the permissions"
+            ) from None
+        if storage.is_remote(path) and any(m in detail for m in _MISSING):
+            raise InputRasterError(
+                f"{role} raster {shown} does not exist or is not readable ({detail}); check the URL, the "
+                "credentials (environment, profile or --storage-options) and the endpoint"
             ) from None
         raise InputRasterError(
             f"{role} raster {shown} cannot be read as a raster ({detail}); the file is corrupt, "

@@ -13,6 +13,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
 
 from flows.archive import process_archive
 from pipeline import storage
+from pipeline.errors import InputRasterError
 from pipeline.evaluate import evaluate_pair
 from pipeline.io import fs, raster
 from pipeline.metrics import Confusion
@@ -134,3 +135,16 @@ def test_glob_form_pairs_by_stem_and_reports_unpaired(s3_archive, tmp_path):
     unpaired = [r for r in data["pairs"] if r["status"] == "unpaired"]
     assert unpaired[0]["id"] == "extra_only_after.tif" and "no BEFORE file" in unpaired[0]["error"]
     _check_maps(s3_archive, data, tmp_path)
+
+
+def test_http_urls_are_read_in_place(s3_archive):
+    """http(s):// inputs go through GDAL's /vsicurl/ (range requests), here against the S3 server's plain URLs."""
+    rec = next(iter(s3_archive["records"].values()))
+    s3, _ = fs.filesystem(BUCKET)
+    with open(rec["before"], "rb") as f:
+        s3.pipe_file("scenes/public/before.tif", f.read(), ACL="public-read")
+    base = s3_archive["options"]["endpoint_url"]
+    info = raster.read_info(f"{base}/scenes/public/before.tif", "BEFORE")
+    assert info.grid == raster.read_info(rec["before"]).grid and info.count == 3
+    with pytest.raises(InputRasterError, match="not readable with the given credentials"):
+        raster.read_info(f"{base}/scenes/archive/2019/{rec['id']}.tif", "BEFORE")  # private object
