@@ -110,10 +110,9 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
     plan = plan_task(manifest, before, after, pair_by, output_prefix)
     for url, why in plan.unpaired:
         logger.warning("unpaired: %s: %s", storage.redact_url(url), why)
-    settings = {p.id: RunConfig(before=p.before, after=p.after, output=p.output, model=model, weights=weights,
-                                tile=tile, halo=halo, batch_size=batch_size, threshold=threshold,
-                                workers=workers, probability=probability, mask=mask,
-                                bands=tuple(bands) if bands else None).to_dict()
+    # What each pair's map is made with: an existing output must match it to be skipped.
+    settings = {p.id: RunConfig(before=p.before, after=p.after, output=p.output,
+                                **{**run_options, "bands": tuple(bands) if bands else None}).to_dict()
                 for p in plan.pairs}
     todo, results = check_task(plan, settings, overwrite)
     logger.info("%d pairs: %d to run, %d already complete", len(plan.pairs), len(todo),

@@ -87,15 +87,16 @@ def detect_changes(before: str, after: str, output: str, model: str | None = Non
 
     Paths may be fsspec URLs; ``storage_options`` (fsspec options as JSON text, also
     mirrored into GDAL's settings) is a secret string: Prefect stores it masked (a
-    ``SecretStr``; Prefect's ``SecretDict`` is stored in clear by its parameter encoder). Without it the
-    process's installed options (the CLI's ``--storage-options``) and the environment apply.
+    ``SecretStr``; Prefect's ``SecretDict`` is stored in clear by its parameter encoder).
+    Without it the process's installed options (the CLI's ``--storage-options``) and the
+    environment apply.
     Returns a summary: tiles, megapixels, seconds, megapixels_per_second, output, threshold.
     """
     start = time.perf_counter()
     if storage_options is not None:
         storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
-    cfg = RunConfig(before=before, after=after, output=output, model=scene.choose_model(model, weights), weights=weights, tile=tile,
-                    halo=halo, batch_size=batch_size, threshold=threshold, workers=workers,
+    cfg = RunConfig(before=before, after=after, output=output, model=scene.choose_model(model, weights),
+                    weights=weights, tile=tile, halo=halo, batch_size=batch_size, threshold=threshold, workers=workers,
                     probability=probability, mask=mask, bands=tuple(bands) if bands else None,
                     workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite, ray_address=ray_address)
     logger = get_run_logger()
@@ -121,5 +122,5 @@ def detect_changes(before: str, after: str, output: str, model: str | None = Non
     seconds = time.perf_counter() - start
     mp = alignment.grid.megapixels
     return {"tiles": stats.tiles, "megapixels": mp, "seconds": seconds, "megapixels_per_second": mp / seconds,
-            "output": cfg.output, "threshold": cut, "workers": stats.workers, "device": stats.device, "ray_cluster": stats.cluster,
-            "warped_after": alignment.warp_after, "workdir": kept}
+            "output": cfg.output, "threshold": cut, "workers": stats.workers, "device": stats.device,
+            "ray_cluster": stats.cluster, "warped_after": alignment.warp_after, "workdir": kept}

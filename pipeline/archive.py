@@ -209,9 +209,7 @@ def existing_output(pair: Pair, settings: dict[str, Any]) -> tuple[str, str, flo
     if not fs.exists(pair.output):
         return "missing", "", 0.0
     try:
-        info = raster.read_info(pair.output, "existing output")
-        problems = raster.cog_problems(pair.output)
-        tags, _ = raster.read_metadata(pair.output, "existing output")
+        info, problems, tags = raster.inspect_cog(pair.output, "existing output")
     except ChangemapError as exc:
         return "foreign", f"it cannot be read as a change map ({exc})", 0.0
     mp = info.grid.megapixels

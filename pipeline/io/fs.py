@@ -120,15 +120,11 @@ def exists(url: str) -> bool:
 
 
 def glob(pattern: str) -> list[str]:
-    """Files matching a glob pattern, as URLs of the same protocol as the pattern (sorted)."""
+    """Files matching a glob pattern, as URLs of the pattern's filesystem (sorted)."""
     fs, path = filesystem(pattern)
     fs.invalidate_cache()
     found = sorted(p for p in fs.glob(path) if not fs.isdir(p))
-    if not storage.is_remote(pattern):
-        return found
-    scheme = pattern.split("://", 1)[0]
-    return [f"{scheme}://{fs._strip_protocol(p).lstrip('/') if scheme != 'memory' else fs._strip_protocol(p)}"
-            for p in found]
+    return [fs.unstrip_protocol(p) for p in found] if storage.is_remote(pattern) else found
 
 
 def rasterio_opener(url: str) -> Any:

@@ -82,15 +82,9 @@ def _gdal_session(url: str) -> tuple[object | None, dict[str, str]]:
 
 
 def _gdal_name(url: str) -> str:
-    """The name rasterio opens: local path, or a URL in a scheme rasterio maps to GDAL's /vsi* paths."""
+    """The URL rasterio maps to GDAL's /vsi* paths: object-store aliases (s3a, gcs, abfs) folded."""
     proto = storage.protocol(url)
-    if proto == "file":
-        return storage.local_path(url)
-    if proto == "az":  # abfs://container/key and az://container/key are the same object
-        return "az://" + url.split("://", 1)[1]
-    if proto == "s3":
-        return "s3://" + url.split("://", 1)[1]
-    return url
+    return url if proto == "http" else f"{proto}://{url.split('://', 1)[1]}"
 
 
 @contextmanager
@@ -100,7 +94,7 @@ def _rio(url: str) -> Iterator[rasterio.DatasetReader]:
         proto = storage.protocol(url)
         if proto in _GDAL_PROTOCOLS:
             session, config = _gdal_session(url)
-            stack.enter_context(rasterio.Env(session=session, **config) if session else rasterio.Env(**config))
+            stack.enter_context(rasterio.Env(session=session, **config))
             yield stack.enter_context(rasterio.open(_gdal_name(url)))
         elif proto == "file":
             yield stack.enter_context(rasterio.open(storage.local_path(url)))
@@ -157,23 +151,28 @@ def read_info(path: str, role: str = "input") -> RasterInfo:
         GridError: the raster has no CRS or no geotransform.
     """
     with _open(path, role) as src:
-        if src.crs is None:
-            raise GridError(
-                f"{role} raster {storage.redact_url(path)} has no CRS, so it cannot be placed on a map; assign one "
-                "(e.g. gdal_edit.py -a_srs EPSG:32614 FILE) and run again"
-            )
-        if src.transform == Affine.identity():
-            raise GridError(
-                f"{role} raster {storage.redact_url(path)} has no geotransform (pixel grid without coordinates); "
-                "georeference it first (gdal_edit.py -a_ullr / -a_srs)"
-            )
-        # Reading the last block catches truncated files before any work is done.
-        src.read(window=RioWindow(src.width - 1, src.height - 1, 1, 1))
-        dtypes = set(src.dtypes)
-        if len(dtypes) != 1:
-            raise InputRasterError(f"{role} raster {storage.redact_url(path)} mixes band types {sorted(dtypes)}; convert it to one type")
-        grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
-        return RasterInfo(path, grid, src.count, src.dtypes[0], src.nodata)
+        return _info(src, path, role)
+
+
+def _info(src: rasterio.DatasetReader, path: str, role: str) -> RasterInfo:
+    shown = storage.redact_url(path)
+    if src.crs is None:
+        raise GridError(
+            f"{role} raster {shown} has no CRS, so it cannot be placed on a map; assign one "
+            "(e.g. gdal_edit.py -a_srs EPSG:32614 FILE) and run again"
+        )
+    if src.transform == Affine.identity():
+        raise GridError(
+            f"{role} raster {shown} has no geotransform (pixel grid without coordinates); "
+            "georeference it first (gdal_edit.py -a_ullr / -a_srs)"
+        )
+    # Reading the last block catches truncated files before any work is done.
+    src.read(window=RioWindow(src.width - 1, src.height - 1, 1, 1))
+    dtypes = set(src.dtypes)
+    if len(dtypes) != 1:
+        raise InputRasterError(f"{role} raster {shown} mixes band types {sorted(dtypes)}; convert it to one type")
+    grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
+    return RasterInfo(path, grid, src.count, src.dtypes[0], src.nodata)
 
 
 def same_crs(a_wkt: str, b_wkt: str) -> bool:
@@ -312,17 +311,28 @@ def write_cog(path: str, grid: Grid, count: int, dtype: str,
 
 def cog_problems(path: str) -> list[str]:
     """Why ``path`` is not a valid Cloud-Optimized GeoTIFF (empty list: it is one)."""
-    problems = []
     with _open(path, "output") as src:
-        if src.driver != "GTiff":
-            problems.append(f"driver is {src.driver}, not GTiff")
-        if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
-            problems.append("GDAL does not report LAYOUT=COG (IFDs/tiles not in COG order)")
-        if not src.profile.get("tiled"):
-            problems.append("not internally tiled")
-        if max(src.width, src.height) > COG_BLOCKSIZE and not src.overviews(1):
-            problems.append("no overviews although larger than one block")
+        return _cog_problems(src)
+
+
+def _cog_problems(src: rasterio.DatasetReader) -> list[str]:
+    problems = []
+    if src.driver != "GTiff":
+        problems.append(f"driver is {src.driver}, not GTiff")
+    if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
+        problems.append("GDAL does not report LAYOUT=COG (IFDs/tiles not in COG order)")
+    if not src.profile.get("tiled"):
+        problems.append("not internally tiled")
+    if max(src.width, src.height) > COG_BLOCKSIZE and not src.overviews(1):
+        problems.append("no overviews although larger than one block")
     return problems
+
+
+def inspect_cog(path: str, role: str = "output") -> tuple[RasterInfo, list[str], dict[str, str]]:
+    """In one open (one set of requests for a URL): the raster's info (read to its last block),
+    why it is not a valid COG (empty: it is one) and its dataset tags."""
+    with _open(path, role) as src:
+        return _info(src, path, role), _cog_problems(src), dict(src.tags())
 
 
 def iter_blocks(height: int, width: int, size: int = COG_BLOCKSIZE) -> Iterator[tuple[int, int, int, int]]:
