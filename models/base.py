@@ -39,6 +39,11 @@ class ChangeModel(nn.Module):
 
     def change_probability(self, logits: torch.Tensor) -> torch.Tensor:
         """Turn logits ``(B, K, H, W)`` into the probability of change ``(B, H, W)``."""
-        if logits.shape[1] == 1:
-            return torch.sigmoid(logits[:, 0])
-        return torch.softmax(logits, dim=1)[:, 1]
+        return change_probability(logits)
+
+
+def change_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, K, H, W)`` logits -> probability of change ``(B, H, W)``: sigmoid of one output, else softmax[1]."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]

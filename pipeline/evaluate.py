@@ -103,37 +103,20 @@ class DatasetScores:
                 "images": [{"name": n, **c.as_dict()} for n, c in self.per_image]}
 
 
-def model_from_weights(weights: str | None) -> str | None:
-    """The model a changemap checkpoint was trained as (None for other weights or none)."""
-    from pathlib import Path
-
-    from models.weights import read_checkpoint
-
-    if not weights or "://" in weights or not Path(weights).is_file():
-        return None
-    _, meta = read_checkpoint(weights)
-    return meta.get("model") if meta else None
-
-
 def load_model(model: str | None, weights: str | None, in_channels: int | None = None):
     """``--model``/``--weights`` -> (model in eval mode, its metadata, the model name).
 
     ``model`` may be omitted for a changemap checkpoint (it names its model); ``weights``
     None means the model's default weights, ``none`` random initialisation.
     """
-    import models
-    from models.registry import get_entry
+    from models.weights import checkpoint_model
+    from pipeline.scene import build_model
 
-    spec = model or model_from_weights(weights)
+    spec = model or checkpoint_model(weights)
     if spec is None:
         raise ChangemapError("pass --model NAME (only a changemap checkpoint names its own model)")
-    name, args = models.model_spec(spec)
-    if in_channels is not None:
-        args["in_channels"] = in_channels
-    wspec = weights if weights is not None else get_entry(name).default_weights
-    loaded = None if wspec in (None, "none", "random") else models.resolve_weights(name, wspec)
-    net, meta = models.build_model(name, loaded, args)
-    return net, meta, name
+    net, meta, _ = build_model(spec, weights, in_channels)
+    return net, meta, meta.model
 
 
 def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split: str | None = None,

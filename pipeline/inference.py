@@ -25,7 +25,7 @@ from models import LoadedWeights, WeightsMeta
 from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.tiling import Tile, Window, halo_window, window_size
+from pipeline.tiling import Tile, Window, halo_window, pad_window, window_size
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,7 @@ def select_bands(meta: WeightsMeta, raster_bands: int, override: Sequence[int] |
 
 def read_window(image, w: Window, band_index: np.ndarray) -> np.ndarray:
     """Read ``(2, C, S, S)`` from the image array, reflect-padding what lies outside the scene."""
-    raw = image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
-    pads = ((0, 0), (0, 0), (w.pad_top, w.pad_bottom), (w.pad_left, w.pad_right))
-    if not any(p for pair in pads for p in pair):
-        return raw
-    # numpy reflects repeatedly for pads wider than the data; a 1-pixel edge cannot reflect.
-    mode = "reflect" if min(raw.shape[-2:]) > 1 else "edge"
-    return np.pad(raw, pads, mode=mode)
+    return pad_window(image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index], w)
 
 
 class TilePredictor:

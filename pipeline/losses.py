@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.base import change_probability
+
 LOSSES = ("ce", "dice", "ce+dice")
 
 
@@ -21,13 +23,6 @@ def auto_change_weight(change_fraction: float, cap: float = 10.0) -> float:
     if change_fraction <= 0 or change_fraction >= 1:
         return 1.0
     return float(min(cap, max(1.0, ((1 - change_fraction) / change_fraction) ** 0.5)))
-
-
-def change_probability(logits: torch.Tensor) -> torch.Tensor:
-    """``(B, K, H, W)`` logits -> probability of change ``(B, H, W)``."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from models import ChangeModel, WeightsMeta
-from pipeline.losses import change_probability
-from pipeline.tiling import halo_window, make_tiles, window_size
+from models.base import change_probability
+from pipeline.tiling import halo_window, make_tiles, pad_window, window_size
 
 
 def normalize(raw: np.ndarray, meta: WeightsMeta) -> np.ndarray:
@@ -63,9 +63,7 @@ def predict_image(model: ChangeModel, x: np.ndarray, *, device: torch.device | s
         windows = []
         for t in batch:
             win = halo_window(t, halo, size, h, w)
-            raw = x[..., win.y0:win.y1, win.x0:win.x1]
-            pads = ((0, 0), (0, 0), (win.pad_top, win.pad_bottom), (win.pad_left, win.pad_right))
-            windows.append(np.pad(raw, pads, mode="reflect" if min(raw.shape[-2:]) > 1 else "edge"))
+            windows.append(pad_window(x[..., win.y0:win.y1, win.x0:win.x1], win))
         prob = _forward(model, np.stack(windows), device)
         for t, p in zip(batch, prob):
             out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[halo:halo + t.height, halo:halo + t.width]

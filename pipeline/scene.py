@@ -53,6 +53,12 @@ def load_weights(model: str, weights: str | None, in_channels: int | None = None
     The model is built once here so that weights that do not fit fail before any work.
     Returns the loaded weights (None: random initialisation) and the metadata to run with.
     """
+    _, meta, loaded = build_model(model, weights, in_channels)
+    return loaded, meta
+
+
+def build_model(model: str, weights: str | None, in_channels: int | None = None):
+    """``--model`` (name or config file) and ``--weights`` -> (model, metadata, loaded weights or None)."""
     name, args = models.model_spec(model)
     if in_channels is not None:
         args["in_channels"] = in_channels
@@ -60,8 +66,8 @@ def load_weights(model: str, weights: str | None, in_channels: int | None = None
     if spec in ("none", "random"):
         spec = None
     loaded = models.resolve_weights(name, spec)
-    _, meta = models.build_model(name, loaded, args)
-    return loaded, meta
+    net, meta = models.build_model(name, loaded, args)
+    return net, meta, loaded
 
 
 def plan_grid(before: str, after: str) -> Alignment:

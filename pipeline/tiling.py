@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -62,3 +64,12 @@ def halo_window(t: Tile, halo: int, size: int, height: int, width: int) -> Windo
     cy0, cx0 = max(y0, 0), max(x0, 0)
     cy1, cx1 = min(y1, height), min(x1, width)
     return Window(cy0, cy1, cx0, cx1, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+
+
+def pad_window(raw: np.ndarray, w: Window) -> np.ndarray:
+    """Reflect-pad the part of a window read inside the scene (``(..., h, w)``) to the window's size."""
+    pads = ((0, 0),) * (raw.ndim - 2) + ((w.pad_top, w.pad_bottom), (w.pad_left, w.pad_right))
+    if not any(p for pair in pads for p in pair):
+        return raw
+    # numpy reflects repeatedly for pads wider than the data; a 1-pixel edge cannot reflect.
+    return np.pad(raw, pads, mode="reflect" if min(raw.shape[-2:]) > 1 else "edge")

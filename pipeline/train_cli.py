@@ -90,7 +90,7 @@ def add_train_parser(sub) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """``changemap train``."""
     from pipeline.errors import ChangemapError
-    from pipeline.evaluate import model_from_weights
+    from models.weights import checkpoint_model
     from pipeline.training import TrainConfig, resume_config, train
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = resume_config(given.pop("out"), given)
     else:
         if "model" not in given and given.get("weights"):
-            given["model"] = model_from_weights(given["weights"])
+            given["model"] = checkpoint_model(given["weights"])
         missing = [f"--{k}" for k in ("model", "data") if not given.get(k)]
         if missing:
             raise ChangemapError(f"train needs {' and '.join(missing)} (or --resume to continue a run)")

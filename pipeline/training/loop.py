@@ -22,7 +22,8 @@ import torch.distributed as dist
 import models
 from pipeline.augment import Augment
 from pipeline.datasets import read_labelled, read_pair
-from pipeline.losses import ChangeLoss, change_probability
+from models.base import change_probability
+from pipeline.losses import ChangeLoss
 from pipeline.metrics import Confusion
 from pipeline.predict import normalize, predict_image
 from pipeline.training import report, state
