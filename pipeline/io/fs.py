@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import fsspec
 
@@ -26,19 +26,30 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url, **storage.options_for(url))
 
 
-def download(url: str, local_path: str) -> None:
-    """Copy ``url`` (any fsspec URL) to ``local_path`` via a temporary file and a rename."""
-    target = Path(local_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+def _replace_atomically(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Write a local file through ``fill`` under a temporary name beside it, then rename it into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        fs, path = filesystem(url)
-        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
-            shutil.copyfileobj(src, out, length=1 << 20)
-        os.replace(tmp, target)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
+        os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _copy_from(open_source: Callable[[], Any]) -> Callable[[BinaryIO], None]:
+    def fill(out: BinaryIO) -> None:
+        with open_source() as src:
+            shutil.copyfileobj(src, out, length=1 << 20)
+    return fill
+
+
+def download(url: str, local_path: str) -> None:
+    """Copy ``url`` (any fsspec URL) to ``local_path`` via a temporary file and a rename."""
+    fs, path = filesystem(url)
+    _replace_atomically(Path(local_path), _copy_from(lambda: fs.open(path, "rb")))
 
 
 def upload(local_path: str, url: str) -> None:
@@ -49,16 +60,7 @@ def upload(local_path: str, url: str) -> None:
     other filesystems get a temporary name in the same folder and a move.
     """
     if not storage.is_remote(url):
-        dest = Path(storage.local_path(url))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            shutil.copyfile(local_path, tmp)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _replace_atomically(Path(storage.local_path(url)), _copy_from(lambda: open(local_path, "rb")))
         return
     fs, path = filesystem(url)
     if storage.protocol(url) in _ATOMIC_PUT:
