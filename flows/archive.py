@@ -88,7 +88,8 @@ def _one_pair(pair: archive.Pair, run_options: dict[str, Any]) -> PairResult:
 def process_archive(output_prefix: str, manifest: str | None = None, before: str | None = None,
                     after: str | None = None, pair_by: str = "stem", concurrency: int = 1,
                     overwrite: bool = False, model: str | None = None, weights: str | None = None,
-                    tile: int = 512, halo: int = 64, batch_size: int = 4, threshold: float | None = None,
+                    tile: int = 512, halo: int = 64, statistics: str = "window", batch_size: int = 4,
+                    threshold: float | None = None,
                     workers: int | None = None, probability: str = "uint8", mask: bool = False,
                     bands: list[int] | None = None, workdir: str | None = None, ray_address: str | None = None,
                     storage_options: SecretStr | None = None):
@@ -104,7 +105,7 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
     if concurrency < 1:
         raise ChangemapError(f"--concurrency must be at least 1, got {concurrency}")
     model = scene.choose_model(model, weights)  # a changemap checkpoint names its model
-    run_options = dict(model=model, weights=weights, tile=tile, halo=halo, batch_size=batch_size,
+    run_options = dict(model=model, weights=weights, tile=tile, halo=halo, statistics=statistics, batch_size=batch_size,
                        threshold=threshold, workers=workers, probability=probability, mask=mask, bands=bands,
                        workdir=workdir, ray_address=ray_address)
     plan = plan_task(manifest, before, after, pair_by, output_prefix)
@@ -119,7 +120,7 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
                 sum(r.status == "skipped" for r in results))
     actors = 0
     if todo:
-        loaded, meta = weights_task(model, weights, len(bands) if bands else None)
+        loaded, meta = weights_task(model, weights, len(bands) if bands else None, statistics, tile, halo)
         started = ray_runtime.ensure_ray(ray_address)
         try:
             with shared_pool(meta.model, loaded, workers=workers, batch_size=batch_size,

@@ -39,8 +39,9 @@ _task = dict(cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_user_error)
 
 
 @task(name="weights", retries=2, retry_delay_seconds=2, **_task)
-def weights_task(model: str, weights: str | None, in_channels: int | None):
-    return scene.load_weights(model, weights, in_channels)
+def weights_task(model: str, weights: str | None, in_channels: int | None, statistics: str = "window",
+                 tile: int = 512, halo: int = 64):
+    return scene.load_weights(model, weights, in_channels, statistics=statistics, tile=tile, halo=halo)
 
 
 @task(name="grid", retries=2, retry_delay_seconds=2, **_task)
@@ -62,8 +63,10 @@ def infer_task(cfg: RunConfig, loaded: LoadedWeights | None, meta: WeightsMeta, 
         # Inside an archive run the model actors are shared across pairs (loaded once).
         with borrow_pool(meta.model, loaded, workers=cfg.workers, batch_size=cfg.batch_size,
                          model_args=dict(meta.model_args)) as pool:
-            job = InferenceJob(paths.input_store, paths.output_store, cfg.tile, cfg.halo, bands, storage.installed())
-            stats = pool.run(job, scene.tiles_for(alignment, cfg.tile), progress=scene.Progress())
+            job = InferenceJob(paths.input_store, paths.output_store, cfg.tile, cfg.halo, bands, storage.installed(),
+                               cfg.statistics)
+            stats = pool.run(job, scene.tiles_for(alignment, cfg.tile), progress=scene.Progress(),
+                             on_level=scene.report_level)
         store.mark_complete(paths.output_store)
         return stats
     finally:
@@ -78,9 +81,9 @@ def export_task(cfg: RunConfig, paths: scene.RunPaths, threshold: float, model_t
 
 @flow(name="detect_changes", log_prints=False)
 def detect_changes(before: str, after: str, output: str, model: str | None = None, weights: str | None = None,
-                   tile: int = 512, halo: int = 64, batch_size: int = 4, threshold: float | None = None,
-                   workers: int | None = None, probability: str = "uint8", mask: bool = False,
-                   bands: list[int] | None = None, workdir: str | None = None, keep_workdir: bool = False,
+                   tile: int = 512, halo: int = 64, statistics: str = "window", batch_size: int = 4,
+                   threshold: float | None = None, workers: int | None = None, probability: str = "uint8",
+                   mask: bool = False, bands: list[int] | None = None, workdir: str | None = None, keep_workdir: bool = False,
                    overwrite: bool = False, ray_address: str | None = None,
                    storage_options: SecretStr | None = None) -> dict[str, Any]:
     """Detect changes between BEFORE and AFTER and write a change-map COG on BEFORE's grid.
@@ -96,12 +99,13 @@ def detect_changes(before: str, after: str, output: str, model: str | None = Non
     if storage_options is not None:
         storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
     cfg = RunConfig(before=before, after=after, output=output, model=scene.choose_model(model, weights),
-                    weights=weights, tile=tile, halo=halo, batch_size=batch_size, threshold=threshold, workers=workers,
+                    weights=weights, tile=tile, halo=halo, statistics=statistics, batch_size=batch_size, threshold=threshold, workers=workers,
                     probability=probability, mask=mask, bands=tuple(bands) if bands else None,
                     workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite, ray_address=ray_address)
     logger = get_run_logger()
     scene.check_output(cfg)
-    loaded, meta = weights_task(cfg.model, cfg.weights, len(cfg.bands) if cfg.bands else None)
+    loaded, meta = weights_task(cfg.model, cfg.weights, len(cfg.bands) if cfg.bands else None, cfg.statistics,
+                                cfg.tile, cfg.halo)
     alignment = grid_task(cfg.before, cfg.after)
     chosen_bands = select_bands(meta, alignment.before.count, cfg.bands)
     if alignment.warp_after:
@@ -123,4 +127,5 @@ def detect_changes(before: str, after: str, output: str, model: str | None = Non
     mp = alignment.grid.megapixels
     return {"tiles": stats.tiles, "megapixels": mp, "seconds": seconds, "megapixels_per_second": mp / seconds,
             "output": cfg.output, "threshold": cut, "workers": stats.workers, "device": stats.device,
-            "ray_cluster": stats.cluster, "warped_after": alignment.warp_after, "workdir": kept}
+            "ray_cluster": stats.cluster, "warped_after": alignment.warp_after, "workdir": kept,
+            "statistics": cfg.statistics, "statistics_passes": stats.statistics_passes}

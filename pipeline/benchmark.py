@@ -1,7 +1,7 @@
 """Benchmarks that print figures: accuracy on LEVIR-CD, and throughput/peak memory on a large mosaic.
 
-    python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64]
-    python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--keep]
+    python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64] [--statistics scene]
+    python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--statistics scene] [--keep]
     python -m pipeline.benchmark models [--size 256 --batch 8 --threads 2]
 
 ``levir`` runs the flow on LEVIR-CD test_1..3 (F1 against the labels, COG checks), compares
@@ -97,7 +97,8 @@ def _levir(args: argparse.Namespace) -> None:
         for i in (1, 2, 3):
             a, b, lab = (str(root / f"test_{i}_{s}.tif") for s in ("A", "B", "label"))
             out = tmp / f"test_{i}.tif"
-            s = detect_changes(a, b, str(out), mask=True, tile=args.tile, halo=args.halo, workers=args.workers)
+            s = detect_changes(a, b, str(out), mask=True, tile=args.tile, halo=args.halo, workers=args.workers,
+                               statistics=args.statistics)
             pred, grid, valid = raster.read_raster(str(out), 2)
             label, label_grid, _ = raster.read_raster(lab)
             c = confusion(pred > 0, label > 127, valid)
@@ -115,13 +116,15 @@ def _levir(args: argparse.Namespace) -> None:
             print(f"test_{i}: F1 {c.f1:.4f} IoU {c.iou:.4f}  tiled-vs-whole F1 {confusion(pred > 0, whole).f1:.4f}  "
                   f"same grid {grid == label_grid}  COG problems {raster.cog_problems(str(out))}  "
                   f"{s['megapixels_per_second']:.3f} MP/s", flush=True)
-        print(f"LEVIR test_1..3 (tile {args.tile}, halo {args.halo}): F1 {total.f1:.4f} IoU {total.iou:.4f} "
+        print(f"LEVIR test_1..3 (tile {args.tile}, halo {args.halo}, {args.statistics} statistics): "
+              f"F1 {total.f1:.4f} IoU {total.iou:.4f} "
               f"precision {total.precision:.4f} recall {total.recall:.4f}; tiled vs whole-image F1 {agreement.f1:.4f}; "
               f"{near_seam} of {flipped} differing pixels lie within 32 px of an inner tile border "
               f"({100 * seam_px / all_px:.1f} % of the area)")
         utm = reproject_to(root / "test_1_B.tif", tmp / "after_utm.tif", "EPSG:32614", 0.5)
         out = tmp / "utm.tif"
-        detect_changes(str(root / "test_1_A.tif"), str(utm), str(out), mask=True, tile=args.tile, halo=args.halo)
+        detect_changes(str(root / "test_1_A.tif"), str(utm), str(out), mask=True, tile=args.tile, halo=args.halo,
+                       statistics=args.statistics)
         pred, _, valid = raster.read_raster(str(out), 2)
         label, _, _ = raster.read_raster(str(root / "test_1_label.tif"))
         print(f"test_1 with AFTER in UTM 14N at 0.5 m: F1 {confusion(pred > 0, label > 127, valid).f1:.4f} "
@@ -174,7 +177,7 @@ def _large(args: argparse.Namespace) -> None:
           f"({before.stat().st_size / 1e6:.0f} MB + {after.stat().st_size / 1e6:.0f} MB on disk)", flush=True)
     out = work / f"change_{args.size}.tif"
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(before), str(after), "--output", str(out),
-           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--json",
+           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--statistics", args.statistics, "--json",
            "--workdir", str(work / "stores")]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--tile", type=int, default=512)
         s.add_argument("--halo", type=int, default=64)
         s.add_argument("--workers", type=int, default=None)
+        s.add_argument("--statistics", choices=("window", "scene"), default="window")
     zoo = sub.add_parser("models")
     zoo.add_argument("--size", type=int, default=256)
     zoo.add_argument("--batch", type=int, default=8)

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from pipeline.errors import ChangemapError
 
 PROBABILITY_TYPES = ("uint8", "float32")
+STATISTICS = ("window", "scene")
 
 
 class ConfigError(ChangemapError):
@@ -36,6 +37,8 @@ class RunConfig:
         before, after, output: input rasters and output COG (paths).
         model: registered model name; weights: known name, path or URL (None: the model's default).
         tile, halo: core tile side and context margin in pixels (tile = zarr chunk side).
+        statistics: ``window`` (each window normalised by its own statistics) or ``scene`` (scene
+            statistics measured in extra passes: the map equals one pass over the whole scene).
         batch_size: windows per forward pass.
         threshold: binary-mask threshold (None: the weights' own).
         workers: inference actors (None: one per GPU, else one CPU actor).
@@ -55,6 +58,7 @@ class RunConfig:
     weights: str | None = None
     tile: int = 512
     halo: int = 64
+    statistics: str = "window"
     batch_size: int = 4
     threshold: float | None = None
     workers: int | None = None
@@ -77,6 +81,8 @@ class RunConfig:
             fail(f"--tile must be a multiple of 16 between 64 and 8192, got {self.tile}")
         if not 0 <= self.halo < self.tile:
             fail(f"--halo must be between 0 and the tile size ({self.tile}), got {self.halo}")
+        if self.statistics not in STATISTICS:
+            fail(f"--statistics must be one of {', '.join(STATISTICS)}, got {self.statistics!r}")
         if self.batch_size < 1:
             fail(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:

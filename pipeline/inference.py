@@ -12,8 +12,8 @@ import json
 import queue
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,10 +22,12 @@ import torch
 
 import models
 from models import LoadedWeights, WeightsMeta
+from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
 from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.tiling import Tile, Window, halo_window, pad_window, window_size
+from pipeline.tiling import (Tile, Window, batch_by_shape, clipped_window, core_offset, halo_window, pad_window,
+                             padded_shape, statistics_weights, window_size)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,15 @@ class InferenceJob:
     halo: int
     bands: tuple[int, ...]  # 1-based
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)  # for stores in object storage
+    statistics: str = "window"  # "scene": windows clipped at the scene edge, scene statistics (models.statistics)
+    scene_stats: Stats | None = None  # the measured scene statistics, set for the prediction pass
+
+
+def job_window(job: InferenceJob, t: Tile, divisor: int, height: int, width: int) -> Window:
+    """The window a tile is predicted from: reflect-padded halo window, or clipped for scene statistics."""
+    if job.statistics == "scene":
+        return clipped_window(t, job.halo, divisor, height, width)
+    return halo_window(t, job.halo, window_size(job.tile, job.halo, divisor), height, width)
 
 
 def select_bands(meta: WeightsMeta, raster_bands: int, override: Sequence[int] | None) -> tuple[int, ...]:
@@ -57,7 +68,7 @@ def select_bands(meta: WeightsMeta, raster_bands: int, override: Sequence[int] |
 
 
 def read_window(image, w: Window, band_index: np.ndarray) -> np.ndarray:
-    """Read ``(2, C, S, S)`` from the image array, reflect-padding what lies outside the scene."""
+    """Read ``(2, C, h, w)`` from the image array, reflect-padding what the window adds outside it."""
     return pad_window(image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index], w)
 
 
@@ -77,6 +88,7 @@ class TilePredictor:
         n = self.meta.in_channels
         self._mean = torch.tensor(self.meta.mean, device=self.device).view(1, 1, n, 1, 1)
         self._std = torch.tensor(self.meta.std, device=self.device).view(1, 1, n, 1, 1)
+        self._scene: SceneStatistics | None = None
 
     def describe(self) -> dict[str, str]:
         """Where this predictor runs (for logs and tests)."""
@@ -95,34 +107,61 @@ class TilePredictor:
         return self._stores[job.output_store]
 
     def _batches(self, job: InferenceJob, tiles: Sequence[Tile]):
-        """Yield ``(tiles, raw windows (B, 2, C, S, S))`` for the tiles that have valid data."""
+        """Yield ``(tiles, windows, raw windows (B, 2, C, h, w))`` for the tiles that have valid data.
+
+        Batches hold windows of one shape (clipped windows are smaller at the scene edge).
+        """
         image, valid, _ = self._arrays(job)
         height, width = valid.shape
-        size = window_size(job.tile, job.halo, self.model.size_divisor)
         band_index = np.asarray(job.bands) - 1
         # Tiles without any valid pixel stay NaN (nodata) and cost nothing.
         todo = [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            yield batch, np.stack([read_window(image, halo_window(t, job.halo, size, height, width), band_index)
-                                   for t in batch])
+        windows = {t: job_window(job, t, self.model.size_divisor, height, width) for t in todo}
+        for batch in batch_by_shape(todo, lambda t: padded_shape(windows[t]), self.batch_size):
+            wins = [windows[t] for t in batch]
+            yield batch, wins, np.stack([read_window(image, w, band_index) for w in wins])
 
     def predict(self, job: InferenceJob, tiles: Sequence[Tile]) -> int:
         """Predict ``tiles`` and write their cores to the output store; returns how many were done."""
         _, _, out = self._arrays(job)
-        for batch, x in self._batches(job, tiles):
-            prob = self._forward(x)
-            for t, p in zip(batch, prob):
-                out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[job.halo:job.halo + t.height,
-                                                                    job.halo:job.halo + t.width]
+        fixed = self.scene_statistics().fixed(job.scene_stats) if job.scene_stats is not None else nullcontext()
+        with fixed:
+            for batch, wins, x in self._batches(job, tiles):
+                prob = self._forward(x)
+                for t, w, p in zip(batch, wins, prob):
+                    top, left = core_offset(t, w)
+                    out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[top:top + t.height, left:left + t.width]
         return len(tiles)
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """Normalise a ``(B, 2, C, S, S)`` raw batch and return change probabilities ``(B, S, S)``."""
+    def scene_statistics(self) -> SceneStatistics:
+        """The model's window-dependent layers (raises :class:`StatisticsUnsupported` for attention models)."""
+        if self._scene is None:
+            self._scene = SceneStatistics(self.model)
+        return self._scene
+
+    def statistics_levels(self) -> list[list[str]]:
+        """The levels in which the scene statistics are measured (one pass over the tiles each)."""
+        return self.scene_statistics().levels(self.meta.in_channels, self.model.size_divisor)
+
+    def measure(self, job: InferenceJob, tiles: Sequence[Tile], level: list[str], fixed: Stats) -> dict[str, Moments]:
+        """Summed moments of the ``level`` layer calls over the valid pixels of ``tiles``' cores."""
+        _, valid, _ = self._arrays(job)
+        total: dict[str, Moments] = {}
+        for batch, wins, x in self._batches(job, tiles):
+            weights = np.stack([statistics_weights(t, w, pad_window(valid[w.y0:w.y1, w.x0:w.x1], w))
+                                for t, w in zip(batch, wins)])
+            add_moments(total, self.scene_statistics().collect(self._input(x), torch.from_numpy(weights), level, fixed))
+        return total
+
+    def _input(self, x: np.ndarray) -> torch.Tensor:
+        """A ``(B, 2, C, h, w)`` raw batch, normalised on the model's device."""
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True).float()
-        t = (t * self.meta.scale - self._mean) / self._std
+        return (t * self.meta.scale - self._mean) / self._std
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """Change probabilities ``(B, h, w)`` of a ``(B, 2, C, h, w)`` raw batch."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            logits = self.model(t)
+            logits = self.model(self._input(x))
         return self.model.change_probability(logits.float()).cpu().numpy()
 
 
@@ -138,6 +177,7 @@ class InferenceStats:
     workers: int
     device: str
     cluster: str = ""  # the Ray cluster's GCS address the actors ran on
+    statistics_passes: int = 0  # passes over the tiles that measured scene statistics
 
 
 class PredictorPool:
@@ -180,16 +220,58 @@ class PredictorPool:
             self._idle.put(actor)
 
     def run(self, job: InferenceJob, tiles: Sequence[Tile],
-            progress: Callable[[int, int], None] | None = None) -> InferenceStats:
+            progress: Callable[[int, int], None] | None = None,
+            on_level: Callable[[int, int], None] | None = None) -> InferenceStats:
         """Predict all tiles of one scene, reporting ``(done, total)`` as batches finish.
 
+        With ``job.statistics == "scene"`` the scene statistics are measured first, one pass
+        over the tiles per level, reporting ``(level, levels)`` to ``on_level`` as each starts.
         Safe to call from several threads at once (an archive runs pairs concurrently):
         actors are lent batch by batch from one idle queue, so scenes share them fairly.
         """
         start = time.perf_counter()
+        passes = 0
+        if job.statistics == "scene":
+            levels = self._call_one("statistics_levels")
+            done_levels = 0
+
+            def measure(level: list[str], fixed: Stats) -> dict[str, Moments]:
+                nonlocal done_levels
+                done_levels += 1
+                if on_level:
+                    on_level(done_levels, len(levels))
+                total: dict[str, Moments] = {}
+                for part in self._map("measure", job, tiles, level, fixed):
+                    add_moments(total, part)
+                return total
+
+            job = replace(job, scene_stats=measure_levels(levels, measure))
+            passes = len(levels)
+        done = sum(self._map("predict", job, tiles, progress=progress))
+        with self._lock:
+            self.tiles_done += done
+        return InferenceStats(len(tiles), time.perf_counter() - start, self.workers, self.device,
+                              ray.get_runtime_context().gcs_address, passes)
+
+    def _call_one(self, method: str, *args):
+        """Call ``method`` on one idle actor and return its result."""
+        actor = self._idle.get()
+        try:
+            return ray.get(getattr(actor, method).remote(*args))
+        finally:
+            self._idle.put(actor)
+
+    def _map(self, method: str, job: InferenceJob, tiles: Sequence[Tile], *args,
+             progress: Callable[[int, int], None] | None = None) -> list:
+        """Call ``actor.method(job, batch, *args)`` over the tiles in batches; results in completion order.
+
+        ``progress`` gets ``(tiles done, total)``; the first error is raised once the
+        batches already sent are back.
+        """
         pending = [list(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
         pending.reverse()
         inflight: dict = {}
+        results: list = []
         done, error = 0, None
         while (pending and error is None) or inflight:
             if pending and error is None:
@@ -198,25 +280,25 @@ class PredictorPool:
                 except queue.Empty:
                     actor = None
                 if actor is not None:
-                    inflight[actor.predict.remote(job, pending.pop())] = actor
+                    batch = pending.pop()
+                    inflight[getattr(actor, method).remote(job, batch, *args)] = (actor, len(batch))
             if not inflight:
                 continue
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0 if pending and error is None else 1.0)
             for ref in ready:
-                self._idle.put(inflight.pop(ref))
+                actor, n = inflight.pop(ref)
+                self._idle.put(actor)
                 try:
-                    done += ray.get(ref)
+                    results.append(ray.get(ref))
                 except Exception as exc:  # noqa: BLE001 - re-raised once the other batches are back
                     error = error or exc
                     continue
+                done += n
                 if progress:
                     progress(done, len(tiles))
         if error is not None:
             raise error
-        with self._lock:
-            self.tiles_done += done
-        return InferenceStats(len(tiles), time.perf_counter() - start, self.workers, self.device,
-                              ray.get_runtime_context().gcs_address)
+        return results
 
     def close(self) -> None:
         """Release the actors (and their GPU memory)."""

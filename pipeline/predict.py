@@ -13,7 +13,9 @@ import torch
 
 from models import ChangeModel, WeightsMeta
 from models.base import change_probability
-from pipeline.tiling import halo_window, make_tiles, pad_window, window_size
+from models.statistics import SceneStatistics, add_moments, measure_levels
+from pipeline.tiling import (batch_by_shape, check_scene_tiling, clipped_window, core_offset, halo_window, make_tiles, pad_window,
+                             padded_shape, statistics_weights, window_size)
 
 
 def normalize(raw: np.ndarray, meta: WeightsMeta) -> np.ndarray:
@@ -41,13 +43,16 @@ def _forward(model: ChangeModel, batch: np.ndarray, device: torch.device) -> np.
 
 
 def predict_image(model: ChangeModel, x: np.ndarray, *, device: torch.device | str = "cpu",
-                  tile: int = 0, halo: int = 64, batch_size: int = 4) -> np.ndarray:
+                  tile: int = 0, halo: int = 64, batch_size: int = 4, statistics: str = "window") -> np.ndarray:
     """Change probability ``(H, W)`` of a normalised pair ``x (2, C, H, W)``; the model must be in eval mode.
 
     ``tile == 0`` (or an image no larger than one tile): one pass over the whole image,
     padded at the bottom/right to the model's size divisor. Otherwise tiles of ``tile``
-    pixels are predicted from windows with ``halo`` pixels of context (reflected at the
-    image edge), as ``changemap run`` does.
+    pixels are predicted from windows with ``halo`` pixels of context, as ``changemap run``
+    does: with ``statistics="window"`` each window is reflect-padded at the image edge and
+    normalised by its own statistics; with ``"scene"`` windows are clipped at the edge and
+    the window-dependent layers use the image's statistics (see :mod:`models.statistics`),
+    which reproduces the one-pass result.
     """
     device = torch.device(device)
     h, w = x.shape[-2:]
@@ -55,16 +60,40 @@ def predict_image(model: ChangeModel, x: np.ndarray, *, device: torch.device | s
     if not tile or (h <= tile and w <= tile):
         ph, pw = -(-h // div) * div, -(-w // div) * div
         return _forward(model, _pad_to(x, ph, pw)[None], device)[0, :h, :w]
-    size = window_size(tile, halo, div)
     out = np.zeros((h, w), "float32")
     tiles = make_tiles(h, w, tile)
-    for start in range(0, len(tiles), batch_size):
-        batch = tiles[start:start + batch_size]
-        windows = []
-        for t in batch:
-            win = halo_window(t, halo, size, h, w)
-            windows.append(pad_window(x[..., win.y0:win.y1, win.x0:win.x1], win))
-        prob = _forward(model, np.stack(windows), device)
-        for t, p in zip(batch, prob):
-            out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[halo:halo + t.height, halo:halo + t.width]
+    if statistics == "scene":
+        check_scene_tiling(tile, halo, div)
+        windows = {t: clipped_window(t, halo, div, h, w) for t in tiles}
+    else:
+        size = window_size(tile, halo, div)
+        windows = {t: halo_window(t, halo, size, h, w) for t in tiles}
+    batches = batch_by_shape(tiles, lambda t: padded_shape(windows[t]), batch_size)
+
+    def stack(batch):
+        return np.stack([pad_window(x[..., windows[t].y0:windows[t].y1, windows[t].x0:windows[t].x1], windows[t])
+                         for t in batch])
+
+    context = nullcontext()
+    if statistics == "scene":
+        scene = SceneStatistics(model)
+        ones = np.ones((h, w), bool)
+
+        def measure(level, fixed):
+            total: dict = {}
+            for batch in batches:
+                wts = np.stack([statistics_weights(t, windows[t], pad_window(ones[windows[t].y0:windows[t].y1,
+                                                                                 windows[t].x0:windows[t].x1],
+                                                                            windows[t])) for t in batch])
+                add_moments(total, scene.collect(torch.from_numpy(stack(batch)).to(device),
+                                                 torch.from_numpy(wts), level, fixed))
+            return total
+
+        context = scene.fixed(measure_levels(scene.levels(x.shape[1], div), measure))
+    with context:
+        for batch in batches:
+            prob = _forward(model, stack(batch), device)
+            for t, p in zip(batch, prob):
+                top, left = core_offset(t, windows[t])
+                out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[top:top + t.height, left:left + t.width]
     return out

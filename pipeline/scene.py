@@ -10,12 +10,13 @@ import numpy as np
 import models
 from models import LoadedWeights, WeightsMeta
 from models.registry import get_entry
+from models.statistics import SceneStatistics, StatisticsUnsupported
 from pipeline import storage
 from pipeline.config import RunConfig
-from pipeline.errors import OutputExistsError
+from pipeline.errors import ChangemapError, OutputExistsError
 from pipeline.grid import Alignment, plan_alignment
 from pipeline.io import fs, raster
-from pipeline.tiling import make_tiles
+from pipeline.tiling import check_scene_tiling, make_tiles
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,30 @@ def choose_model(model: str | None, weights: str | None) -> str:
     return models.weights.checkpoint_model(weights) or DEFAULT_MODEL
 
 
-def load_weights(model: str, weights: str | None, in_channels: int | None = None
+def load_weights(model: str, weights: str | None, in_channels: int | None = None, *,
+                 statistics: str = "window", tile: int = 512, halo: int = 64
                  ) -> tuple[LoadedWeights | None, WeightsMeta]:
     """Resolve ``--model`` (name or config file) and ``--weights`` (default: the model's default).
 
     ``in_channels`` (the number of ``--bands``) builds the model for that many bands,
     adapting weights trained on fewer (see :func:`models.weights.adapt_input_channels`).
-    The model is built once here so that weights that do not fit fail before any work.
+    The model is built once here so that weights that do not fit, and ``statistics="scene"``
+    with a model or tiling it cannot work with, fail before any work.
     Returns the loaded weights (None: random initialisation) and the metadata to run with.
     """
-    _, meta, loaded = build_model(model, weights, in_channels)
+    net, meta, loaded = build_model(model, weights, in_channels)
+    if statistics == "scene":
+        check_scene_statistics(net, meta.model, tile, halo)
     return loaded, meta
+
+
+def check_scene_statistics(net, name: str, tile: int, halo: int) -> None:
+    """``--statistics scene`` needs a model whose window dependence is statistics only, on its stride grid."""
+    try:
+        SceneStatistics(net)
+        check_scene_tiling(tile, halo, net.size_divisor)
+    except (StatisticsUnsupported, ValueError) as exc:
+        raise ChangemapError(f"model {name}: {exc}") from None
 
 
 def build_model(model: str, weights: str | None, in_channels: int | None = None):
@@ -115,6 +129,13 @@ class Progress:
             self.stream.write(f"{self.label}: {done}/{total} tiles ({pct:.0f}%)\n")
             self.stream.flush()
             self._last_pct, self._last_t = pct, now
+
+
+def report_level(level: int, levels: int, stream=None) -> None:
+    """Print ``statistics: pass k/n`` as each scene-statistics pass over the tiles starts."""
+    stream = stream or sys.stderr
+    stream.write(f"statistics: pass {level}/{levels} over the tiles\n")
+    stream.flush()
 
 
 def summary_line(summary: dict) -> str:

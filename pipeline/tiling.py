@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -73,3 +74,58 @@ def pad_window(raw: np.ndarray, w: Window) -> np.ndarray:
         return raw
     # numpy reflects repeatedly for pads wider than the data; a 1-pixel edge cannot reflect.
     return np.pad(raw, pads, mode="reflect" if min(raw.shape[-2:]) > 1 else "edge")
+
+
+def clipped_window(t: Tile, halo: int, divisor: int, height: int, width: int) -> Window:
+    """The window of a scene-statistics run: tile + halo, clipped at the scene edge.
+
+    One pass over a whole scene sees no padding at the scene's edges (its convolutions
+    zero-pad there) and pads only its bottom/right to the model's size divisor; these
+    windows do the same, so with ``tile`` and ``halo`` multiples of ``divisor`` every
+    window sits on the model's stride grid and tiles reproduce that pass.
+    """
+    full_h, full_w = -(-height // divisor) * divisor, -(-width // divisor) * divisor
+    y0, x0 = max(t.y0 - halo, 0), max(t.x0 - halo, 0)
+    y1, x1 = min(t.y0 + t.height + halo, height), min(t.x0 + t.width + halo, width)
+    return Window(y0, y1, x0, x1, 0, full_h - height if y1 == height else 0, 0, full_w - width if x1 == width else 0)
+
+
+def core_offset(t: Tile, w: Window) -> tuple[int, int]:
+    """Row and column of the tile's first pixel in the (padded) window array."""
+    return t.y0 - w.y0 + w.pad_top, t.x0 - w.x0 + w.pad_left
+
+
+def statistics_weights(t: Tile, w: Window, valid: np.ndarray) -> np.ndarray:
+    """Which pixels of a clipped window's array count towards scene statistics: the tile's valid pixels.
+
+    ``valid`` is the window's padded valid mask. A tile on the bottom/right scene edge also
+    owns the divisor padding there, which one pass over the scene includes in its statistics.
+    """
+    top, left = core_offset(t, w)
+    bottom = top + t.height + (w.pad_bottom if t.y0 + t.height == w.y1 else 0)
+    right = left + t.width + (w.pad_right if t.x0 + t.width == w.x1 else 0)
+    out = np.zeros(valid.shape, "float32")
+    out[top:bottom, left:right] = valid[top:bottom, left:right]
+    return out
+
+
+def padded_shape(w: Window) -> tuple[int, int]:
+    """Height and width of a window's array once padded."""
+    return w.y1 - w.y0 + w.pad_top + w.pad_bottom, w.x1 - w.x0 + w.pad_left + w.pad_right
+
+
+def check_scene_tiling(tile: int, halo: int, divisor: int) -> None:
+    """Scene statistics need windows on the model's stride grid: tile and halo multiples of its divisor."""
+    if tile % divisor or halo % divisor:
+        raise ValueError(
+            f"--statistics scene needs --tile and --halo to be multiples of the model's size divisor {divisor} "
+            f"(got --tile {tile} --halo {halo}); round them to multiples of {divisor}"
+        )
+
+
+def batch_by_shape(items: list, shape_of: Callable[[object], tuple], batch_size: int) -> list[list]:
+    """Batches of at most ``batch_size`` items whose windows have one shape (clipped windows differ at edges)."""
+    groups: dict[tuple, list] = {}
+    for item in items:
+        groups.setdefault(shape_of(item), []).append(item)
+    return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.layers.pooling import GlobalMean
+
 # (expand_ratio, kernel, stride, in_channels, out_channels, num_layers) of EfficientNet-B0.
 _B0_STAGES = (
     (1, 3, 1, 32, 16, 1),
@@ -60,9 +62,10 @@ class SqueezeExcitation(nn.Module):
         self.fc1 = nn.Conv2d(channels, squeeze, 1)
         self.fc2 = nn.Conv2d(squeeze, channels, 1)
         self.act = nn.SiLU(inplace=True)
+        self.pool = GlobalMean()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        scale = x.mean((2, 3), keepdim=True)
+        scale = self.pool(x)
         scale = torch.sigmoid(self.fc2(self.act(self.fc1(scale))))
         return x * scale
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers.conv import ConvModule
+from models.layers.pooling import GlobalMean
 
 
 class ASPP(nn.Module):
@@ -16,10 +17,11 @@ class ASPP(nn.Module):
         self.branches = nn.ModuleList([ConvModule(cin, cout, 1)] +
                                       [ConvModule(cin, cout, 3, dilation=d * rate) for d in (6, 12, 18)])
         self.pool = ConvModule(cin, cout, 1)
+        self.mean = GlobalMean()
         self.project = ConvModule(cout * 5, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        pooled = F.interpolate(self.pool(x.mean((2, 3), keepdim=True)), size=x.shape[2:], mode="bilinear",
+        pooled = F.interpolate(self.pool(self.mean(x)), size=x.shape[2:], mode="bilinear",
                                align_corners=True)
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 

@@ -12,6 +12,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from models.layers.pooling import GlobalMean
+
 
 class PluginError(ValueError):
     """A plugin that cannot work where it is put."""
@@ -28,6 +30,7 @@ class SEAttention(nn.Module):
                 f"hidden units; use a reduction of at most {channels} or insert it on a wider feature"
             )
         self.in_channels = self.out_channels = channels
+        self.pool = GlobalMean()
         self.fc = nn.Sequential(
             nn.Linear(channels, channels // reduction, bias=False), nn.ReLU(inplace=True),
             nn.Linear(channels // reduction, channels, bias=False), nn.Sigmoid(),
@@ -37,7 +40,7 @@ class SEAttention(nn.Module):
                 nn.init.normal_(m.weight, std=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+        return x * self.fc(self.pool(x).flatten(1))[:, :, None, None]
 
 
 class ECAAttention(nn.Module):
@@ -48,12 +51,13 @@ class ECAAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise PluginError(f"ECA kernel_size must be a positive odd number, got {kernel_size}")
         self.in_channels = self.out_channels = channels
+        self.pool = GlobalMean()
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.shape[1] != self.in_channels:
             raise PluginError(f"ECA plugin built for {self.in_channels} channels got {x.shape[1]}")
-        w = torch.sigmoid(self.conv(x.mean((2, 3))[:, None, :]))[:, 0]
+        w = torch.sigmoid(self.conv(self.pool(x).flatten(1)[:, None, :]))[:, 0]
         return x * w[:, :, None, None]
 
 

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from models.layers.pooling import GlobalMean
+
 
 class TwoIdentity(nn.Module):
     """No exchange."""
@@ -57,11 +59,12 @@ class AggregationDistribution(nn.Module):
                                      nn.ReLU(inplace=True))
         self.excite = nn.Conv2d(hidden, 2 * channels, 1)
         self.channels = channels
+        self.pool = GlobalMean()
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         if x1.shape[1] != self.channels:
             raise ValueError(f"Aggregation-distribution built for {self.channels} channels got {x1.shape[1]}")
-        gate = torch.sigmoid(self.excite(self.squeeze((x1 + x2).mean((2, 3), keepdim=True))))
+        gate = torch.sigmoid(self.excite(self.squeeze(self.pool(x1 + x2))))
         g1, g2 = gate.chunk(2, dim=1)
         return x1 * g1, x2 * g2
 

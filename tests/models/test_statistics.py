@@ -1,0 +1,94 @@
+"""Scene statistics: tiles predicted with them reproduce one pass over the whole image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models.statistics import SceneStatistics, StatisticsUnsupported
+from pipeline.io.raster import read_image
+from pipeline.predict import normalize, predict_image
+from pipeline.scene import build_model
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def tinycd_levir():
+    net, meta, _ = build_model("tinycd", "levir")
+    return net.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def levir_crop(tinycd_levir):
+    """A 256 x 256 crop of the shipped LEVIR-CD test_1 pair with many new buildings, normalised."""
+    _, meta = tinycd_levir
+    a, _ = read_image(str(EXAMPLES / "levir_test_1_A.tif"))
+    b, _ = read_image(str(EXAMPLES / "levir_test_1_B.tif"))
+    return normalize(np.stack([a, b])[..., 0:256, 768:1024], meta)
+
+
+def test_tinycd_tiles_with_scene_statistics_equal_one_pass(tinycd_levir, levir_crop):
+    torch.set_num_threads(2)
+    net, meta = tinycd_levir
+    whole = predict_image(net, levir_crop)
+    window = predict_image(net, levir_crop, tile=128, halo=96)
+    scene = predict_image(net, levir_crop, tile=128, halo=96, statistics="scene")
+    # Window statistics move probabilities by a lot somewhere; scene statistics reproduce the pass.
+    assert np.abs(window - whole).max() > 0.05
+    assert np.abs(scene - whole).max() < 1e-4  # a halo of 96 px covers TinyCD's receptive field
+    changed = whole > meta.threshold
+    assert changed.mean() > 0.02  # the crop has buildings to find
+    assert ((scene > meta.threshold) == changed).mean() > 0.9995
+
+
+def test_tinycd_statistics_levels(tinycd_levir):
+    net, _ = tinycd_levir
+    levels = SceneStatistics(net).levels(3, net.size_divisor)
+    calls = [k for level in levels for k in level]
+    # 1 + 3 mixing InstanceNorms, 2 per up block (3 blocks), 10 squeeze-excite gates per date.
+    assert len(calls) == len(set(calls)) == 30
+    # Both dates' first squeeze-excite gates depend on nothing; then the encoder chains its ten
+    # gates, the last mixing block needs all of them and the decoder chains its six norms.
+    assert levels[0] == ["_first_mix._mixing._convmix.2#0", "_backbone.1.0.block.1.pool#0",
+                         "_backbone.1.0.block.1.pool#1"]
+    assert levels[9] == ["_backbone.3.3.block.2.pool#0", "_backbone.3.3.block.2.pool#1"]
+    assert levels[10] == ["_mixing_mask.2._convmix.2#0"]
+    assert levels[11:] == [[f"_up.{i}._convolution.{j}#0"] for i in range(3) for j in (2, 5)]
+    assert len(levels) == 17
+
+
+# Zoo models that attend over the whole window; every other one must reproduce one pass.
+ATTENTION = {"changeformer-mit-b0", "changer-mit-b0", "transunet-r50-vit-b16"}
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_zoo_model_either_reproduces_one_pass_or_is_refused(name):
+    """Squeeze-excite (EfficientNet, GhostNet), ASPP image pooling, Changer's gates and InstanceNorm
+    must all be found; a window-wide layer the statistics miss would make the maps differ."""
+    torch.manual_seed(0)
+    net = models.create_model(name).eval()
+    if name in ATTENTION:
+        with pytest.raises(StatisticsUnsupported, match=r"(MultiheadAttention|GroupNorm) x\d+ .*--statistics window"):
+            SceneStatistics(net)
+        return
+    div = net.size_divisor
+    # Clipped windows of tile + halo cover the whole image, so this isolates the statistics:
+    # each tile's core contributes its part and the parts must sum to the image's.
+    x = np.random.default_rng(1).normal(size=(2, 3, 4 * div, 3 * div)).astype("float32")
+    whole = predict_image(net, x)
+    window = predict_image(net, x, tile=2 * div, halo=2 * div)
+    scene = predict_image(net, x, tile=2 * div, halo=2 * div, statistics="scene")
+    scene_error, window_error = np.abs(scene - whole).max(), np.abs(window - whole).max()
+    assert scene_error < 2e-4
+    assert scene_error * 20 < window_error  # the comparison can tell the two apart
+
+
+def test_fixed_statistics_must_cover_every_layer(tinycd_levir, levir_crop):
+    net, _ = tinycd_levir
+    with pytest.raises(KeyError, match="no scene statistics for layer call"):
+        with SceneStatistics(net).fixed({}), torch.inference_mode():
+            net(torch.from_numpy(levir_crop[None, ..., :64, :64]))
