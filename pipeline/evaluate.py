@@ -121,11 +121,13 @@ def load_model(model: str | None, weights: str | None, in_channels: int | None =
 
 def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split: str | None = None,
                      threshold: float | None = None, label_values: LabelValues | None = None,
-                     bands: tuple[int, ...] | None = None, tile: int = 0, halo: int = 64, align: bool = False,
+                     bands: tuple[int, ...] | None = None, tile: int = 0, halo: int = 64, statistics: str = "window",
+                     align: bool = False,
                      device: str | None = None, progress=None) -> DatasetScores:
     """Run a model over every pair of a dataset and score it against the labels.
 
-    Images are predicted whole (``tile == 0``) or in tiles with a halo; pixels where either
+    Images are predicted whole (``tile == 0``) or in tiles with a halo (``statistics``: see
+    :func:`pipeline.predict.predict_image`); pixels where either
     date has no data, or the label is unlabeled, are excluded. ``progress(done, total, name)``
     is called after each image.
     """
@@ -134,9 +136,12 @@ def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split
     from pipeline.datasets import infer_dataset_label_values, load_dataset, read_labelled, read_pair
     from pipeline.inference import select_bands
     from pipeline.predict import normalize, predict_image
+    from pipeline.scene import check_scene_statistics
 
     samples = load_dataset(data, split)
     net, meta, name = load_model(model, weights, len(bands) if bands else None)
+    if statistics == "scene" and tile:
+        check_scene_statistics(net, name, tile, halo)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(dev)
     values = label_values or infer_dataset_label_values(samples)
@@ -146,7 +151,7 @@ def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split
         pair, valid = read_pair(s)
         chosen = select_bands(meta, pair.shape[1], bands)
         x = normalize(pair[:, np.asarray(chosen) - 1], meta)
-        prob = predict_image(net, x, device=dev, tile=tile, halo=halo)
+        prob = predict_image(net, x, device=dev, tile=tile, halo=halo, statistics=statistics)
         change, labelled = read_labelled(s, values, pair.shape[-2:], align)
         rows.append((s.name, confusion(prob > cut, change, valid & labelled)))
         if progress:

@@ -43,6 +43,12 @@ CASES = {
     "wrong weights": (lambda s, t: [str(s["before"]), str(s["after"]), "--weights", str(t / "foreign.pth")],
                       "do not fit model 'tinycd'"),
     "bad tile": (lambda s, t: [str(s["before"]), str(s["after"]), "--tile", "100"], "--tile must be a multiple of 16"),
+    "scene statistics, attention model": (
+        lambda s, t: [str(s["before"]), str(s["after"]), "--model", "changeformer-mit-b0", "--weights", "none",
+                      "--statistics", "scene"], "MultiheadAttention x8"),
+    "scene statistics, off-grid halo": (
+        lambda s, t: [str(s["before"]), str(s["after"]), "--statistics", "scene", "--halo", "60"],
+        "multiples of the model's size divisor 8"),
 }
 
 

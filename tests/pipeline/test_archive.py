@@ -88,9 +88,10 @@ def test_existing_outputs_are_checked_not_assumed(synthetic, tmp_path):
     _changemap_output(out, synthetic, cfg)
     state, reason, mp = archive.existing_output(pair, cfg.to_dict())
     assert (state, reason) == ("complete", "") and mp == pytest.approx(0.069)
-    other = RunConfig(before=pair.before, after=pair.after, output=pair.output, model="changer-r18", threshold=0.3)
+    other = RunConfig(before=pair.before, after=pair.after, output=pair.output, model="changer-r18", threshold=0.3,
+                      statistics="scene")
     state, reason, _ = archive.existing_output(pair, other.to_dict())
-    assert state == "foreign" and "model, threshold differ" in reason
+    assert state == "foreign" and "model, threshold, statistics differ" in reason
     data = out.read_bytes()
     out.write_bytes(data[: len(data) // 2])  # someone else's truncated file under our name
     state, reason, _ = archive.existing_output(pair, cfg.to_dict())

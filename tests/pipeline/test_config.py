@@ -24,6 +24,7 @@ def test_round_trip_and_frozen():
     ({"workers": 0}, "--workers must be at least 1"),
     ({"probability": "uint16"}, "--probability must be one of uint8, float32"),
     ({"bands": (0, 1)}, "1-based"),
+    ({"statistics": "global"}, "--statistics must be one of window, scene"),
     ({"output": "b.tif"}, "would overwrite an input"),
 ])
 def test_invalid_values_name_the_option(kwargs, text):

@@ -93,3 +93,13 @@ def test_tinycd_levir_weights_reproduce_f1_on_the_levir_crops():
     assert len(scores.per_image) == 8 and scores.total.total == 8 * 256 * 256
     assert scores.total.f1 == pytest.approx(0.927, abs=0.005)  # reference re-implementation: 0.928
     assert dict(scores.per_image)["train_386_0512_0768"].tp == 0  # its label is empty
+
+
+def test_tiled_evaluation_with_scene_statistics_scores_like_whole_images(hand_made, tmp_path, capsys):
+    root, ckpt, _, _ = hand_made
+    whole = evaluate_dataset(None, str(ckpt), str(root))
+    scene = evaluate_dataset(None, str(ckpt), str(root), tile=16, halo=32, statistics="scene")
+    assert scene.per_image == whole.per_image and scene.total == whole.total
+    code = main(["evaluate", "--model", "changeformer-mit-b0", "--weights", "none", "--data", str(root),
+                 "--tile", "32", "--statistics", "scene"])
+    assert code == 2 and "MultiheadAttention" in capsys.readouterr().err

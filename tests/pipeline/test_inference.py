@@ -1,6 +1,8 @@
 """Inference: reflect-padded windows, one writer per chunk, Ray actors, stitching without seams."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,10 @@ from pipeline import ingest, scene
 from pipeline.errors import ChangemapError
 from pipeline.inference import InferenceJob, PredictorPool, TilePredictor, read_window, select_bands
 from pipeline.io import store
+from pipeline.predict import normalize, predict_image
 from pipeline.tiling import halo_window, make_tiles
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 class LocalDiff(ChangeModel):
@@ -125,3 +130,54 @@ def test_ray_actor_pool_predicts_all_tiles(stores, ray_local):
 def test_more_workers_than_the_cluster_can_place_is_a_clear_error(ray_local):
     with pytest.raises(ChangemapError, match="--workers 9 asks for more inference actors than the Ray cluster has"):
         PredictorPool("tinycd", None, workers=9)
+
+
+@pytest.fixture(scope="module")
+def levir_crop_stores(tmp_path_factory):
+    """Stores of a real, fully valid 256 x 256 crop of the shipped LEVIR-CD example pair (tiles of 128)."""
+    from tests.data.levir_archive import _write_crop
+
+    root = tmp_path_factory.mktemp("crop")
+    for date in ("A", "B"):
+        _write_crop(EXAMPLES / f"levir_test_1_{date}.tif", root / f"{date}.tif", 0, 768)
+    alignment = scene.plan_grid(str(root / "A.tif"), str(root / "B.tif"))
+    inp = str(root / "in.zarr")
+    ingest.ingest_pair(alignment, inp, tile=128)
+    return alignment, inp, root
+
+
+def test_pool_with_scene_statistics_reproduces_one_pass_over_the_scene(levir_crop_stores, ray_local):
+    """Through Ray actors: 17 measuring passes, clipped windows, then tiles equal to the one-pass map."""
+    alignment, inp, root = levir_crop_stores
+    weights = models.resolve_weights("tinycd", "levir")
+    out = str(root / "scene.zarr")
+    store.create_output_store(out, alignment.grid, 128)
+    pool = PredictorPool("tinycd", weights, workers=2, batch_size=2)
+    levels = []
+    try:
+        stats = pool.run(InferenceJob(inp, out, 128, 96, (1, 2, 3), statistics="scene"),
+                         scene.tiles_for(alignment, 128), on_level=lambda k, n: levels.append((k, n)))
+    finally:
+        pool.close()
+    assert stats.statistics_passes == 17 and levels == [(k, 17) for k in range(1, 18)]
+    tiled = store.open_array(out, store.PROBABILITY)[:]
+    net, meta, _ = scene.build_model("tinycd", "levir")
+    whole = predict_image(net.eval(), normalize(store.open_array(inp, store.IMAGE)[:], meta))
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+    assert (whole > meta.threshold).mean() > 0.05  # real buildings in the crop
+
+
+def test_scene_statistics_count_only_valid_pixels(stores):
+    """The synthetic scene's nodata stripe is left out of the statistics; the divisor padding is in."""
+    alignment, inp, out = stores
+    predictor = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=3, threads=1)
+    job = InferenceJob(inp, out, 64, 16, (1, 2, 3), statistics="scene")
+    level = predictor.statistics_levels()[0]
+    moments = predictor.measure(job, scene.tiles_for(alignment, 64), level, {})
+    valid = store.open_array(inp, store.VALID)[:]
+    assert 0 < valid.mean() < 1
+    padded = np.pad(valid, ((0, -valid.shape[0] % 8), (0, -valid.shape[1] % 8)), mode="reflect")
+    first_mix = moments["_first_mix._mixing._convmix.2#0"]  # a full-resolution layer: one weight per pixel
+    assert first_mix.n == pytest.approx(padded.sum())
+    gate = moments["_backbone.1.0.block.1.pool#0"]  # half resolution: a quarter of the weight
+    assert gate.n == pytest.approx(padded.sum() / 4)
