@@ -52,37 +52,53 @@ def _is_statistic(module: nn.Module) -> bool:
 
 @dataclass
 class Moments:
-    """Weighted sums over the pixels of some windows: count, sum and sum of squares per channel."""
+    """Weighted statistics of some pixels per channel: total weight, mean and sum of squared deviations.
+
+    Windows are combined with Chan et al.'s pairwise update, which stays accurate where
+    ``E[x^2] - E[x]^2`` would cancel (a mean much larger than the spread).
+    """
 
     n: float
-    s1: np.ndarray
-    s2: np.ndarray
+    mean: np.ndarray  # float64
+    m2: np.ndarray  # float64: sum of w * (x - mean)^2
 
     def __add__(self, other: "Moments") -> "Moments":
-        return Moments(self.n + other.n, self.s1 + other.s1, self.s2 + other.s2)
+        n = self.n + other.n
+        if not n:
+            return self
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * (other.n / n), self.m2 + other.m2 + delta ** 2 * (self.n * other.n / n))
 
     def finalize(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, population variance) per channel."""
         if self.n <= 0:
             raise ValueError("no pixel was measured for this layer: every tile lacked valid data")
-        mean = self.s1 / self.n
-        return mean.astype("float32"), np.maximum(self.s2 / self.n - mean ** 2, 0.0).astype("float32")
+        return self.mean.astype("float32"), (self.m2 / self.n).astype("float32")
 
 
 def add_moments(total: dict[str, Moments], part: Mapping[str, Moments]) -> dict[str, Moments]:
-    """Sum per-call moments (``total`` is updated and returned)."""
+    """Combine per-call moments (``total`` is updated and returned)."""
     for key, m in part.items():
         total[key] = total[key] + m if key in total else m
     return total
 
 
 def _moments(x: torch.Tensor, weights: torch.Tensor) -> Moments:
-    """Weighted moments of ``x (B, C, h, w)``; ``weights (B, H, W)`` is at input resolution."""
-    h, w = x.shape[-2:]
-    wf = F.adaptive_avg_pool2d(weights[:, None].to(x.device, torch.float32), (h, w)).double()
-    xd = x.double()
-    return Moments(float(wf.sum()), (xd * wf).sum((0, 2, 3)).cpu().numpy(),
-                   (xd * xd * wf).sum((0, 2, 3)).cpu().numpy())
+    """Weighted moments of ``x (B, C, h, w)``; ``weights (B, H, W)`` is at input resolution.
+
+    Weighted sums are matrix products (no copy of ``x`` per sum); the deviations need one.
+    """
+    b, c, h, w = x.shape
+    wf = F.adaptive_avg_pool2d(weights[:, None].to(x.device, torch.float32), (h, w)).reshape(b, h * w, 1)
+    xf = x.float().reshape(b, c, h * w)
+    n = float(wf.sum())
+    if not n:
+        zeros = np.zeros(c)
+        return Moments(0.0, zeros, zeros)
+    mean = torch.bmm(xf, wf).sum(0)[:, 0] / n
+    dev = (xf - mean.view(1, c, 1)).square_()
+    m2 = torch.bmm(dev, wf).sum(0)[:, 0]
+    return Moments(n, mean.double().cpu().numpy(), m2.double().cpu().numpy())
 
 
 def _apply(module: nn.Module, x: torch.Tensor, stat: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

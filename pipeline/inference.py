@@ -26,8 +26,8 @@ from models.statistics import Moments, SceneStatistics, Stats, add_moments, meas
 from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.tiling import (Tile, Window, batch_by_shape, clipped_window, core_offset, halo_window, pad_window,
-                             padded_shape, statistics_weights, window_size)
+from pipeline.tiling import (Tile, Window, batch_by_shape, core_offset, pad_window, padded_shape, statistics_weights,
+                             tile_window)
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,6 @@ class InferenceJob:
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)  # for stores in object storage
     statistics: str = "window"  # "scene": windows clipped at the scene edge, scene statistics (models.statistics)
     scene_stats: Stats | None = None  # the measured scene statistics, set for the prediction pass
-
-
-def job_window(job: InferenceJob, t: Tile, divisor: int, height: int, width: int) -> Window:
-    """The window a tile is predicted from: reflect-padded halo window, or clipped for scene statistics."""
-    if job.statistics == "scene":
-        return clipped_window(t, job.halo, divisor, height, width)
-    return halo_window(t, job.halo, window_size(job.tile, job.halo, divisor), height, width)
 
 
 def select_bands(meta: WeightsMeta, raster_bands: int, override: Sequence[int] | None) -> tuple[int, ...]:
@@ -116,7 +109,8 @@ class TilePredictor:
         band_index = np.asarray(job.bands) - 1
         # Tiles without any valid pixel stay NaN (nodata) and cost nothing.
         todo = [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
-        windows = {t: job_window(job, t, self.model.size_divisor, height, width) for t in todo}
+        windows = {t: tile_window(t, job.tile, job.halo, self.model.size_divisor, height, width,
+                                  clipped=job.statistics == "scene") for t in todo}
         for batch in batch_by_shape(todo, lambda t: padded_shape(windows[t]), self.batch_size):
             wins = [windows[t] for t in batch]
             yield batch, wins, np.stack([read_window(image, w, band_index) for w in wins])

@@ -14,8 +14,8 @@ import torch
 from models import ChangeModel, WeightsMeta
 from models.base import change_probability
 from models.statistics import SceneStatistics, add_moments, measure_levels
-from pipeline.tiling import (batch_by_shape, check_scene_tiling, clipped_window, core_offset, halo_window, make_tiles, pad_window,
-                             padded_shape, statistics_weights, window_size)
+from pipeline.tiling import (batch_by_shape, check_scene_tiling, core_offset, make_tiles, pad_window, padded_shape,
+                             statistics_weights, tile_window)
 
 
 def normalize(raw: np.ndarray, meta: WeightsMeta) -> np.ndarray:
@@ -64,35 +64,31 @@ def predict_image(model: ChangeModel, x: np.ndarray, *, device: torch.device | s
     tiles = make_tiles(h, w, tile)
     if statistics == "scene":
         check_scene_tiling(tile, halo, div)
-        windows = {t: clipped_window(t, halo, div, h, w) for t in tiles}
-    else:
-        size = window_size(tile, halo, div)
-        windows = {t: halo_window(t, halo, size, h, w) for t in tiles}
+    windows = {t: tile_window(t, tile, halo, div, h, w, clipped=statistics == "scene") for t in tiles}
     batches = batch_by_shape(tiles, lambda t: padded_shape(windows[t]), batch_size)
 
-    def stack(batch):
-        return np.stack([pad_window(x[..., windows[t].y0:windows[t].y1, windows[t].x0:windows[t].x1], windows[t])
+    def stack(arr: np.ndarray, batch) -> np.ndarray:
+        """Each tile's window of ``arr (..., H, W)``, padded, stacked."""
+        return np.stack([pad_window(arr[..., windows[t].y0:windows[t].y1, windows[t].x0:windows[t].x1], windows[t])
                          for t in batch])
 
     context = nullcontext()
     if statistics == "scene":
         scene = SceneStatistics(model)
-        ones = np.ones((h, w), bool)
+        valid = np.ones((h, w), bool)  # in-memory pairs have no nodata
 
         def measure(level, fixed):
             total: dict = {}
             for batch in batches:
-                wts = np.stack([statistics_weights(t, windows[t], pad_window(ones[windows[t].y0:windows[t].y1,
-                                                                                 windows[t].x0:windows[t].x1],
-                                                                            windows[t])) for t in batch])
-                add_moments(total, scene.collect(torch.from_numpy(stack(batch)).to(device),
-                                                 torch.from_numpy(wts), level, fixed))
+                weights = [statistics_weights(t, windows[t], v) for t, v in zip(batch, stack(valid, batch))]
+                add_moments(total, scene.collect(torch.from_numpy(stack(x, batch)).to(device),
+                                                 torch.from_numpy(np.stack(weights)), level, fixed))
             return total
 
         context = scene.fixed(measure_levels(scene.levels(x.shape[1], div), measure))
     with context:
         for batch in batches:
-            prob = _forward(model, stack(batch), device)
+            prob = _forward(model, stack(x, batch), device)
             for t, p in zip(batch, prob):
                 top, left = core_offset(t, windows[t])
                 out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[top:top + t.height, left:left + t.width]

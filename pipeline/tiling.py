@@ -90,6 +90,13 @@ def clipped_window(t: Tile, halo: int, divisor: int, height: int, width: int) ->
     return Window(y0, y1, x0, x1, 0, full_h - height if y1 == height else 0, 0, full_w - width if x1 == width else 0)
 
 
+def tile_window(t: Tile, tile: int, halo: int, divisor: int, height: int, width: int, clipped: bool) -> Window:
+    """The window a tile is predicted from: a reflect-padded halo window, or a clipped one (scene statistics)."""
+    if clipped:
+        return clipped_window(t, halo, divisor, height, width)
+    return halo_window(t, halo, window_size(tile, halo, divisor), height, width)
+
+
 def core_offset(t: Tile, w: Window) -> tuple[int, int]:
     """Row and column of the tile's first pixel in the (padded) window array."""
     return t.y0 - w.y0 + w.pad_top, t.x0 - w.x0 + w.pad_left

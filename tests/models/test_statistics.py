@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import models
-from models.statistics import SceneStatistics, StatisticsUnsupported
+from models.statistics import Moments, SceneStatistics, StatisticsUnsupported, _moments
 from pipeline.io.raster import read_image
 from pipeline.predict import normalize, predict_image
 from pipeline.scene import build_model
@@ -92,3 +92,21 @@ def test_fixed_statistics_must_cover_every_layer(tinycd_levir, levir_crop):
     with pytest.raises(KeyError, match="no scene statistics for layer call"):
         with SceneStatistics(net).fixed({}), torch.inference_mode():
             net(torch.from_numpy(levir_crop[None, ..., :64, :64]))
+
+
+def test_moments_combine_windows_like_one_weighted_sum():
+    """Per-window moments (weights at a coarser level too) combine to the statistics of all pixels at once."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(1000.0, 0.5, size=(3, 4, 8, 8)).astype("float32")  # large mean, small spread
+    weights = (rng.random((3, 16, 16)) > 0.3).astype("float32")  # input resolution: 2x the feature map
+    total = Moments(0.0, np.zeros(4), np.zeros(4))
+    for i in range(3):
+        total = total + _moments(torch.from_numpy(x[i:i + 1]), torch.from_numpy(weights[i:i + 1]))
+    wf = weights.reshape(3, 8, 2, 8, 2).mean((2, 4))[:, None]
+    mean = (x * wf).sum((0, 2, 3)) / wf.sum()
+    var = (wf * (x.astype("float64") - mean[None, :, None, None]) ** 2).sum((0, 2, 3)) / wf.sum()
+    got_mean, got_var = total.finalize()
+    assert total.n == pytest.approx(wf.sum())
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-6)
+    np.testing.assert_allclose(got_var, var, rtol=1e-3)
+    assert (Moments(0.0, np.zeros(4), np.zeros(4)) + total).n == total.n
