@@ -70,3 +70,26 @@ def test_rgb_weights_run_on_four_bands(synthetic, tmp_path):
     assert summary["tiles"] == 6
     mask, _, valid = raster.read_raster(str(out), band=2)
     assert valid.all() and mask.sum() < 0.01 * mask.size  # identical dates: (almost) no change
+
+
+def test_scene_statistics_map_equals_one_pass_over_the_scene(tmp_path):
+    """--statistics scene through the whole flow: the float map is the one-pass map, on BEFORE's grid."""
+    from pathlib import Path
+
+    from pipeline.predict import normalize, predict_image
+    from pipeline.scene import build_model
+    from tests.data.levir_archive import _write_crop
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    for date in ("A", "B"):  # a real 256 x 256 crop of the shipped pair, with new buildings
+        _write_crop(examples / f"levir_test_1_{date}.tif", tmp_path / f"{date}.tif", 0, 768)
+    out = tmp_path / "scene.tif"
+    summary = detect_changes(str(tmp_path / "A.tif"), str(tmp_path / "B.tif"), str(out), probability="float32",
+                             tile=128, halo=96, statistics="scene")
+    assert summary["statistics"] == "scene" and summary["statistics_passes"] == 17 and summary["tiles"] == 4
+    with rasterio.open(out) as o, rasterio.open(tmp_path / "A.tif") as b, rasterio.open(tmp_path / "B.tif") as a:
+        assert (o.crs, o.transform, o.shape) == (b.crs, b.transform, b.shape)
+        tiled, pair = o.read(1), np.stack([b.read(), a.read()])
+    net, meta, _ = build_model("tinycd", "levir")
+    whole = predict_image(net.eval(), normalize(pair, meta))
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
