@@ -89,8 +89,8 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
                     after: str | None = None, pair_by: str = "stem", concurrency: int = 1,
                     overwrite: bool = False, model: str | None = None, weights: str | None = None,
                     tile: int = 512, halo: int = 64, statistics: str = "window", batch_size: int = 4,
-                    threshold: float | None = None,
-                    workers: int | None = None, probability: str = "uint8", mask: bool = False,
+                    threshold: float | None = None, workers: int | None = None, probability: str = "uint8",
+                    mask: bool = False,
                     bands: list[int] | None = None, workdir: str | None = None, ray_address: str | None = None,
                     storage_options: SecretStr | None = None):
     """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
@@ -105,9 +105,9 @@ def process_archive(output_prefix: str, manifest: str | None = None, before: str
     if concurrency < 1:
         raise ChangemapError(f"--concurrency must be at least 1, got {concurrency}")
     model = scene.choose_model(model, weights)  # a changemap checkpoint names its model
-    run_options = dict(model=model, weights=weights, tile=tile, halo=halo, statistics=statistics, batch_size=batch_size,
-                       threshold=threshold, workers=workers, probability=probability, mask=mask, bands=bands,
-                       workdir=workdir, ray_address=ray_address)
+    run_options = dict(model=model, weights=weights, tile=tile, halo=halo, statistics=statistics,
+                       batch_size=batch_size, threshold=threshold, workers=workers, probability=probability,
+                       mask=mask, bands=bands, workdir=workdir, ray_address=ray_address)
     plan = plan_task(manifest, before, after, pair_by, output_prefix)
     for url, why in plan.unpaired:
         logger.warning("unpaired: %s: %s", storage.redact_url(url), why)

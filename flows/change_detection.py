@@ -83,7 +83,8 @@ def export_task(cfg: RunConfig, paths: scene.RunPaths, threshold: float, model_t
 def detect_changes(before: str, after: str, output: str, model: str | None = None, weights: str | None = None,
                    tile: int = 512, halo: int = 64, statistics: str = "window", batch_size: int = 4,
                    threshold: float | None = None, workers: int | None = None, probability: str = "uint8",
-                   mask: bool = False, bands: list[int] | None = None, workdir: str | None = None, keep_workdir: bool = False,
+                   mask: bool = False, bands: list[int] | None = None, workdir: str | None = None,
+                   keep_workdir: bool = False,
                    overwrite: bool = False, ray_address: str | None = None,
                    storage_options: SecretStr | None = None) -> dict[str, Any]:
     """Detect changes between BEFORE and AFTER and write a change-map COG on BEFORE's grid.
@@ -99,7 +100,8 @@ def detect_changes(before: str, after: str, output: str, model: str | None = Non
     if storage_options is not None:
         storage.install(storage.StorageOptions.from_json(storage_options.get_secret_value()))
     cfg = RunConfig(before=before, after=after, output=output, model=scene.choose_model(model, weights),
-                    weights=weights, tile=tile, halo=halo, statistics=statistics, batch_size=batch_size, threshold=threshold, workers=workers,
+                    weights=weights, tile=tile, halo=halo, statistics=statistics, batch_size=batch_size,
+                    threshold=threshold, workers=workers,
                     probability=probability, mask=mask, bands=tuple(bands) if bands else None,
                     workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite, ray_address=ray_address)
     logger = get_run_logger()

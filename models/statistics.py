@@ -10,8 +10,7 @@ then runs every tile with them fixed. A layer's statistics can only be measured 
 those of every statistic layer feeding it are fixed, so they are measured in *levels*:
 level 1 are the layers that depend on no other, level k those that depend on level k-1 at
 most. Each level costs one pass over the tiles (cut short after its layers). The levels
-are found once per model by a probe that perturbs each layer's statistics and watches
-which other layers' inputs move.
+are found once per model from its autograd graph (:meth:`SceneStatistics.levels`).
 
 Layers are identified per call (``"name#0"``, ``"name#1"``): a siamese encoder calls the
 same module once per date, and each date has statistics of its own.
@@ -147,11 +146,13 @@ class SceneStatistics:
 
     @contextmanager
     def _hooks(self, fixed: Mapping[str, tuple] | None = None, record: set[str] | _Every | None = None,
-               measure: Callable[[torch.Tensor], object] | None = None, strict: bool = False) -> Iterator[dict]:
+               measure: Callable[[torch.Tensor], object] | None = None, strict: bool = False,
+               stop: bool = False) -> Iterator[dict]:
         """Fix the statistics of the calls in ``fixed``; ``measure`` the inputs of the calls in ``record``.
 
-        Yields the dict of measurements of the latest forward pass (call -> ``measure(input)``).
-        ``strict``: a call that is neither fixed nor recorded is an error (every call must be fixed).
+        Yields the dict of measurements of the latest forward pass (call -> ``measure(input)``), in
+        call order. ``strict``: a call that is neither fixed nor recorded is an error (every call
+        must be fixed). ``stop``: raise :class:`_Collected` once every call in ``record`` is measured.
         """
         device = next(self.model.parameters()).device
         fixed_t = {k: tuple(a if isinstance(a, torch.Tensor) else torch.tensor(a, device=device) for a in stat)
@@ -170,6 +171,8 @@ class SceneStatistics:
                 calls[name] += 1
                 if key in record:
                     measured[key] = measure(args[0])
+                    if stop and len(measured) == len(record):
+                        raise _Collected
                 if key in fixed_t:
                     return _apply(module, args[0], fixed_t[key])
                 if strict:
@@ -198,12 +201,11 @@ class SceneStatistics:
         device = next(self.model.parameters()).device
         x = torch.randn(1, 2, in_channels, side, side, generator=torch.Generator().manual_seed(0)).to(device)
         ones = torch.ones(1, side, side)
-        with torch.no_grad():
-            keys = self._all_keys(x)  # call order: a call can only depend on earlier ones
-            with self._hooks(record=set(keys), measure=lambda t: _moments(t, ones)) as measured:
-                self.model(x)
-                leaves = {k: tuple(torch.tensor(a, device=device, requires_grad=True) for a in m.finalize())
-                          for k, m in measured.items()}
+        with torch.no_grad(), self._hooks(record=_EVERY, measure=lambda t: _moments(t, ones)) as measured:
+            self.model(x)
+            keys = list(measured)  # call order: a call can only depend on earlier ones
+            leaves = {k: tuple(torch.tensor(a, device=device, requires_grad=True) for a in m.finalize())
+                      for k, m in measured.items()}
         level = {k: 1 for k in keys}
         with torch.enable_grad(), self._hooks(fixed=leaves, record=set(keys), measure=lambda t: t.sum()) as sums:
             self.model(x)
@@ -215,36 +217,19 @@ class SceneStatistics:
         self._levels = [[k for k in keys if level[k] == n] for n in range(1, max(level.values(), default=0) + 1)]
         return self._levels
 
-    def _all_keys(self, x: torch.Tensor) -> list[str]:
-        """Every statistic layer call of one forward pass, in call order."""
-        with self._hooks(record=_EVERY, measure=lambda t: None) as seen:
-            self.model(x)
-            return list(seen)
-
     def collect(self, x: torch.Tensor, weights: torch.Tensor, level: list[str], fixed: Stats) -> dict[str, Moments]:
         """Moments of the inputs of the calls in ``level`` over the pixels ``weights (B, H, W)`` selects.
 
         ``x`` is a normalised batch ``(B, 2, C, H, W)``; the calls of earlier levels use ``fixed``.
         The forward pass stops as soon as every call of ``level`` has been measured.
         """
-        wanted = set(level)
-        with torch.inference_mode(), self._hooks(fixed=fixed, record=wanted,
+        with torch.inference_mode(), self._hooks(fixed=fixed, record=set(level), stop=True,
                                                  measure=lambda t: _moments(t, weights)) as measured:
-            self._forward_until(x, measured, wanted)
+            try:
+                self.model(x)
+            except _Collected:
+                pass
             return dict(measured)
-
-    def _forward_until(self, x: torch.Tensor, measured: dict[str, Moments], wanted: set[str]) -> None:
-        def check(module, args, output):
-            if wanted <= set(measured):
-                raise _Collected
-        handles = [m.register_forward_hook(check) for m in self.layers.values()]
-        try:
-            self.model(x)
-        except _Collected:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
 
     @contextmanager
     def fixed(self, stats: Stats) -> Iterator[None]:

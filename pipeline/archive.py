@@ -8,10 +8,11 @@ import csv
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Iterable, Sequence
 
 from pipeline import storage
+from pipeline.config import RunConfig
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster
 
@@ -19,7 +20,8 @@ SUMMARY_NAME = "archive-summary"
 _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Settings that make an existing output "the same map": a difference means it is not ours to skip.
 _SAME_MAP_FIELDS = ("before", "after", "model", "weights", "probability", "mask", "bands", "threshold", "statistics")
-_FIELD_DEFAULTS = {"statistics": "window"}  # fields older maps were written without
+# A field an older map was written without had the run option's default then.
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
 
 
 class ManifestError(ChangemapError):
@@ -220,7 +222,7 @@ def existing_output(pair: Pair, settings: dict[str, Any]) -> tuple[str, str, flo
         made = json.loads(tags["CHANGEMAP_CONFIG"])
     except (KeyError, json.JSONDecodeError):
         return "foreign", "it was not written by changemap (no CHANGEMAP_CONFIG tag)", mp
-    differ = [k for k in _SAME_MAP_FIELDS if k in settings and made.get(k, _FIELD_DEFAULTS.get(k)) != settings[k]]
+    differ = [k for k in _SAME_MAP_FIELDS if k in settings and made.get(k, _DEFAULTS.get(k)) != settings[k]]
     if differ:
         return "foreign", f"it was made with other settings ({', '.join(differ)} differ)", mp
     return "complete", "", mp

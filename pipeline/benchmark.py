@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import STATISTICS
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -177,7 +179,8 @@ def _large(args: argparse.Namespace) -> None:
           f"({before.stat().st_size / 1e6:.0f} MB + {after.stat().st_size / 1e6:.0f} MB on disk)", flush=True)
     out = work / f"change_{args.size}.tif"
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(before), str(after), "--output", str(out),
-           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--statistics", args.statistics, "--json",
+           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--statistics", args.statistics,
+           "--json",
            "--workdir", str(work / "stores")]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--tile", type=int, default=512)
         s.add_argument("--halo", type=int, default=64)
         s.add_argument("--workers", type=int, default=None)
-        s.add_argument("--statistics", choices=("window", "scene"), default="window")
+        s.add_argument("--statistics", choices=STATISTICS, default="window")
     zoo = sub.add_parser("models")
     zoo.add_argument("--size", type=int, default=256)
     zoo.add_argument("--batch", type=int, default=8)

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Sequence
 
+from pipeline.config import STATISTICS
 from pipeline.train_cli import add_dataset_evaluate_options as _add_dataset_evaluate_options
 from pipeline.train_cli import add_train_parser as _add_train_parser
 
@@ -29,8 +30,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, single: bool = True) -> None
                    help="known weights name (e.g. levir, whu), a local checkpoint or a URL; 'none' for random")
     p.add_argument("--tile", type=int, default=512, help="core tile side in pixels (= zarr chunk side)")
     p.add_argument("--halo", type=int, default=64, help="context margin around each tile in pixels")
-    p.add_argument("--statistics", choices=("window", "scene"), default="window",
-                   help="window: InstanceNorm/squeeze-excite layers use each window's statistics (fast); scene: the scene's, measured in extra passes, so the map equals one pass over the whole scene")
+    p.add_argument("--statistics", choices=STATISTICS, default="window",
+                   help="window: InstanceNorm/squeeze-excite layers use each window's statistics (fast); scene: "
+                        "the scene's, measured in extra passes, so the map equals one pass over the whole scene")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the weights')")
     p.add_argument("--workers", type=int, default=None, help="inference actors (default: one per GPU, else 1)")
@@ -116,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = detect_changes(
         before=args.before, after=args.after, output=args.output, model=args.model, weights=args.weights,
         tile=args.tile, halo=args.halo, statistics=args.statistics, batch_size=args.batch_size,
-        threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask, bands=args.bands,
+        threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask,
+        bands=args.bands,
         workdir=args.workdir, keep_workdir=args.keep_workdir, overwrite=args.overwrite,
         ray_address=args.ray_address, storage_options=_secret(args),
     )
@@ -132,7 +135,8 @@ def _archive(args: argparse.Namespace) -> int:
     state = process_archive(
         output_prefix=args.output_prefix, manifest=args.manifest, before=args.before, after=args.after,
         pair_by=args.pair_by, concurrency=args.concurrency, overwrite=args.overwrite, model=args.model,
-        weights=args.weights, tile=args.tile, halo=args.halo, statistics=args.statistics, batch_size=args.batch_size,
+        weights=args.weights, tile=args.tile, halo=args.halo, statistics=args.statistics,
+        batch_size=args.batch_size,
         threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask,
         bands=args.bands, workdir=args.workdir, ray_address=args.ray_address, storage_options=_secret(args),
         return_state=True,

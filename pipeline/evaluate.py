@@ -121,14 +121,14 @@ def load_model(model: str | None, weights: str | None, in_channels: int | None =
 
 def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split: str | None = None,
                      threshold: float | None = None, label_values: LabelValues | None = None,
-                     bands: tuple[int, ...] | None = None, tile: int = 0, halo: int = 64, statistics: str = "window",
-                     align: bool = False,
-                     device: str | None = None, progress=None) -> DatasetScores:
+                     bands: tuple[int, ...] | None = None, tile: int = 0, halo: int = 64,
+                     statistics: str = "window", align: bool = False, device: str | None = None,
+                     progress=None) -> DatasetScores:
     """Run a model over every pair of a dataset and score it against the labels.
 
     Images are predicted whole (``tile == 0``) or in tiles with a halo (``statistics``: see
-    :func:`pipeline.predict.predict_image`); pixels where either
-    date has no data, or the label is unlabeled, are excluded. ``progress(done, total, name)``
+    :func:`pipeline.predict.predict_image`); pixels where either date has no data, or the
+    label is unlabeled, are excluded. ``progress(done, total, name)``
     is called after each image.
     """
     import torch

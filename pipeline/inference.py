@@ -26,8 +26,9 @@ from models.statistics import Moments, SceneStatistics, Stats, add_moments, meas
 from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.tiling import (Tile, Window, batch_by_shape, core_offset, pad_window, padded_shape, statistics_weights,
-                             tile_window)
+from pipeline.predict import forward_probability
+from pipeline.tiling import (Tile, Window, batch_by_shape, by_clipped_shape, core_offset, pad_window, padded_shape,
+                             statistics_weights, tile_window)
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,7 @@ class TilePredictor:
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """Change probabilities ``(B, h, w)`` of a ``(B, 2, C, h, w)`` raw batch."""
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            logits = self.model(self._input(x))
-        return self.model.change_probability(logits.float()).cpu().numpy()
+        return forward_probability(self.model, self._input(x))
 
 
 RemotePredictor = ray.remote(TilePredictor)
@@ -226,6 +225,8 @@ class PredictorPool:
         start = time.perf_counter()
         passes = 0
         if job.statistics == "scene":
+            # Actors get batches of one window shape, so no batch splits into several forward passes.
+            tiles = by_clipped_shape(list(tiles), job.halo)
             levels = self._call_one("statistics_levels")
             done_levels = 0
 

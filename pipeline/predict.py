@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from models import ChangeModel, WeightsMeta
-from models.base import change_probability
 from models.statistics import SceneStatistics, add_moments, measure_levels
 from pipeline.tiling import (batch_by_shape, check_scene_tiling, core_offset, make_tiles, pad_window, padded_shape,
                              statistics_weights, tile_window)
@@ -34,12 +33,18 @@ def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(x, ((0, 0),) * (x.ndim - 2) + ((0, ph), (0, pw)), mode=mode)
 
 
+def forward_probability(model: ChangeModel, x: torch.Tensor) -> np.ndarray:
+    """Change probabilities ``(B, h, w)`` of a normalised batch ``x (B, 2, C, h, w)`` on the model's device.
+
+    Runs under ``torch.inference_mode``, with autocast on CUDA.
+    """
+    with torch.inference_mode(), torch.autocast(x.device.type, enabled=x.device.type == "cuda"):
+        logits = model(x)
+    return model.change_probability(logits.float()).cpu().numpy()
+
+
 def _forward(model: ChangeModel, batch: np.ndarray, device: torch.device) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-    amp = torch.autocast("cuda") if device.type == "cuda" else nullcontext()
-    with torch.inference_mode(), amp:
-        logits = model(t)
-    return change_probability(logits.float()).cpu().numpy()
+    return forward_probability(model, torch.from_numpy(np.ascontiguousarray(batch)).to(device))
 
 
 def predict_image(model: ChangeModel, x: np.ndarray, *, device: torch.device | str = "cpu",

@@ -130,6 +130,20 @@ def check_scene_tiling(tile: int, halo: int, divisor: int) -> None:
         )
 
 
+def by_clipped_shape(tiles: list[Tile], halo: int) -> list[Tile]:
+    """The tiles reordered so that tiles whose clipped windows have one shape are next to each other.
+
+    A clipped window's shape is fixed by how much halo fits on each side and by the tile's
+    size, so consecutive batches of this order fill whole forward passes.
+    """
+    if not tiles:
+        return []
+    height = max(t.y0 + t.height for t in tiles)
+    width = max(t.x0 + t.width for t in tiles)
+    return sorted(tiles, key=lambda t: (min(t.y0, halo), min(height - t.y0 - t.height, halo), min(t.x0, halo),
+                                        min(width - t.x0 - t.width, halo), t.height, t.width))
+
+
 def batch_by_shape(items: list, shape_of: Callable[[object], tuple], batch_size: int) -> list[list]:
     """Batches of at most ``batch_size`` items whose windows have one shape (clipped windows differ at edges)."""
     groups: dict[tuple, list] = {}

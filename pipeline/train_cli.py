@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from pipeline.config import STATISTICS
+
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -36,7 +38,7 @@ def add_dataset_evaluate_options(ev: argparse.ArgumentParser) -> None:
     g.add_argument("--bands", type=_ints, default=None, help="1-based input bands (default: the weights')")
     g.add_argument("--tile", type=int, default=0, help="predict in tiles of this side (default 0: whole images)")
     g.add_argument("--halo", type=int, default=64, help="context margin around each tile with --tile")
-    g.add_argument("--statistics", choices=("window", "scene"), default="window",
+    g.add_argument("--statistics", choices=STATISTICS, default="window",
                    help="with --tile: each window's statistics (window) or the image's (scene; as one pass)")
 
 
@@ -132,8 +134,9 @@ def run_evaluate_dataset(args: argparse.Namespace) -> int:
         print(f"\r{done}/{total} {name}", end="", file=sys.stderr, flush=True)
 
     scores = evaluate_dataset(args.model, args.weights, args.data, split=args.split, threshold=args.threshold,
-                              label_values=values, bands=args.bands, tile=args.tile, halo=args.halo, statistics=args.statistics,
-                              align=args.align, progress=progress if sys.stderr.isatty() else None)
+                              label_values=values, bands=args.bands, tile=args.tile, halo=args.halo,
+                              statistics=args.statistics, align=args.align,
+                              progress=progress if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     width = max(len(n) for n, _ in scores.per_image)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tiling import (batch_by_shape, check_scene_tiling, clipped_window, core_offset, halo_window, make_tiles,
-                             pad_window, padded_shape, statistics_weights, window_size)
+from pipeline.tiling import (batch_by_shape, by_clipped_shape, check_scene_tiling, clipped_window, core_offset,
+                             halo_window, make_tiles, pad_window, padded_shape, statistics_weights, window_size)
 
 
 @pytest.mark.parametrize("h,w,tile", [(230, 300, 64), (1024, 1024, 512), (50, 70, 128)])
@@ -79,3 +79,14 @@ def test_batches_hold_one_window_shape():
     items = [(1, "a"), (2, "b"), (3, "a"), (4, "a"), (5, "b")]
     batches = batch_by_shape(items, lambda i: i[1], 2)
     assert [[i for i, _ in b] for b in batches] == [[1, 3], [4], [2, 5]]
+
+
+def test_tiles_ordered_by_clipped_shape_fill_batches_of_one_shape():
+    h, w = 230, 300
+    tiles = make_tiles(h, w, 64)
+    ordered = by_clipped_shape(tiles, 16)
+    assert sorted(ordered, key=lambda t: t.key) == sorted(tiles, key=lambda t: t.key)
+    shapes = [padded_shape(clipped_window(t, 16, 8, h, w)) for t in ordered]
+    # Each shape forms one run: batches cut from the order mix shapes only where a run ends.
+    runs = [s for i, s in enumerate(shapes) if i == 0 or s != shapes[i - 1]]
+    assert len(runs) == len(set(shapes))
