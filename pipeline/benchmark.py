@@ -85,7 +85,7 @@ def _levir(args: argparse.Namespace) -> None:
     from flows.change_detection import detect_changes
     from pipeline.inference import TilePredictor
     from pipeline.io import raster
-    from pipeline.metrics import Confusion, confusion
+    from pipeline.learn.metrics import Confusion, confusion
     from pipeline.scene import load_weights
     from tests.data.make_data import reproject_to
 

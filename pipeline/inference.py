@@ -26,7 +26,7 @@ from models.statistics import Moments, SceneStatistics, Stats, add_moments, meas
 from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.predict import forward_probability
+from pipeline.learn.predict import forward_probability
 from pipeline.tiling import (Tile, Window, batch_by_shape, by_clipped_shape, core_offset, pad_window, padded_shape,
                              statistics_weights, tile_window)
 

@@ -14,7 +14,7 @@ from pipeline import ingest, scene
 from pipeline.errors import ChangemapError
 from pipeline.inference import InferenceJob, PredictorPool, TilePredictor, read_window, select_bands
 from pipeline.io import store
-from pipeline.predict import normalize, predict_image
+from pipeline.learn.predict import normalize, predict_image
 from pipeline.tiling import halo_window, make_tiles
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

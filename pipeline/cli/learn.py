@@ -95,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``changemap train``."""
     from pipeline.errors import ChangemapError
     from models.weights import checkpoint_model
-    from pipeline.training import TrainConfig, resume_config, train
+    from pipeline.learn.training import TrainConfig, resume_config, train
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
     if given.pop("resume", False):
@@ -122,7 +122,7 @@ def run_evaluate_dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline.errors import ChangemapError
-    from pipeline.evaluate import evaluate_dataset, parse_label_values
+    from pipeline.learn.evaluate import evaluate_dataset, parse_label_values
 
     if not args.data:
         raise ChangemapError("evaluate --model/--weights needs --data DATASET (or give PRED LABEL rasters)")

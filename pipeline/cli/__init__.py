@@ -8,8 +8,8 @@ import sys
 from typing import Sequence
 
 from pipeline.config import STATISTICS
-from pipeline.train_cli import add_dataset_evaluate_options as _add_dataset_evaluate_options
-from pipeline.train_cli import add_train_parser as _add_train_parser
+from pipeline.cli.learn import add_dataset_evaluate_options as _add_dataset_evaluate_options
+from pipeline.cli.learn import add_train_parser as _add_train_parser
 
 _USER_ERROR_EXIT = 2
 
@@ -183,7 +183,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         raise ChangemapError("evaluate takes PRED LABEL, or --model NAME --weights W --data DATASET")
 
-    from pipeline.evaluate import evaluate_pair, parse_label_values
+    from pipeline.learn.evaluate import evaluate_pair, parse_label_values
 
     values = parse_label_values(args.label_values) if args.label_values else None
     c = evaluate_pair(args.prediction, args.label, threshold=args.threshold, label_values=values, align=args.align)
@@ -197,13 +197,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_dataset(args: argparse.Namespace) -> int:
-    from pipeline.train_cli import run_evaluate_dataset
+    from pipeline.cli.learn import run_evaluate_dataset
 
     return run_evaluate_dataset(args)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.train_cli import run_train
+    from pipeline.cli.learn import run_train
 
     return run_train(args)
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from models import WeightsMeta
-from pipeline.augment import Augment, geometric, photometric, random_crop
-from pipeline.datasets import Sample, read_labelled, read_pair
-from pipeline.evaluate import LabelValues
-from pipeline.predict import normalize
+from pipeline.learn.augment import Augment, geometric, photometric, random_crop
+from pipeline.learn.datasets import Sample, read_labelled, read_pair
+from pipeline.learn.evaluate import LabelValues
+from pipeline.learn.predict import normalize
 
 
 class CropDataset(torch.utils.data.Dataset):

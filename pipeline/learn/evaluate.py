@@ -7,7 +7,7 @@ import numpy as np
 
 from pipeline.errors import ChangemapError
 from pipeline.io import raster
-from pipeline.metrics import Confusion, confusion
+from pipeline.learn.metrics import Confusion, confusion
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,15 @@ def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split
     """Run a model over every pair of a dataset and score it against the labels.
 
     Images are predicted whole (``tile == 0``) or in tiles with a halo (``statistics``: see
-    :func:`pipeline.predict.predict_image`); pixels where either date has no data, or the
+    :func:`pipeline.learn.predict.predict_image`); pixels where either date has no data, or the
     label is unlabeled, are excluded. ``progress(done, total, name)``
     is called after each image.
     """
     import torch
 
-    from pipeline.datasets import infer_dataset_label_values, load_dataset, read_labelled, read_pair
+    from pipeline.learn.datasets import infer_dataset_label_values, load_dataset, read_labelled, read_pair
     from pipeline.inference import select_bands
-    from pipeline.predict import normalize, predict_image
+    from pipeline.learn.predict import normalize, predict_image
     from pipeline.scene import check_scene_statistics
 
     samples = load_dataset(data, split)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.augment import Augment, geometric, photometric, random_crop
+from pipeline.learn.augment import Augment, geometric, photometric, random_crop
 
 
 def _coded(h=20, w=24):

@@ -20,17 +20,17 @@ import torch
 import torch.distributed as dist
 
 import models
-from pipeline.augment import Augment
-from pipeline.datasets import read_labelled, read_pair
+from pipeline.learn.augment import Augment
+from pipeline.learn.datasets import read_labelled, read_pair
 from models.base import change_probability
-from pipeline.losses import ChangeLoss
-from pipeline.metrics import Confusion
-from pipeline.predict import normalize, predict_image
-from pipeline.training import report, state
-from pipeline.training.config import TrainConfig
-from pipeline.training.data import CropDataset, epoch_items, steps_per_epoch
-from pipeline.training.plan import TrainPlan, with_threshold
-from pipeline.training.schedule import make_scheduler
+from pipeline.learn.losses import ChangeLoss
+from pipeline.learn.metrics import Confusion
+from pipeline.learn.predict import normalize, predict_image
+from pipeline.learn.training import report, state
+from pipeline.learn.training.config import TrainConfig
+from pipeline.learn.training.data import CropDataset, epoch_items, steps_per_epoch
+from pipeline.learn.training.plan import TrainPlan, with_threshold
+from pipeline.learn.training.schedule import make_scheduler
 
 HIST_BINS = 100  # validation thresholds are searched on a 0.01 grid
 THRESHOLD_RANGE = (0.05, 0.95)

@@ -6,7 +6,7 @@ import torch
 
 from models.base import ChangeModel
 from models.weights import WeightsMeta
-from pipeline.predict import normalize, predict_image
+from pipeline.learn.predict import normalize, predict_image
 
 
 class LocalDiff(ChangeModel):

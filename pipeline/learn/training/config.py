@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from pipeline.config import frozen_from_dict
 from pipeline.errors import ChangemapError
-from pipeline.losses import LOSSES
+from pipeline.learn.losses import LOSSES
 
 SCHEDULES = ("poly", "cosine")
 # Options that say where and how fast to run, not what to learn: a resumed run may change them.

@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 
 from pipeline.cli import main
 from pipeline.errors import ChangemapError
-from pipeline.evaluate import LabelValues, evaluate_pair, infer_label_values
+from pipeline.learn.evaluate import LabelValues, evaluate_pair, infer_label_values
 
 T = from_origin(600000, 3340000, 1, 1)
 

@@ -9,9 +9,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from pipeline.training import loop, report, state
-from pipeline.training.config import RUNTIME_FIELDS, TrainConfig, TrainConfigError
-from pipeline.training.plan import TrainPlan, make_plan
+from pipeline.learn.training import loop, report, state
+from pipeline.learn.training.config import RUNTIME_FIELDS, TrainConfig, TrainConfigError
+from pipeline.learn.training.plan import TrainPlan, make_plan
 
 
 def _say(text: str) -> None:

@@ -5,7 +5,7 @@ import pytest
 
 import models
 from models.weights import resolve_weights
-from pipeline.training import TrainConfig, train
+from pipeline.learn.training import TrainConfig, train
 from tests.data.make_change_dataset import make_dataset
 
 

@@ -13,8 +13,8 @@ from rasterio.transform import from_origin
 import models
 from models.weights import WeightsMeta, save_checkpoint
 from pipeline.cli import main
-from pipeline.evaluate import evaluate_dataset
-from pipeline.metrics import Confusion
+from pipeline.learn.evaluate import evaluate_dataset
+from pipeline.learn.metrics import Confusion
 from tests.conftest import LEVIR_256, require
 
 

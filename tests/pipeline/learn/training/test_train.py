@@ -11,9 +11,9 @@ from PIL import Image
 
 import models
 from models.weights import resolve_weights
-from pipeline.datasets import load_dataset, read_pair
-from pipeline.training import TrainConfig, TrainConfigError, resume_config, train
-from pipeline.training.loop import HIST_BINS, StopTraining, best_threshold
+from pipeline.learn.datasets import load_dataset, read_pair
+from pipeline.learn.training import TrainConfig, TrainConfigError, resume_config, train
+from pipeline.learn.training.loop import HIST_BINS, StopTraining, best_threshold
 from tests.conftest import LEVIR_256, require
 from tests.data.make_change_dataset import make_dataset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import Confusion, confusion
+from pipeline.learn.metrics import Confusion, confusion
 
 
 def test_hand_made_example():

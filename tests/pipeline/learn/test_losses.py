@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import ChangeLoss, auto_change_weight, cross_entropy, dice
+from pipeline.learn.losses import ChangeLoss, auto_change_weight, cross_entropy, dice
 
 
 def _batch(k=1, seed=0):

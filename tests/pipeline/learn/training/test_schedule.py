@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.training.schedule import lr_factor, make_scheduler
+from pipeline.learn.training.schedule import lr_factor, make_scheduler
 
 
 def test_warmup_then_poly():
