@@ -14,9 +14,9 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
 from flows.archive import process_archive
 from pipeline import storage
 from pipeline.errors import InputRasterError
-from pipeline.evaluate import evaluate_pair
+from pipeline.learn.evaluate import evaluate_pair
 from pipeline.io import fs, raster
-from pipeline.metrics import Confusion
+from pipeline.learn.metrics import Confusion
 from tests.conftest import LEVIR_1024, require
 from tests.data.levir_archive import make_corrupt_pair, make_levir_archive
 

@@ -7,7 +7,7 @@ import rasterio
 
 from flows.change_detection import detect_changes
 from pipeline.io import raster
-from pipeline.metrics import confusion
+from pipeline.learn.metrics import confusion
 from tests.data.make_data import reproject_to
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
@@ -76,7 +76,7 @@ def test_scene_statistics_map_equals_one_pass_over_the_scene(tmp_path):
     """--statistics scene through the whole flow: the float map is the one-pass map, on BEFORE's grid."""
     from pathlib import Path
 
-    from pipeline.predict import normalize, predict_image
+    from pipeline.learn.predict import normalize, predict_image
     from pipeline.scene import build_model
     from tests.data.levir_archive import _write_crop
 

@@ -10,7 +10,7 @@ import torch
 import models
 from models.statistics import Moments, SceneStatistics, StatisticsUnsupported, _moments
 from pipeline.io.raster import read_image
-from pipeline.predict import normalize, predict_image
+from pipeline.learn.predict import normalize, predict_image
 from pipeline.scene import build_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
