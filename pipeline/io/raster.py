@@ -353,3 +353,81 @@ def read_image(path: str, role: str = "image") -> tuple[np.ndarray, np.ndarray]:
         except RasterioError as exc:
             raise InputRasterError(f"{role} {storage.redact_url(path)} cannot be read ({storage.scrub(str(exc).strip()[:200])}); "
                                    "the file is corrupt or truncated") from exc
+
+
+def shapes(labels: np.ndarray, transform: tuple[float, float, float, float, float, float],
+           connectivity: int = 4) -> Iterator[tuple[dict, int]]:
+    """Polygons of the labelled (non-zero) regions of an integer image, as GeoJSON-like dicts.
+
+    A thin wrapper over ``rasterio.features.shapes`` (GDAL's ``GDALPolygonize``): one polygon,
+    holes kept, per region of equal value that is connected under ``connectivity`` (4 or 8).
+
+    Args:
+        labels: ``(h, w)`` int32 (or smaller) labels, 0 = background (left out).
+        transform: GDAL-order affine of the image's pixel grid (identity gives pixel coordinates).
+        connectivity: 4 (edge neighbours) or 8 (edges and corners).
+
+    Yields:
+        ``(geometry, value)`` pairs.
+    """
+    from rasterio.features import shapes as _shapes
+
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    for geom, value in _shapes(labels, mask=labels != 0, connectivity=connectivity, transform=Affine(*transform)):
+        yield geom, int(value)
+
+
+def _decimated_grid(grid: Grid, max_side: int) -> Grid:
+    """``grid`` resampled so that its longer side is at most ``max_side`` pixels (never upsampled)."""
+    scale = max(grid.width, grid.height) / max_side
+    if scale <= 1:
+        return grid
+    width, height = max(1, min(max_side, round(grid.width / scale))), max(1, min(max_side, round(grid.height / scale)))
+    sx, sy = grid.width / width, grid.height / height
+    a, b, c, d, e, f = grid.transform
+    return Grid(grid.crs_wkt, (a * sx, b * sy, c, d * sx, e * sy, f), width, height)
+
+
+def read_decimated(path: str, bands: tuple[int, ...] | list[int], max_side: int, *, grid: Grid | None = None,
+                   resampling: str = "average") -> tuple[np.ndarray, np.ndarray, Grid]:
+    """A reduced view of a raster, at most ``max_side`` pixels on its longer side, for quicklooks.
+
+    Reads go through GDAL's decimated ``RasterIO`` (``out_shape``), which takes the nearest
+    overview when the file has them, so the full-resolution scene is never held in memory.
+    With ``grid`` the raster is warped onto that grid's reduced version (a ``WarpedVRT``, as
+    :class:`AlignedPairReader` does at full resolution), which is how AFTER (or a mask) is put
+    on BEFORE's grid.
+
+    Args:
+        path: local path or URL of the raster.
+        bands: 1-based band indexes to read.
+        max_side: the longest side of the result in pixels.
+        grid: the full-resolution grid to put the raster on (default: its own).
+        resampling: a rasterio ``Resampling`` name (``average`` for images, ``nearest`` for masks).
+
+    Returns:
+        ``data (len(bands), h, w)``, ``valid (h, w)`` and the reduced grid the pixels lie on.
+    """
+    method = Resampling[resampling]
+    bands = [int(b) for b in bands]
+    with _open(path, "raster") as src:
+        own = Grid(src.crs.to_wkt() if src.crs else "", tuple(src.transform)[:6], src.width, src.height)
+        target = grid or own
+        small = _decimated_grid(target, max_side)
+        shape = (len(bands), small.height, small.width)
+        on_grid = grid is None or (
+            (own.width, own.height) == (grid.width, grid.height) and src.crs is not None
+            and same_crs(own.crs_wkt, grid.crs_wkt)
+            and all(abs(p - q) <= 1e-6 * max(grid.resolution) for p, q in zip(own.transform, grid.transform)))
+        if on_grid:
+            data = src.read(bands, out_shape=shape, resampling=method)
+            valid = src.dataset_mask(out_shape=shape[1:], resampling=Resampling.nearest) > 0
+        else:
+            with WarpedVRT(src, crs=CRS.from_wkt(small.crs_wkt), transform=Affine(*small.transform),
+                           width=small.width, height=small.height, resampling=method,
+                           add_alpha=src.nodata is None) as vrt:
+                data = vrt.read(bands)
+                valid = vrt.dataset_mask() > 0
+    if data.dtype.kind == "f":
+        valid &= ~np.isnan(data).any(axis=0)
+    return data, valid, small
