@@ -7,10 +7,12 @@ this process with Prefect's ``serve`` (the embedded default: no work pool, no wo
 from __future__ import annotations
 
 import importlib
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 from prefect import Flow
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
@@ -56,6 +58,24 @@ def flow_for(entrypoint: str) -> Flow:
     return obj
 
 
+def merge_parameters(flow: Flow, parameters: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``--param`` overrides: ``group.field=value``, or a bare ``field=value`` of the one
+    parameter object (``archive_options``, ``settings``, ``run``) that has such a field."""
+    hints = typing.get_type_hints(flow.fn)
+    groups = {name: t for name, t in hints.items() if isinstance(t, type) and issubclass(t, BaseModel)}
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in parameters.items()}
+    for key, value in overrides.items():
+        group, _, field = key.partition(".")
+        if not field:
+            owners = [g for g, model in groups.items() if key in model.model_fields]
+            if len(owners) != 1:
+                out[key] = value
+                continue
+            group, field = owners[0], key
+        out.setdefault(group, {})[field] = value
+    return out
+
+
 def to_deployment(entry: dict[str, Any], overrides: dict[str, Any] | None = None) -> RunnerDeployment:
     """One ``prefect.yaml`` entry as a deployment served by this process (work pool ignored)."""
     schedules = entry.get("schedules") or []
@@ -63,7 +83,7 @@ def to_deployment(entry: dict[str, Any], overrides: dict[str, Any] | None = None
     intervals = [s["interval"] for s in schedules if s.get("interval") and s.get("active", True)]
     return flow_for(entry["entrypoint"]).to_deployment(
         name=entry["name"], cron=crons or None, interval=intervals or None,
-        parameters={**(entry.get("parameters") or {}), **(overrides or {})},
+        parameters=merge_parameters(flow_for(entry["entrypoint"]), entry.get("parameters") or {}, overrides or {}),
         description=entry.get("description"), tags=entry.get("tags"),
         # by module, so a served run imports the installed package wherever it is started
         entrypoint_type=EntrypointType.MODULE_PATH,

@@ -8,20 +8,18 @@ import csv
 import io
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 from pipeline import storage
-from pipeline.config import RunConfig
+from pipeline.config import MapSpec
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster
 
 SUMMARY_NAME = "archive-summary"
 _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Settings that make an existing output "the same map": a difference means it is not ours to skip.
-_SAME_MAP_FIELDS = ("before", "after", "model", "weights", "probability", "mask", "bands", "threshold", "statistics")
-# A field an older map was written without had the run option's default then.
-_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+# A map field an older map was written without had the option's default then.
+_DEFAULTS = {name: f.default for name, f in MapSpec.model_fields.items() if not f.is_required()}
 
 
 class ManifestError(ChangemapError):
@@ -202,8 +200,8 @@ def glob_pairs(before_pattern: str, after_pattern: str, rule: str, output_prefix
     return pair_files(before, after, rule, output_prefix)
 
 
-def existing_output(pair: Pair, settings: dict[str, Any]) -> tuple[str, str, float]:
-    """Whether ``pair.output`` is already a complete map of this pair made with ``settings``.
+def existing_output(pair: Pair, spec: MapSpec) -> tuple[str, str, float]:
+    """Whether ``pair.output`` is already a complete map of this pair as ``spec`` states it.
 
     Returns ``(state, reason, megapixels)``: ``missing``; ``complete`` (readable to its
     last block, a valid COG, written by changemap for these inputs and settings); or
@@ -222,10 +220,25 @@ def existing_output(pair: Pair, settings: dict[str, Any]) -> tuple[str, str, flo
         made = json.loads(tags["CHANGEMAP_CONFIG"])
     except (KeyError, json.JSONDecodeError):
         return "foreign", "it was not written by changemap (no CHANGEMAP_CONFIG tag)", mp
-    differ = [k for k in _SAME_MAP_FIELDS if k in settings and made.get(k, _DEFAULTS.get(k)) != settings[k]]
+    differ = _differences(made, spec)
     if differ:
         return "foreign", f"it was made with other settings ({', '.join(differ)} differ)", mp
     return "complete", "", mp
+
+
+def _differences(made: dict[str, Any], spec: MapSpec) -> list[str]:
+    """The map fields in which a map's stamp differs from ``spec`` (the whole map spec is compared)."""
+    want = spec.stamp()
+    differ = []
+    for name in MapSpec.model_fields:
+        had = made.get(name, _DEFAULTS.get(name))
+        if name in ("before", "after") and isinstance(had, str):
+            had = storage.absolute(had)
+        if name == "bands" and had is not None:
+            had = list(had)
+        if had != want[name]:
+            differ.append(name)
+    return differ
 
 
 def summary_counts(results: Sequence[PairResult]) -> dict[str, int]:

@@ -86,11 +86,12 @@ def _levir(args: argparse.Namespace) -> None:
     from pipeline.inference import TilePredictor
     from pipeline.io import raster
     from pipeline.learn.metrics import Confusion, confusion
-    from pipeline.scene import load_weights
-    from tests.data.make_data import reproject_to
+    from pipeline.checks import check_model
+    from pipeline.config import MapSpec, RunOptions
+    from pipeline.engine import forward_probability
 
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
-    loaded, meta = load_weights("tinycd", None)
+    loaded, meta = check_model("tinycd", None, None, "window", 512, 64)
     whole_model = TilePredictor("tinycd", loaded, batch_size=1)
     total, agreement = Confusion(0, 0, 0, 0), Confusion(0, 0, 0, 0)
     near_seam = flipped = seam_px = all_px = 0
@@ -99,8 +100,8 @@ def _levir(args: argparse.Namespace) -> None:
         for i in (1, 2, 3):
             a, b, lab = (str(root / f"test_{i}_{s}.tif") for s in ("A", "B", "label"))
             out = tmp / f"test_{i}.tif"
-            s = detect_changes(a, b, str(out), mask=True, tile=args.tile, halo=args.halo, workers=args.workers,
-                               statistics=args.statistics)
+            s = detect_changes(MapSpec(before=a, after=b, mask=True, tile=args.tile, halo=args.halo,
+                                       statistics=args.statistics), RunOptions(output=str(out), workers=args.workers))
             pred, grid, valid = raster.read_raster(str(out), 2)
             label, label_grid, _ = raster.read_raster(lab)
             c = confusion(pred > 0, label > 127, valid)
@@ -108,7 +109,7 @@ def _levir(args: argparse.Namespace) -> None:
             # One forward pass over the whole image (no tiling) for the seam check.
             img = np.stack([raster.read_raster(p, band)[0] for p in (a, b) for band in (1, 2, 3)]).reshape(2, 3, *pred.shape)
             with torch.inference_mode():
-                whole = whole_model._forward(img[None])[0] > meta.threshold
+                whole = forward_probability(whole_model.model, whole_model._prepare(img[None]))[0] > meta.threshold
             agreement = agreement + confusion(pred > 0, whole)
             flips = (pred > 0) != whole
             seam = _distance_to_tile_borders(pred.shape, args.tile) < 32
@@ -123,10 +124,10 @@ def _levir(args: argparse.Namespace) -> None:
               f"precision {total.precision:.4f} recall {total.recall:.4f}; tiled vs whole-image F1 {agreement.f1:.4f}; "
               f"{near_seam} of {flipped} differing pixels lie within 32 px of an inner tile border "
               f"({100 * seam_px / all_px:.1f} % of the area)")
-        utm = reproject_to(root / "test_1_B.tif", tmp / "after_utm.tif", "EPSG:32614", 0.5)
+        utm = raster.warp_to(str(root / "test_1_B.tif"), str(tmp / "after_utm.tif"), "EPSG:32614", 0.5)
         out = tmp / "utm.tif"
-        detect_changes(str(root / "test_1_A.tif"), str(utm), str(out), mask=True, tile=args.tile, halo=args.halo,
-                       statistics=args.statistics)
+        detect_changes(MapSpec(before=str(root / "test_1_A.tif"), after=utm, mask=True, tile=args.tile,
+                               halo=args.halo, statistics=args.statistics), RunOptions(output=str(out)))
         pred, _, valid = raster.read_raster(str(out), 2)
         label, _, _ = raster.read_raster(str(root / "test_1_label.tif"))
         print(f"test_1 with AFTER in UTM 14N at 0.5 m: F1 {confusion(pred > 0, label > 127, valid).f1:.4f} "

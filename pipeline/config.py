@@ -1,115 +1,229 @@
-"""The frozen, validated configuration of one change-detection run."""
+"""The statement of a run: frozen, validated objects, stated once.
+
+:class:`MapSpec` is what a change map *is* (inputs, model, weights, bands, tiling, statistics,
+threshold, output type): it is stamped on the COG, compared whole by the archive's skip check
+and hashed to find resumable work. :class:`RunOptions` is how a run goes and where its results
+land (workers, batch size, work folder, Ray address, storage options, output paths): never
+stamped. :class:`ArchiveOptions` says which pairs an archive holds. The CLI's options are
+derived from these fields (:mod:`pipeline.cli.options`), and the Prefect flows take the objects
+as parameters (Prefect validates them).
+"""
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from pipeline import storage
 from pipeline.errors import ChangemapError
 
 PROBABILITY_TYPES = ("uint8", "float32")
 STATISTICS = ("window", "scene")
+VECTOR_FORMATS = ("gpkg", "parquet", "fgb", "geojson")
 
 
 class ConfigError(ChangemapError):
     """An option value that cannot work."""
 
 
-def frozen_from_dict(cls: type, d: Mapping[str, Any], error: type[Exception], what: str,
-                     tuple_fields: tuple[str, ...] = ()) -> Any:
-    """Build the frozen config ``cls`` from a JSON-like mapping: unknown keys are an error, lists become tuples."""
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise error(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
-    kw = dict(d)
-    for key in tuple_fields:
-        if kw.get(key) is not None:
-            kw[key] = tuple(kw[key])
-    return cls(**kw)
+def option(default: Any = None, help: str = "", **cli: Any) -> Any:
+    """A field with its CLI help; ``cli`` holds argparse extras (``flag``, ``short``, ``metavar``, ``positional``)."""
+    return Field(default, description=help, json_schema_extra={"cli": cli} if cli else None)
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything ``changemap run`` needs; saved with the outputs it produced.
+class Frozen(BaseModel):
+    """Frozen, unknown fields rejected; validation errors name the option and say what fits."""
 
-    Attributes:
-        before, after, output: input rasters and output COG (paths).
-        model: registered model name; weights: known name, path or URL (None: the model's default).
-        tile, halo: core tile side and context margin in pixels (tile = zarr chunk side).
-        statistics: ``window`` (each window normalised by its own statistics) or ``scene`` (scene
-            statistics measured in extra passes: the map equals one pass over the whole scene).
-        batch_size: windows per forward pass.
-        threshold: binary-mask threshold (None: the weights' own).
-        workers: inference actors (None: one per GPU, else one CPU actor).
-        probability: ``uint8`` (0-255 scaled) or ``float32``.
-        mask: also write the binary change mask as band 2.
-        bands: 1-based input bands fed to the model (None: the weights' bands).
-        workdir: where intermediate zarr stores go (None: a temporary folder).
-        keep_workdir: keep the stores after success.
-        overwrite: replace an existing output.
-        ray_address: attach to this Ray cluster instead of starting a local runtime.
-    """
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+    what: ClassVar[str] = "options"
 
-    before: str
-    after: str
-    output: str
-    model: str = "tinycd"
-    weights: str | None = None
-    tile: int = 512
-    halo: int = 64
-    statistics: str = "window"
-    batch_size: int = 4
-    threshold: float | None = None
-    workers: int | None = None
-    probability: str = "uint8"
-    mask: bool = False
-    bands: tuple[int, ...] | None = None
-    workdir: str | None = None
-    keep_workdir: bool = False
-    overwrite: bool = False
-    ray_address: str | None = None
-
-    def __post_init__(self) -> None:
-        def fail(msg: str) -> None:
-            raise ConfigError(msg)
-
-        for name in ("before", "after", "output"):
-            if not getattr(self, name):
-                fail(f"{name} must be a path or URL, got an empty value")
-        if not 64 <= self.tile <= 8192 or self.tile % 16:
-            fail(f"--tile must be a multiple of 16 between 64 and 8192, got {self.tile}")
-        if not 0 <= self.halo < self.tile:
-            fail(f"--halo must be between 0 and the tile size ({self.tile}), got {self.halo}")
-        if self.statistics not in STATISTICS:
-            fail(f"--statistics must be one of {', '.join(STATISTICS)}, got {self.statistics!r}")
-        if self.batch_size < 1:
-            fail(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            fail(f"--threshold must lie strictly between 0 and 1, got {self.threshold}")
-        if self.workers is not None and self.workers < 1:
-            fail(f"--workers must be at least 1, got {self.workers}")
-        if self.probability not in PROBABILITY_TYPES:
-            fail(f"--probability must be one of {', '.join(PROBABILITY_TYPES)}, got {self.probability!r}")
-        if self.bands is not None and (not self.bands or min(self.bands) < 1):
-            fail(f"--bands are 1-based band numbers, got {self.bands}")
-        if self.workdir and self.workdir.startswith("memory://"):
-            fail("--workdir memory:// lives inside one process, but Ray actors run in others; use a local folder "
-                 "or shared storage (s3://, gs://, ...)")
-        if self.before == self.output or self.after == self.output:
-            fail(f"--output {self.output} would overwrite an input; choose another output path")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-serialisable)."""
-        d = asdict(self)
-        d["bands"] = list(self.bands) if self.bands else None
-        return d
-
-    def to_json(self) -> str:
-        """JSON text, saved next to the outputs."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_message(exc, type(self).what, type(self))) from None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
-        """Build from a mapping; unknown fields are an error."""
-        return frozen_from_dict(cls, d, ConfigError, "run options", tuple_fields=("bands",))
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """Build from a JSON-like mapping (unknown keys are an error)."""
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (secrets stay masked)."""
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        """JSON text with sorted keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _message(exc: ValidationError, what: str, cls: type[BaseModel]) -> str:
+    """One paragraph naming each bad option (as ``--name``) and what it must be."""
+    unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+    parts = []
+    if unknown:
+        parts.append(f"unknown {what} {sorted(unknown)}; known: {sorted(cls.model_fields)}")
+    for e in exc.errors():
+        if e["type"] == "extra_forbidden":
+            continue
+        name = "--" + str(e["loc"][0]).replace("_", "-") if e["loc"] else what
+        if e["type"] == "value_error":
+            parts.append(str(e["ctx"]["error"]))
+        elif e["type"] == "missing":
+            parts.append(f"{name} is required")
+        else:
+            parts.append(f"{name}: {e['msg'][0].lower()}{e['msg'][1:]}, got {e.get('input')!r}")
+    return "; ".join(parts)
+
+
+class MapSettings(Frozen):
+    """The settings that define a change map, whatever its inputs."""
+
+    what: ClassVar[str] = "map settings"
+
+    model: str | None = option(None, "registered model name or model config file (see `changemap models`); "
+                                     "default: the model a changemap checkpoint given as --weights names, else tinycd")
+    weights: str | None = option(None, "known weights name (e.g. levir, whu), a local checkpoint or a URL; "
+                                       "'none' for random")
+    bands: tuple[int, ...] | None = option(None, "1-based input bands for the model, e.g. 3,2,1 "
+                                                 "(default: the weights' bands)", metavar="B,B,B")
+    tile: int = option(512, "core tile side in pixels (= zarr chunk side)")
+    halo: int = option(64, "context margin around each tile in pixels")
+    threshold: float | None = option(None, "binary threshold (default: the weights')")
+    statistics: Literal["window", "scene"] = option(
+        "window", "window: InstanceNorm/squeeze-excite layers use each window's statistics (fast); scene: the "
+                  "scene's, measured in extra passes, so the map equals one pass over the whole scene")
+    probability: Literal["uint8", "float32"] = option("uint8", "band 1 type: uint8 scaled 0-255 or float32 0-1")
+    mask: bool = option(False, "also write the binary change mask as band 2")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int) -> int:
+        if not 64 <= v <= 8192 or v % 16:
+            raise ValueError(f"--tile must be a multiple of 16 between 64 and 8192, got {v}")
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"--threshold must lie strictly between 0 and 1, got {v}")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError(f"--bands are 1-based band numbers, got {v}")
+        return v
+
+    @field_validator("statistics", "probability", mode="before")
+    @classmethod
+    def _choice(cls, v: Any, info) -> Any:
+        choices = STATISTICS if info.field_name == "statistics" else PROBABILITY_TYPES
+        if v not in choices:
+            raise ValueError(f"--{info.field_name} must be one of {', '.join(choices)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _halo(self) -> "MapSettings":
+        if not 0 <= self.halo < self.tile:
+            raise ValueError(f"--halo must be between 0 and the tile size ({self.tile}), got {self.halo}")
+        return self
+
+
+class MapSpec(MapSettings):
+    """What one change map is: its two inputs and the settings that define it."""
+
+    what: ClassVar[str] = "run options"
+
+    before: str = option(..., "BEFORE raster (its grid is the output grid)", positional=True)
+    after: str = option(..., "AFTER raster (warped onto BEFORE's grid when it differs)", positional=True)
+
+    @field_validator("before", "after")
+    @classmethod
+    def _path(cls, v: str, info) -> str:
+        if not v:
+            raise ValueError(f"{info.field_name} must be a path or URL, got an empty value")
+        return v
+
+    @classmethod
+    def of(cls, before: str, after: str, settings: MapSettings) -> "MapSpec":
+        """The spec of one pair made with ``settings``."""
+        return cls(before=before, after=after, **settings.model_dump(exclude_unset=True))
+
+    def stamp(self) -> dict[str, Any]:
+        """What is written on the map and compared by the archive: inputs as absolute paths or URLs."""
+        return {**self.to_dict(), "before": storage.absolute(self.before), "after": storage.absolute(self.after)}
+
+    def key(self) -> str:
+        """A short hash of :meth:`stamp`: two runs with equal keys make the same map."""
+        return hashlib.sha256(json.dumps(self.stamp(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunOptions(Frozen):
+    """How a run goes and where its results land; never stamped on the map."""
+
+    what: ClassVar[str] = "run options"
+
+    output: str | None = option(None, "output change map (Cloud-Optimized GeoTIFF)", short="-o")
+    workers: int | None = option(None, "inference actors (default: one per GPU, else 1)")
+    batch_size: int = option(4, "windows per forward pass")
+    workdir: str | None = option(None, "folder for intermediate zarr stores (default: temporary)")
+    keep_workdir: bool = option(False, "keep the intermediate stores after success")
+    overwrite: bool = option(False, "replace an existing output")
+    ray_address: str | None = option(None, "attach to this Ray cluster (default: a local runtime)")
+    storage_options: SecretStr | None = option(
+        None, "fsspec storage options (also given to GDAL), e.g. '{\"key\": ..., \"secret\": ..., "
+              "\"endpoint_url\": ...}' or keyed by protocol '{\"s3\": {...}}'; default: environment", metavar="JSON")
+
+    @field_validator("batch_size", "workers")
+    @classmethod
+    def _positive(cls, v: int | None, info) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"--{info.field_name.replace('_', '-')} must be at least 1, got {v}")
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v and v.startswith("memory://"):
+            raise ValueError("--workdir memory:// lives inside one process, but Ray actors run in others; use a "
+                             "local folder or shared storage (s3://, gs://, ...)")
+        return v
+
+    def storage_json(self) -> str | None:
+        """The storage options' JSON text (the secret itself; never log it)."""
+        return self.storage_options.get_secret_value() if self.storage_options else None
+
+
+def check_destination(spec: MapSpec, run: RunOptions) -> None:
+    """The output must be given and must not be one of the inputs."""
+    if not run.output:
+        raise ConfigError("--output is required: the path or URL of the change map to write")
+    if run.output in (spec.before, spec.after):
+        raise ConfigError(f"--output {run.output} would overwrite an input; choose another output path")
+
+
+class ArchiveOptions(Frozen):
+    """Which pairs an archive holds and where their maps go."""
+
+    what: ClassVar[str] = "archive options"
+
+    manifest: str | None = option(None, "CSV (id,before,after[,output]) or JSON-lines file, path or URL",
+                                  positional=True)
+    before: str | None = option(None, "glob of BEFORE rasters (quote it), e.g. 's3://b/2019/*.tif'")
+    after: str | None = option(None, "glob of AFTER rasters (quote it)")
+    pair_by: str = option("stem", "pair glob matches by file 'stem' or a regex with a named group, "
+                                  "e.g. '(?P<tile>T\\d+)'")
+    output_prefix: str = option(..., "folder or URL prefix: outputs PREFIX/{id}.tif, summary")
+    concurrency: int = option(1, "pairs processed at once (sharing the model actors)")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"--concurrency must be at least 1, got {v}")
+        return v

@@ -1,9 +1,10 @@
 """Export: the output zarr store -> a Cloud-Optimized GeoTIFF on the input grid."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -11,6 +12,10 @@ from pipeline import storage
 from pipeline.grid import Grid
 from pipeline.io import fs, store
 from pipeline.io.raster import iter_blocks, write_cog
+
+if TYPE_CHECKING:
+    from pipeline.checks import Preflight
+    from pipeline.workdir import RunPaths
 
 
 def probability_to_uint8(p: np.ndarray) -> np.ndarray:
@@ -62,3 +67,15 @@ def _write(output_store: str, input_store: str, dest: str, grid: Grid, probabili
               **(tags or {})},
         descriptions=descriptions,
     )
+
+
+def map_tags(pre: "Preflight") -> dict[str, str]:
+    """What a map says about itself: its map spec (only what defines it) and the model's provenance."""
+    return {"CHANGEMAP_CONFIG": json.dumps(pre.spec.stamp(), sort_keys=True), "CHANGEMAP_MODEL": pre.meta.model,
+            "CHANGEMAP_WEIGHTS_SHA256": pre.meta.sha256, "CHANGEMAP_WEIGHTS_LICENSE": pre.meta.license}
+
+
+def export_map(paths: "RunPaths", dest: str, pre: "Preflight") -> Grid:
+    """The run's output store -> its change-map COG at ``dest``, stamped with the map spec."""
+    return export_cog(paths.output_store, paths.input_store, dest, probability=pre.spec.probability,
+                      mask=pre.spec.mask, threshold=pre.threshold, tags=map_tags(pre))

@@ -20,15 +20,16 @@ import numpy as np
 import ray
 import torch
 
-import models
-from models import LoadedWeights, WeightsMeta
+import zarr
+
+from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
-from pipeline import storage
+from pipeline import loader, ray_runtime, storage
+from pipeline.engine import TileEngine, normalize
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.learn.predict import forward_probability
-from pipeline.tiling import (Tile, Window, batch_by_shape, by_clipped_shape, core_offset, pad_window, padded_shape,
-                             statistics_weights, tile_window)
+from pipeline.progress import Progress
+from pipeline.tiling import Tile, Window, by_clipped_shape, make_tiles
 
 
 @dataclass(frozen=True)
@@ -37,33 +38,11 @@ class InferenceJob:
 
     input_store: str
     output_store: str
-    tile: int
     halo: int
     bands: tuple[int, ...]  # 1-based
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)  # for stores in object storage
     statistics: str = "window"  # "scene": windows clipped at the scene edge, scene statistics (models.statistics)
     scene_stats: Stats | None = None  # the measured scene statistics, set for the prediction pass
-
-
-def select_bands(meta: WeightsMeta, raster_bands: int, override: Sequence[int] | None) -> tuple[int, ...]:
-    """The 1-based bands fed to the model, checked against the raster and the model."""
-    bands = tuple(override) if override else (meta.bands or tuple(range(1, meta.in_channels + 1)))
-    if len(bands) != meta.in_channels:
-        raise ChangemapError(
-            f"model {meta.model} takes {meta.in_channels} bands but --bands selects {len(bands)} ({bands}); "
-            f"select exactly {meta.in_channels}"
-        )
-    if max(bands) > raster_bands:
-        raise ChangemapError(
-            f"model {meta.model} reads bands {bands} but the rasters have only {raster_bands} band(s); "
-            "pass rasters with those bands or choose others with --bands"
-        )
-    return bands
-
-
-def read_window(image, w: Window, band_index: np.ndarray) -> np.ndarray:
-    """Read ``(2, C, h, w)`` from the image array, reflect-padding what the window adds outside it."""
-    return pad_window(image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index], w)
 
 
 class TilePredictor:
@@ -75,87 +54,65 @@ class TilePredictor:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.meta = models.build_model(model_name, weights, model_args)
+        self.model, self.meta = loader.build_loaded(model_name, weights, model_args)
         self.model.to(self.device)
         self.batch_size = batch_size
-        self._stores: dict[str, tuple] = {}
-        n = self.meta.in_channels
-        self._mean = torch.tensor(self.meta.mean, device=self.device).view(1, 1, n, 1, 1)
-        self._std = torch.tensor(self.meta.std, device=self.device).view(1, 1, n, 1, 1)
-        self._scene: SceneStatistics | None = None
+        self._scenes: dict[str, tuple] = {}
 
     def describe(self) -> dict[str, str]:
         """Where this predictor runs (for logs and tests)."""
         return {"device": str(self.device), "model": self.meta.model, "threads": str(torch.get_num_threads())}
 
-    def _arrays(self, job: InferenceJob):
-        if job.output_store not in self._stores:
+    def _prepare(self, x: np.ndarray) -> torch.Tensor:
+        """A ``(B, 2, C, h, w)`` raw batch, normalised on the model's device."""
+        return normalize(torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True), self.meta)
+
+    def _scene(self, job: InferenceJob) -> tuple[TileEngine, Callable, Callable, zarr.Array, zarr.Array]:
+        """The engine and readers of one scene's stores (kept for the next batches of the scene)."""
+        if job.output_store not in self._scenes:
             storage.install(job.storage)  # this actor's process reads/writes the stores with them
-            if len(self._stores) > 8:  # an actor serving an archive keeps a few scenes' handles only
-                self._stores.clear()
-            self._stores[job.output_store] = (
-                store.open_array(job.input_store, store.IMAGE),
-                store.open_array(job.input_store, store.VALID),
-                store.open_array(job.output_store, store.PROBABILITY, mode="r+"),
-            )
-        return self._stores[job.output_store]
+            if len(self._scenes) > 8:  # an actor serving an archive keeps a few scenes' handles only
+                self._scenes.clear()
+            image = store.open_array(job.input_store, store.IMAGE)
+            valid = store.open_array(job.input_store, store.VALID)
+            out = store.open_array(job.output_store, store.PROBABILITY, mode="r+")
+            tile = store.check_tile(job.input_store, image)
+            band_index = np.asarray(job.bands) - 1
+            engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
+                                halo=job.halo, batch_size=self.batch_size, statistics=job.statistics)
 
-    def _batches(self, job: InferenceJob, tiles: Sequence[Tile]):
-        """Yield ``(tiles, windows, raw windows (B, 2, C, h, w))`` for the tiles that have valid data.
+            def read(w: Window) -> np.ndarray:
+                return image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
 
-        Batches hold windows of one shape (clipped windows are smaller at the scene edge).
-        """
-        image, valid, _ = self._arrays(job)
-        height, width = valid.shape
-        band_index = np.asarray(job.bands) - 1
-        # Tiles without any valid pixel stay NaN (nodata) and cost nothing.
-        todo = [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
-        windows = {t: tile_window(t, job.tile, job.halo, self.model.size_divisor, height, width,
-                                  clipped=job.statistics == "scene") for t in todo}
-        for batch in batch_by_shape(todo, lambda t: padded_shape(windows[t]), self.batch_size):
-            wins = [windows[t] for t in batch]
-            yield batch, wins, np.stack([read_window(image, w, band_index) for w in wins])
+            def read_valid(w: Window) -> np.ndarray:
+                return valid[w.y0:w.y1, w.x0:w.x1]
+
+            self._scenes[job.output_store] = (engine, read, read_valid, valid, out)
+        return self._scenes[job.output_store]
+
+    def _with_data(self, job: InferenceJob, tiles: Sequence[Tile]) -> list[Tile]:
+        """Tiles without any valid pixel stay NaN (nodata) and cost nothing."""
+        valid = self._scene(job)[3]
+        return [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
 
     def predict(self, job: InferenceJob, tiles: Sequence[Tile]) -> int:
         """Predict ``tiles`` and write their cores to the output store; returns how many were done."""
-        _, _, out = self._arrays(job)
-        fixed = self.scene_statistics().fixed(job.scene_stats) if job.scene_stats is not None else nullcontext()
-        with fixed:
-            for batch, wins, x in self._batches(job, tiles):
-                prob = self._forward(x)
-                for t, w, p in zip(batch, wins, prob):
-                    top, left = core_offset(t, w)
-                    out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = p[top:top + t.height, left:left + t.width]
-        return len(tiles)
+        engine, read, _, _, out = self._scene(job)
 
-    def scene_statistics(self) -> SceneStatistics:
-        """The model's window-dependent layers (raises :class:`StatisticsUnsupported` for attention models)."""
-        if self._scene is None:
-            self._scene = SceneStatistics(self.model)
-        return self._scene
+        def write(t: Tile, core: np.ndarray) -> None:
+            out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = core
+
+        engine.predict(self._with_data(job, tiles), read, write, job.scene_stats)
+        return len(tiles)
 
     def statistics_levels(self) -> list[list[str]]:
         """The levels in which the scene statistics are measured (one pass over the tiles each)."""
-        return self.scene_statistics().levels(self.meta.in_channels, self.model.size_divisor)
+        return SceneStatistics(self.model).levels(self.meta.in_channels, self.model.size_divisor)
 
     def measure(self, job: InferenceJob, tiles: Sequence[Tile], level: list[str], fixed: Stats) -> dict[str, Moments]:
         """Summed moments of the ``level`` layer calls over the valid pixels of ``tiles``' cores."""
-        _, valid, _ = self._arrays(job)
-        total: dict[str, Moments] = {}
-        for batch, wins, x in self._batches(job, tiles):
-            weights = np.stack([statistics_weights(t, w, pad_window(valid[w.y0:w.y1, w.x0:w.x1], w))
-                                for t, w in zip(batch, wins)])
-            add_moments(total, self.scene_statistics().collect(self._input(x), torch.from_numpy(weights), level, fixed))
-        return total
-
-    def _input(self, x: np.ndarray) -> torch.Tensor:
-        """A ``(B, 2, C, h, w)`` raw batch, normalised on the model's device."""
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True).float()
-        return (t * self.meta.scale - self._mean) / self._std
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """Change probabilities ``(B, h, w)`` of a ``(B, 2, C, h, w)`` raw batch."""
-        return forward_probability(self.model, self._input(x))
+        engine, read, read_valid, _, _ = self._scene(job)
+        return engine.measure(self._with_data(job, tiles), read, read_valid, level, fixed)
 
 
 RemotePredictor = ray.remote(TilePredictor)
@@ -345,3 +302,28 @@ def borrow_pool(model_name: str, weights: LoadedWeights | None, *, workers: int 
         yield own
     finally:
         own.close()
+
+
+def run_inference(input_store: str, output_store: str, *, model: str, loaded: LoadedWeights | None,
+                  model_args: dict, halo: int, bands: tuple[int, ...], statistics: str = "window",
+                  workers: int | None = None, batch_size: int = 4, ray_address: str | None = None) -> InferenceStats:
+    """Predict every tile of ``input_store`` into ``output_store``: Ray, the stores and the actors behind one call.
+
+    Starts (or attaches to) Ray, borrows the archive's shared model actors when there are, else
+    starts its own, and marks the output store complete at the end. The tile side is read back
+    from the input store (and checked against its chunks).
+    """
+    grid = store.read_grid(input_store)
+    tile = store.read_tile(input_store)
+    store.create_output_store(output_store, grid, tile)
+    started = ray_runtime.ensure_ray(ray_address)
+    try:
+        with borrow_pool(model, loaded, workers=workers, batch_size=batch_size, model_args=model_args) as pool:
+            job = InferenceJob(input_store, output_store, halo, bands, storage.installed(), statistics)
+            bar = Progress("infer")
+            stats = pool.run(job, make_tiles(grid.height, grid.width, tile), progress=bar,
+                             on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
+        store.mark_complete(output_store)
+        return stats
+    finally:
+        ray_runtime.shutdown_if_started(started)

@@ -16,9 +16,12 @@ job and install them in their own process.
 from __future__ import annotations
 
 import json
+import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import ChangemapError
@@ -48,6 +51,11 @@ def is_remote(url: str) -> bool:
 def local_path(url: str) -> str:
     """A ``file://`` URL or plain path as a local path."""
     return url[len("file://"):] if url.startswith("file://") else url
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (what a stamp or a hash must compare); URLs unchanged."""
+    return url if is_remote(url) else os.path.abspath(local_path(url))
 
 
 def join(base: str, *parts: str) -> str:
@@ -144,24 +152,40 @@ class StorageOptions:
     __str__ = __repr__
 
 
-_installed = StorageOptions()
+_default = StorageOptions()
+_current: ContextVar[StorageOptions | None] = ContextVar("changemap_storage_options", default=None)
 
 
 def install(options: StorageOptions | Mapping[str, Any] | None) -> StorageOptions:
-    """Make ``options`` this process's storage options (used by every fsspec/GDAL access)."""
-    global _installed
-    _installed = options if isinstance(options, StorageOptions) else StorageOptions.from_mapping(options)
-    return _installed
+    """Make ``options`` this process's default storage options (a Ray actor's, a worker's)."""
+    global _default
+    _default = options if isinstance(options, StorageOptions) else StorageOptions.from_mapping(options)
+    return _default
+
+
+@contextmanager
+def using(options: StorageOptions | None) -> Iterator[StorageOptions]:
+    """Use ``options`` (None: the process default) for every fsspec/GDAL access in this context.
+
+    A run carries its storage options and enters this around its steps, so two runs in one
+    process (an archive's pairs, two flows in one worker) never see each other's credentials.
+    """
+    token = _current.set(options)
+    try:
+        yield installed()
+    finally:
+        _current.reset(token)
 
 
 def installed() -> StorageOptions:
-    """This process's storage options."""
-    return _installed
+    """The storage options in force here: the run's (see :func:`using`), else the process default."""
+    current = _current.get()
+    return current if current is not None else _default
 
 
 def options_for(url: str) -> dict[str, Any]:
-    """fsspec keyword arguments for ``url`` from the installed options."""
-    return _installed.for_url(url)
+    """fsspec keyword arguments for ``url`` from the options in force."""
+    return installed().for_url(url)
 
 
 _SECRET_LIKE = re.compile(r"(?i)(secret|token|password|key|credential|sas|signature)")
@@ -185,6 +209,6 @@ def secret_values(options: StorageOptions) -> list[str]:
 
 def scrub(text: str, options: StorageOptions | None = None) -> str:
     """``text`` with any secret option value replaced by ``***``."""
-    for value in secret_values(options if options is not None else _installed):
+    for value in secret_values(options if options is not None else installed()):
         text = text.replace(value, "***")
     return text

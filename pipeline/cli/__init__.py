@@ -7,48 +7,14 @@ import os
 import sys
 from typing import Sequence
 
-from pipeline.config import STATISTICS
+from pipeline.cli import options
 from pipeline.cli.learn import add_dataset_evaluate_options as _add_dataset_evaluate_options
 from pipeline.cli.learn import add_train_parser as _add_train_parser
+from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
 
 _USER_ERROR_EXIT = 2
-
-
-def _bands(text: str) -> list[int]:
-    try:
-        return [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bands takes comma-separated band numbers like 3,2,1, got {text!r}") from None
-
-
-def _add_run_options(p: argparse.ArgumentParser, *, single: bool = True) -> None:
-    """The options of one pair's run (shared by ``run`` and ``archive``)."""
-    p.add_argument("--model", default=None,
-                   help="registered model name or model config file (see `changemap models`); default: the "
-                        "model a changemap checkpoint given as --weights names, else tinycd")
-    p.add_argument("--weights", default=None,
-                   help="known weights name (e.g. levir, whu), a local checkpoint or a URL; 'none' for random")
-    p.add_argument("--tile", type=int, default=512, help="core tile side in pixels (= zarr chunk side)")
-    p.add_argument("--halo", type=int, default=64, help="context margin around each tile in pixels")
-    p.add_argument("--statistics", choices=STATISTICS, default="window",
-                   help="window: InstanceNorm/squeeze-excite layers use each window's statistics (fast); scene: "
-                        "the scene's, measured in extra passes, so the map equals one pass over the whole scene")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    p.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the weights')")
-    p.add_argument("--workers", type=int, default=None, help="inference actors (default: one per GPU, else 1)")
-    p.add_argument("--probability", choices=("uint8", "float32"), default="uint8",
-                   help="band 1 type: uint8 scaled 0-255 (default) or float32 0-1")
-    p.add_argument("--mask", action="store_true", help="also write the binary change mask as band 2")
-    p.add_argument("--bands", type=_bands, default=None, help="1-based input bands for the model, e.g. 3,2,1")
-    p.add_argument("--workdir", default=None, help="folder for intermediate zarr stores (default: temporary)")
-    if single:
-        p.add_argument("--keep-workdir", action="store_true", help="keep the intermediate stores after success")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output" if single else "redo pairs whose output is already complete")
-    p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local runtime)")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help="fsspec storage options (also given to GDAL), e.g. '{\"key\": ..., \"secret\": ..., "
-                        "\"endpoint_url\": ...}' or keyed by protocol '{\"s3\": {...}}'; default: environment")
+# Options of one pair that an archive derives per pair instead of taking them.
+_PER_PAIR = ("output", "keep_workdir")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,10 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="detect changes between two rasters and write a COG change map")
-    run.add_argument("before", help="BEFORE raster (its grid is the output grid)")
-    run.add_argument("after", help="AFTER raster (warped onto BEFORE's grid when it differs)")
-    run.add_argument("--output", "-o", required=True, help="output change map (Cloud-Optimized GeoTIFF)")
-    _add_run_options(run)
+    options.add_fields(run, MapSpec)
+    options.add_fields(run, RunOptions)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON too")
 
     ev = sub.add_parser("evaluate", help="score a change map against a label raster, or a model on a dataset",
@@ -78,15 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                          usage="changemap archive MANIFEST --output-prefix PREFIX [options]\n"
                                "       changemap archive --before GLOB --after GLOB [--pair-by stem|REGEX] "
                                "--output-prefix PREFIX [options]")
-    arc.add_argument("manifest", nargs="?", help="CSV (id,before,after[,output]) or JSON-lines file, path or URL")
-    arc.add_argument("--before", default=None, help="glob of BEFORE rasters (quote it), e.g. 's3://b/2019/*.tif'")
-    arc.add_argument("--after", default=None, help="glob of AFTER rasters (quote it)")
-    arc.add_argument("--pair-by", default="stem",
-                     help="pair glob matches by file 'stem' (default) or a regex with a named group, "
-                          "e.g. '(?P<tile>T\\d+)'")
-    arc.add_argument("--output-prefix", required=True, help="folder or URL prefix: outputs PREFIX/{id}.tif, summary")
-    arc.add_argument("--concurrency", type=int, default=1, help="pairs processed at once (sharing the model actors)")
-    _add_run_options(arc, single=False)
+    options.add_fields(arc, ArchiveOptions)
+    options.add_fields(arc, MapSettings)
+    options.add_fields(arc, RunOptions, exclude=_PER_PAIR,
+                       help_overrides={"overwrite": "redo pairs whose output is already complete"})
     arc.add_argument("--json", action="store_true", help="print the archive summary as JSON too")
 
     srv = sub.add_parser("serve", help="run the Prefect deployments of a prefect.yaml here (schedules + triggered runs)")
@@ -104,43 +63,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _secret(args: argparse.Namespace):
-    """``--storage-options`` for a flow: a SecretStr, which Prefect stores masked (a plain str is stored as is)."""
-    from pydantic import SecretStr
+def _quiet_user_errors() -> None:
+    """Prefect logs a failing flow or task with its traceback; a user error is said once, by us."""
+    import logging
 
-    return SecretStr(args.storage_options) if args.storage_options else None
+    from models import UnknownModelError, WeightsError
+    from pipeline.errors import ChangemapError
+
+    user = (ChangemapError, WeightsError, UnknownModelError)
+
+    def keep(record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, user) and not (record.levelno >= logging.ERROR and "ChangemapError" in
+                                                  record.getMessage())
+
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logging.getLogger(name).addFilter(keep)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.change_detection import detect_changes
-    from pipeline.scene import summary_line
+    from pipeline import checks, storage
 
-    summary = detect_changes(
-        before=args.before, after=args.after, output=args.output, model=args.model, weights=args.weights,
-        tile=args.tile, halo=args.halo, statistics=args.statistics, batch_size=args.batch_size,
-        threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask,
-        bands=args.bands,
-        workdir=args.workdir, keep_workdir=args.keep_workdir, overwrite=args.overwrite,
-        ray_address=args.ray_address, storage_options=_secret(args),
-    )
+    spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
+    with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
+        checks.preflight(spec, run)  # before Prefect and Ray start: a user error costs seconds, not a cluster
+    from flows.change_detection import detect_changes
+
+    _quiet_user_errors()
+    summary = detect_changes(spec, run)
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    print(summary_line(summary))
+        print(summary.model_dump_json())
+    print(summary.line())
     return 0
 
 
 def _archive(args: argparse.Namespace) -> int:
+    from pipeline import checks, storage
+
+    archive_options = options.take(args, ArchiveOptions)
+    settings, run = options.take(args, MapSettings), options.take(args, RunOptions)
+    with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
+        checks.check_archive(archive_options, settings, run)
     from flows.archive import process_archive
 
-    state = process_archive(
-        output_prefix=args.output_prefix, manifest=args.manifest, before=args.before, after=args.after,
-        pair_by=args.pair_by, concurrency=args.concurrency, overwrite=args.overwrite, model=args.model,
-        weights=args.weights, tile=args.tile, halo=args.halo, statistics=args.statistics,
-        batch_size=args.batch_size,
-        threshold=args.threshold, workers=args.workers, probability=args.probability, mask=args.mask,
-        bands=args.bands, workdir=args.workdir, ray_address=args.ray_address, storage_options=_secret(args),
-        return_state=True,
-    )
+    _quiet_user_errors()
+    state = process_archive(archive_options, settings, run, return_state=True)
     data = state.result(raise_on_failure=False)
     if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)
         raise data if isinstance(data, Exception) else RuntimeError(str(state.message))
@@ -235,10 +202,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.errors import ChangemapError
 
     try:
-        if getattr(args, "storage_options", None):
-            from pipeline import storage
-
-            storage.install(storage.StorageOptions.from_json(args.storage_options))
         commands = {"run": _run, "archive": _archive, "serve": _serve, "evaluate": _evaluate, "models": _models,
                     "train": _train}
         return commands[args.command](args)

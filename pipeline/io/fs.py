@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Callable
 import fsspec
 
 from pipeline import storage
+from pipeline.errors import ChangemapError
 
 # Object stores publish an object only when its upload completes (single PUT or a
 # completed multipart upload), so writing straight to the final key is atomic.
@@ -94,16 +95,13 @@ def read_text(url: str) -> str:
         return f.read()
 
 
-def make_run_dir(base: str | None, prefix: str = "changemap-") -> str:
-    """A fresh folder (or prefix) for one run's intermediate stores (under ``base``, else the system temp)."""
-    if base and storage.is_remote(base):
-        run_dir = storage.join(base, f"{prefix}{uuid.uuid4().hex[:12]}")
-        fs, path = filesystem(run_dir)
-        fs.makedirs(path, exist_ok=True)  # a no-op on object stores
-        return run_dir
-    if base:
-        Path(storage.local_path(base)).mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix=prefix, dir=storage.local_path(base) if base else None)
+def make_dirs(url: str) -> None:
+    """Create a folder (a no-op on object stores, where prefixes need none)."""
+    if storage.is_remote(url):
+        fs, path = filesystem(url)
+        fs.makedirs(path, exist_ok=True)
+    else:
+        Path(storage.local_path(url)).mkdir(parents=True, exist_ok=True)
 
 
 def remove_tree(url: str) -> None:
@@ -133,3 +131,40 @@ def rasterio_opener(url: str) -> Any:
     """The fsspec filesystem rasterio should read ``url`` through (protocols GDAL cannot read itself)."""
     fs, _ = filesystem(url)
     return fs
+
+
+def check_protocol(url: str, role: str) -> None:
+    """Refuse a URL whose protocol fsspec does not know, or whose driver is not installed."""
+    if "://" not in url:
+        return
+    scheme = url.split("://", 1)[0].lower()
+    known = fsspec.registry.known_implementations
+    if scheme not in known and scheme not in fsspec.registry.registry:
+        raise ChangemapError(
+            f"{role} {storage.redact_url(url)} uses the unknown protocol {scheme}://; use a local path or a URL "
+            "of a protocol fsspec knows (s3://, gs://, az://, https://, file://, memory://)")
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as exc:
+        raise ChangemapError(
+            f"{role} {storage.redact_url(url)} needs the {scheme}:// driver, which is not installed ({exc}); "
+            "install it, e.g. pip install -e \".[gcs,azure]\"") from None
+
+
+def check_writable(url: str, role: str) -> None:
+    """The place ``url`` would be written must be creatable: locally, its nearest existing ancestor is a
+    writable folder (a *file* on the way is an error); object-store prefixes need no folder."""
+    if storage.is_remote(url):
+        return
+    path = Path(storage.local_path(url)).absolute()
+    if path.is_dir():
+        raise ChangemapError(f"{role} {path} is a folder; give a file name such as {path / 'change.tif'}")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ChangemapError(f"{role} {path} cannot be written: {ancestor} is a file, not a folder; "
+                             "choose an output path under a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ChangemapError(f"{role} {path} cannot be written: no write permission in {ancestor}; "
+                             "choose a folder you can write to")

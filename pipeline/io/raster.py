@@ -261,6 +261,23 @@ def read_on_grid(path: str, grid: Grid, band: int = 1) -> tuple[np.ndarray, np.n
         return vrt.read(band), vrt.dataset_mask() > 0
 
 
+def warp_to(src_path: str, dst_path: str, crs: str, resolution: float) -> str:
+    """Warp a raster to another CRS and resolution (bilinear; nodata 0), e.g. an AFTER scene to UTM."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    dst_crs = CRS.from_user_input(crs)
+    with _rio(src_path) as src:
+        transform, w, h = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds,
+                                                      resolution=resolution)
+        out = np.zeros((src.count, h, w), dtype=src.dtypes[0])
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs=dst_crs, resampling=Resampling.bilinear, dst_nodata=0)
+    with rasterio.open(dst_path, "w", driver="GTiff", width=w, height=h, count=out.shape[0], dtype=out.dtype,
+                       crs=dst_crs, transform=transform, nodata=0) as dst:
+        dst.write(out)
+    return dst_path
+
+
 def _cog_options(dtype: str) -> dict[str, object]:
     return {
         "COMPRESS": "DEFLATE", "PREDICTOR": "YES" if dtype != "uint8" else "NO", "BLOCKSIZE": COG_BLOCKSIZE,

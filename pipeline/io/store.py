@@ -19,6 +19,7 @@ from pipeline.grid import Grid
 
 IMAGE, VALID, PROBABILITY = "image", "valid", "probability"
 _COMPLETE = "changemap_complete"
+_TILE = "changemap_tile"
 
 
 def _so(path: str) -> dict:
@@ -65,6 +66,7 @@ def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, t
         coords={"time": ["before", "after"], "band": np.arange(1, image.shape[1] + 1), **_coords(grid)},
     )
     ds = _georeference(ds, grid)
+    ds.attrs[_TILE] = tile
     encoding = {
         IMAGE: {"chunks": (2, image.shape[1], tile, tile)},
         VALID: {"chunks": (tile, tile)},
@@ -108,3 +110,17 @@ def read_grid(path: str) -> Grid:
 def open_array(path: str, name: str, mode: str = "r") -> zarr.Array:
     """One array of a store, for direct chunk-aligned reads and writes."""
     return _group(path, mode)[name]
+
+
+def read_tile(path: str) -> int:
+    """The tile side an input store was written with (one tile per chunk)."""
+    return int(_group(path, "r").attrs[_TILE])
+
+
+def check_tile(path: str, image: zarr.Array) -> int:
+    """The store's tile side, checked against its chunks (a store written by other code is refused)."""
+    tile = read_tile(path)
+    if tuple(image.chunks[-2:]) != (tile, tile):
+        raise ValueError(f"zarr store {path} says tile {tile} but its chunks are {image.chunks[-2:]}: it was not "
+                         "written by this version of changemap; remove it and run again")
+    return tile

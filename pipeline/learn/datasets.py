@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import ChangemapError
-from pipeline.learn.evaluate import LabelValues, infer_label_values
+from pipeline.learn.labels import LabelValues, infer_label_values
 from pipeline.io import fs, raster
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".jp2")

@@ -7,41 +7,10 @@ import numpy as np
 
 from pipeline.errors import ChangemapError
 from pipeline.io import raster
+from pipeline.learn.labels import LabelValues, infer_label_values, parse_label_values
 from pipeline.learn.metrics import Confusion, confusion
 
-
-@dataclass(frozen=True)
-class LabelValues:
-    """Which label values mean no change, change, and (optionally) unlabeled."""
-
-    no_change: int
-    change: int
-    nodata: int | None = None
-
-
-def parse_label_values(text: str) -> LabelValues:
-    """``"0,255"`` or ``"1,2"`` or ``"0,1,255"`` (no change, change[, nodata])."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (2, 3):
-        raise ChangemapError(f"--label-values takes NO_CHANGE,CHANGE[,NODATA], e.g. 0,255 or 1,2; got {text!r}")
-    return LabelValues(*values)
-
-
-def infer_label_values(values: np.ndarray, nodata: float | None) -> LabelValues:
-    """Recognise 0/255, 0/1 (255 = unlabeled, as in Landsat Taizhou) and OSCD's 1/2 conventions."""
-    present = {int(v) for v in np.unique(values)}
-    nd = int(nodata) if nodata is not None else None
-    labelled = present - ({nd} if nd is not None else set())
-    for no, yes, extra_nodata in ((0, 255, None), (0, 1, 255), (1, 2, 0)):
-        if labelled <= {no, yes} or (extra_nodata is not None and labelled <= {no, yes, extra_nodata}):
-            return LabelValues(no, yes, nd if nd is not None else (extra_nodata if extra_nodata in labelled else None))
-    raise ChangemapError(
-        f"cannot tell the label convention from its values {sorted(present)[:10]}; pass --label-values "
-        "NO_CHANGE,CHANGE[,NODATA] (e.g. 0,255 or 1,2)"
-    )
+__all__ = ["LabelValues", "evaluate_dataset", "evaluate_pair", "infer_label_values", "parse_label_values"]
 
 
 def prediction_mask(path: str, threshold: float | None) -> tuple[np.ndarray, np.ndarray, object]:
@@ -110,12 +79,12 @@ def load_model(model: str | None, weights: str | None, in_channels: int | None =
     None means the model's default weights, ``none`` random initialisation.
     """
     from models.weights import checkpoint_model
-    from pipeline.scene import build_model
+    from pipeline import loader
 
     spec = model or checkpoint_model(weights)
     if spec is None:
         raise ChangemapError("pass --model NAME (only a changemap checkpoint names its own model)")
-    net, meta, _ = build_model(spec, weights, in_channels)
+    net, meta, _ = loader.build(spec, weights, in_channels)
     return net, meta, meta.model
 
 
@@ -134,9 +103,8 @@ def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split
     import torch
 
     from pipeline.learn.datasets import infer_dataset_label_values, load_dataset, read_labelled, read_pair
-    from pipeline.inference import select_bands
+    from pipeline.loader import check_scene_statistics, select_bands
     from pipeline.learn.predict import normalize, predict_image
-    from pipeline.scene import check_scene_statistics
 
     samples = load_dataset(data, split)
     net, meta, name = load_model(model, weights, len(bands) if bands else None)

@@ -12,6 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRu
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
 
 from flows.archive import process_archive
+from pipeline.config import ArchiveOptions, MapSettings, RunOptions
 from pipeline import storage
 from pipeline.errors import InputRasterError
 from pipeline.learn.evaluate import evaluate_pair
@@ -50,9 +51,11 @@ def s3_archive(s3_server, tmp_path_factory):
     storage.install(None)
 
 
-def _run(s3_archive, prefix, **kw):
-    state = process_archive(output_prefix=prefix, tile=256, halo=32, concurrency=2,
-                            storage_options=SecretStr(json.dumps(s3_archive["options"])), return_state=True, **kw)
+def _run(s3_archive, prefix, *, overwrite=False, workdir=None, batch_size=4, **kw):
+    run = RunOptions(storage_options=SecretStr(json.dumps(s3_archive["options"])), overwrite=overwrite,
+                     workdir=workdir, batch_size=batch_size)
+    state = process_archive(ArchiveOptions(output_prefix=prefix, concurrency=2, **kw), MapSettings(tile=256, halo=32),
+                            run, return_state=True)
     return state, state.result(raise_on_failure=False)
 
 
@@ -96,8 +99,9 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
     summary_json = fs.read_text(f"{prefix}/archive-summary.json")
     assert json.loads(summary_json)["counts"]["failed"] == 1
 
-    # Second run: the nine complete maps are checked and skipped, nothing is inferred.
-    state2, data2 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv")
+    # Second run, with another batch size (how a map is made, not what it is): the nine complete maps are
+    # checked and skipped, nothing is inferred.
+    state2, data2 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", batch_size=2)
     assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 9, "unpaired": 0}
     assert data2["tiles_inferred"] == 0
 
@@ -119,9 +123,9 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
             artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
             sort=ArtifactSort.CREATED_DESC, limit=200, offset=0)]
         logs = [log.message for log in client.read_logs(limit=200, offset=0, sort=LogSort.TIMESTAMP_DESC)]
-    archive_runs = [r for r in runs if r.parameters.get("storage_options") is not None]
+    archive_runs = [r for r in runs if (r.parameters.get("run") or {}).get("storage_options") is not None]
     assert len(archive_runs) >= 3, [r.parameters for r in runs]
-    assert all(r.parameters["storage_options"] == "**********" for r in archive_runs), archive_runs[0].parameters
+    assert all(r.parameters["run"]["storage_options"] == "**********" for r in archive_runs), archive_runs[0].parameters
     assert any("archive-summary" in a or "corrupt_pair" in a for a in artifacts)
     out, err = capfd.readouterr()
     _assert_no_secret(s3_archive, [summary_csv, summary_json, json.dumps(tags), out, err, caplog.text,

@@ -6,9 +6,10 @@ import pytest
 import rasterio
 
 from flows.change_detection import detect_changes
+from pipeline.config import MapSpec, RunOptions
 from pipeline.io import raster
 from pipeline.learn.metrics import confusion
-from tests.data.make_data import reproject_to
+from pipeline.io.raster import warp_to as reproject_to
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
 
@@ -23,8 +24,8 @@ def _f1(map_path, label_path):
 def test_levir_pair_gives_an_accurate_georeferenced_cog(levir_pair, tmp_path):
     before, after, label = levir_pair
     out = tmp_path / "change.tif"
-    summary = detect_changes(str(before), str(after), str(out), mask=True, keep_workdir=True,
-                             workdir=str(tmp_path / "work"))
+    summary = detect_changes(MapSpec(before=str(before), after=str(after), mask=True),
+                             RunOptions(output=str(out), keep_workdir=True, workdir=str(tmp_path / "work")))
     assert summary["tiles"] == 4 and summary["megapixels"] == pytest.approx(1.048576)
     assert summary["megapixels_per_second"] > 0 and summary["output"] == str(out)
     assert raster.cog_problems(str(out)) == []
@@ -37,14 +38,15 @@ def test_levir_pair_gives_an_accurate_georeferenced_cog(levir_pair, tmp_path):
     kept = summary["workdir"]
     assert kept and (tmp_path / "work").exists()
     assert {p.name for p in (tmp_path / "work").iterdir() for p in p.iterdir()} >= {
-        "config.json", "input.zarr", "output.zarr"}
+        "map.json", "input.zarr", "output.zarr"}
 
 
 def test_after_in_another_crs_is_warped_onto_before_grid(levir_pair, tmp_path):
     before, after, label = levir_pair
     utm_after = reproject_to(after, tmp_path / "after_utm14.tif", "EPSG:32614", 0.5)
     out = tmp_path / "change.tif"
-    summary = detect_changes(str(before), str(utm_after), str(out), mask=True, workdir=str(tmp_path / "w"))
+    summary = detect_changes(MapSpec(before=str(before), after=str(utm_after), mask=True),
+                             RunOptions(output=str(out), workdir=str(tmp_path / "w")))
     assert summary["warped_after"] and summary["workdir"] is None
     assert list((tmp_path / "w").iterdir()) == []  # intermediate stores removed after success
     with rasterio.open(before) as b, rasterio.open(out) as o:
@@ -55,8 +57,8 @@ def test_after_in_another_crs_is_warped_onto_before_grid(levir_pair, tmp_path):
 
 def test_float_probability_output(synthetic, tmp_path):
     out = tmp_path / "p.tif"
-    detect_changes(str(synthetic["before"]), str(synthetic["after"]), str(out), probability="float32",
-                   tile=128, halo=16)
+    detect_changes(MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), probability="float32",
+                           tile=128, halo=16), RunOptions(output=str(out)))
     with rasterio.open(out) as src:
         p = src.read(1)
         assert src.dtypes == ("float32",) and src.count == 1
@@ -66,7 +68,8 @@ def test_float_probability_output(synthetic, tmp_path):
 def test_rgb_weights_run_on_four_bands(synthetic, tmp_path):
     four = str(synthetic["four_band"])
     out = tmp_path / "four.tif"
-    summary = detect_changes(four, four, str(out), bands=[1, 2, 3, 4], tile=128, halo=16, mask=True)
+    summary = detect_changes(MapSpec(before=four, after=four, bands=[1, 2, 3, 4], tile=128, halo=16, mask=True),
+                             RunOptions(output=str(out)))
     assert summary["tiles"] == 6
     mask, _, valid = raster.read_raster(str(out), band=2)
     assert valid.all() and mask.sum() < 0.01 * mask.size  # identical dates: (almost) no change
@@ -77,15 +80,16 @@ def test_scene_statistics_map_equals_one_pass_over_the_scene(tmp_path):
     from pathlib import Path
 
     from pipeline.learn.predict import normalize, predict_image
-    from pipeline.scene import build_model
+    from pipeline.loader import build as build_model
     from tests.data.levir_archive import _write_crop
 
     examples = Path(__file__).resolve().parents[2] / "examples"
     for date in ("A", "B"):  # a real 256 x 256 crop of the shipped pair, with new buildings
         _write_crop(examples / f"levir_test_1_{date}.tif", tmp_path / f"{date}.tif", 0, 768)
     out = tmp_path / "scene.tif"
-    summary = detect_changes(str(tmp_path / "A.tif"), str(tmp_path / "B.tif"), str(out), probability="float32",
-                             tile=128, halo=96, statistics="scene")
+    summary = detect_changes(MapSpec(before=str(tmp_path / "A.tif"), after=str(tmp_path / "B.tif"),
+                                     probability="float32", tile=128, halo=96, statistics="scene"),
+                             RunOptions(output=str(out)))
     assert summary["statistics"] == "scene" and summary["statistics_passes"] == 17 and summary["tiles"] == 4
     with rasterio.open(out) as o, rasterio.open(tmp_path / "A.tif") as b, rasterio.open(tmp_path / "B.tif") as a:
         assert (o.crs, o.transform, o.shape) == (b.crs, b.transform, b.shape)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 
 import pytest
 
@@ -30,6 +31,11 @@ def test_shipped_deployments_build_with_schedules_and_valid_parameters():
         assert set(dep.parameters) <= flow_params
         assert entry["work_pool"]["name"] == "gpu-pool"  # what `prefect deploy` registers against
         assert not {"storage_options", "key", "secret"} & set(dep.parameters)  # no credentials in parameters
+        assert "storage_options" not in (dep.parameters.get("run") or {})
+        # Each parameter object validates as the flow's own (unknown fields would be refused).
+        hints = typing.get_type_hints(process_archive.fn)
+        for name, value in dep.parameters.items():
+            hints[name](**value)
 
 
 def test_bad_deployment_files_are_clear_errors(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import archive
 from pipeline.archive import ManifestError, Pair, PairResult
-from pipeline.config import RunConfig
+from pipeline.config import MapSpec
 from pipeline.io import fs, raster
 
 
@@ -73,32 +73,31 @@ def test_pairing_rule_that_merges_files_is_an_error():
         archive.pair_files(["/a/T1_x.tif", "/a/T1_y.tif"], ["/b/T1.tif"], r"(?P<k>T\d)", "/out")
 
 
-def _changemap_output(path, synthetic, cfg: RunConfig) -> None:
+def _changemap_output(path, synthetic, spec: MapSpec) -> None:
     info = raster.read_info(str(synthetic["before"]))
     g = info.grid
     block = ((0, 0, g.height, g.width), np.zeros((1, g.height, g.width), "uint8"), np.ones((g.height, g.width), bool))
-    raster.write_cog(str(path), g, 1, "uint8", [block], tags={"CHANGEMAP_CONFIG": cfg.to_json()})
+    raster.write_cog(str(path), g, 1, "uint8", [block], tags={"CHANGEMAP_CONFIG": json.dumps(spec.stamp())})
 
 
 def test_existing_outputs_are_checked_not_assumed(synthetic, tmp_path):
     out = tmp_path / "t1.tif"
     pair = Pair("t1", str(synthetic["before"]), str(synthetic["after"]), str(out))
-    cfg = RunConfig(before=pair.before, after=pair.after, output=pair.output)
-    assert archive.existing_output(pair, cfg.to_dict())[0] == "missing"
+    cfg = MapSpec(before=pair.before, after=pair.after)
+    assert archive.existing_output(pair, cfg)[0] == "missing"
     _changemap_output(out, synthetic, cfg)
-    state, reason, mp = archive.existing_output(pair, cfg.to_dict())
+    state, reason, mp = archive.existing_output(pair, cfg)
     assert (state, reason) == ("complete", "") and mp == pytest.approx(0.069)
-    other = RunConfig(before=pair.before, after=pair.after, output=pair.output, model="changer-r18", threshold=0.3,
-                      statistics="scene")
-    state, reason, _ = archive.existing_output(pair, other.to_dict())
+    other = MapSpec(before=pair.before, after=pair.after, model="changer-r18", threshold=0.3, statistics="scene")
+    state, reason, _ = archive.existing_output(pair, other)
     assert state == "foreign" and "model, threshold, statistics differ" in reason
     data = out.read_bytes()
     out.write_bytes(data[: len(data) // 2])  # someone else's truncated file under our name
-    state, reason, _ = archive.existing_output(pair, cfg.to_dict())
+    state, reason, _ = archive.existing_output(pair, cfg)
     assert state == "foreign" and "cannot be read" in reason
     raster.write_cog(str(out), raster.read_info(str(synthetic["before"])).grid, 3, "uint8",
                      [], tags={})  # a valid COG, but not a changemap map
-    assert "not written by changemap" in archive.existing_output(pair, cfg.to_dict())[1]
+    assert "not written by changemap" in archive.existing_output(pair, cfg)[1]
 
 
 def test_summary_files_and_message(tmp_path):

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import export, ingest, scene
+from pipeline import export, ingest
+from pipeline.checks import plan_grid
 from pipeline.io import raster, store
 
 
 @pytest.fixture
 def filled(synthetic, tmp_path):
-    alignment = scene.plan_grid(str(synthetic["before"]), str(synthetic["after"]))
+    alignment = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     inp, out = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
     ingest.ingest_pair(alignment, inp, tile=64)
     store.create_output_store(out, alignment.grid, 64)

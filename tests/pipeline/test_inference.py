@@ -10,12 +10,14 @@ import torch
 import models
 from models.base import ChangeModel
 from models.registry import _REGISTRY, register_model
-from pipeline import ingest, scene
+from pipeline import ingest, loader
+from pipeline.checks import plan_grid
 from pipeline.errors import ChangemapError
-from pipeline.inference import InferenceJob, PredictorPool, TilePredictor, read_window, select_bands
+from pipeline.inference import InferenceJob, PredictorPool, TilePredictor
+from pipeline.loader import select_bands
 from pipeline.io import store
 from pipeline.learn.predict import normalize, predict_image
-from pipeline.tiling import halo_window, make_tiles
+from pipeline.tiling import halo_window, make_tiles, pad_window
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -44,7 +46,7 @@ def local_diff():
 
 @pytest.fixture
 def stores(synthetic, tmp_path):
-    alignment = plan = scene.plan_grid(str(synthetic["before"]), str(synthetic["after"]))
+    alignment = plan = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     inp, out = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
     ingest.ingest_pair(plan, inp, tile=64)
     store.create_output_store(out, alignment.grid, 64)
@@ -55,7 +57,7 @@ def test_read_window_reflects_outside_the_scene():
     image = np.arange(2 * 1 * 6 * 5).reshape(2, 1, 6, 5)
     tile = make_tiles(6, 5, 4)[0]
     w = halo_window(tile, 2, 8, 6, 5)
-    win = read_window(image, w, np.array([0]))
+    win = pad_window(image[:, :, w.y0:w.y1, w.x0:w.x1][:, np.array([0])], w)
     assert win.shape == (2, 1, 8, 8)
     np.testing.assert_array_equal(win[0, 0, 2:, 2:7], image[0, 0, :6, :5])
     np.testing.assert_array_equal(win[0, 0, 0, 2:7], image[0, 0, 2, :5])  # row -2 reflects row 2
@@ -74,8 +76,8 @@ def test_band_selection_is_checked():
 def test_predictor_writes_every_tile_with_data_and_skips_empty_ones(stores):
     alignment, inp, out = stores
     predictor = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=3, threads=1)
-    job = InferenceJob(inp, out, 64, 16, (1, 2, 3))
-    tiles = scene.tiles_for(alignment, 64)
+    job = InferenceJob(inp, out, 16, (1, 2, 3))
+    tiles = make_tiles(alignment.grid.height, alignment.grid.width, 64)
     assert predictor.predict(job, tiles) == len(tiles)
     prob = store.open_array(out, store.PROBABILITY)[:]
     valid = store.open_array(inp, store.VALID)[:]
@@ -88,7 +90,7 @@ def test_tiled_prediction_equals_a_whole_scene_pass_for_a_window_independent_mod
     """Stitching is exact: with halo >= receptive field, tiles reproduce the one-pass result."""
     alignment, inp, out = stores
     predictor = TilePredictor(local_diff, None, batch_size=4, threads=1)
-    predictor.predict(InferenceJob(inp, out, 64, 16, (1, 2, 3)), scene.tiles_for(alignment, 64))
+    predictor.predict(InferenceJob(inp, out, 16, (1, 2, 3)), make_tiles(alignment.grid.height, alignment.grid.width, 64))
     tiled = store.open_array(out, store.PROBABILITY)[:]
     image = store.open_array(inp, store.IMAGE)[:]
     meta = predictor.meta
@@ -109,7 +111,7 @@ def test_ray_actor_pool_predicts_all_tiles(stores, ray_local):
     pool = PredictorPool("tinycd", models.resolve_weights("tinycd", "levir"), workers=2, batch_size=2)
     seen = []
     try:
-        stats = pool.run(InferenceJob(inp, out, 64, 16, (1, 2, 3)), scene.tiles_for(alignment, 64),
+        stats = pool.run(InferenceJob(inp, out, 16, (1, 2, 3)), make_tiles(alignment.grid.height, alignment.grid.width, 64),
                          progress=lambda done, total: seen.append((done, total)))
     finally:
         pool.close()
@@ -120,10 +122,10 @@ def test_ray_actor_pool_predicts_all_tiles(stores, ray_local):
     assert np.isfinite(prob[valid]).all()
     # Same numbers as one in-process predictor (actors are interchangeable).
     ref = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=2, threads=1)
-    tiles = scene.tiles_for(alignment, 64)
+    tiles = make_tiles(alignment.grid.height, alignment.grid.width, 64)
     ref_out = out.replace("out.zarr", "ref.zarr")
     store.create_output_store(ref_out, alignment.grid, 64)
-    ref.predict(InferenceJob(inp, ref_out, 64, 16, (1, 2, 3)), tiles)
+    ref.predict(InferenceJob(inp, ref_out, 16, (1, 2, 3)), tiles)
     np.testing.assert_allclose(prob[valid], store.open_array(ref_out, store.PROBABILITY)[:][valid], atol=1e-5)
 
 
@@ -140,7 +142,7 @@ def levir_crop_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("crop")
     for date in ("A", "B"):
         _write_crop(EXAMPLES / f"levir_test_1_{date}.tif", root / f"{date}.tif", 0, 768)
-    alignment = scene.plan_grid(str(root / "A.tif"), str(root / "B.tif"))
+    alignment = plan_grid(str(root / "A.tif"), str(root / "B.tif"))
     inp = str(root / "in.zarr")
     ingest.ingest_pair(alignment, inp, tile=128)
     return alignment, inp, root
@@ -155,13 +157,13 @@ def test_pool_with_scene_statistics_reproduces_one_pass_over_the_scene(levir_cro
     pool = PredictorPool("tinycd", weights, workers=2, batch_size=2)
     levels = []
     try:
-        stats = pool.run(InferenceJob(inp, out, 128, 96, (1, 2, 3), statistics="scene"),
-                         scene.tiles_for(alignment, 128), on_level=lambda k, n: levels.append((k, n)))
+        stats = pool.run(InferenceJob(inp, out, 96, (1, 2, 3), statistics="scene"),
+                         make_tiles(alignment.grid.height, alignment.grid.width, 128), on_level=lambda k, n: levels.append((k, n)))
     finally:
         pool.close()
     assert stats.statistics_passes == 17 and levels == [(k, 17) for k in range(1, 18)]
     tiled = store.open_array(out, store.PROBABILITY)[:]
-    net, meta, _ = scene.build_model("tinycd", "levir")
+    net, meta, _ = loader.build("tinycd", "levir")
     whole = predict_image(net.eval(), normalize(store.open_array(inp, store.IMAGE)[:], meta))
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
     assert (whole > meta.threshold).mean() > 0.05  # real buildings in the crop
@@ -171,9 +173,9 @@ def test_scene_statistics_count_only_valid_pixels(stores):
     """The synthetic scene's nodata stripe is left out of the statistics; the divisor padding is in."""
     alignment, inp, out = stores
     predictor = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=3, threads=1)
-    job = InferenceJob(inp, out, 64, 16, (1, 2, 3), statistics="scene")
+    job = InferenceJob(inp, out, 16, (1, 2, 3), statistics="scene")
     level = predictor.statistics_levels()[0]
-    moments = predictor.measure(job, scene.tiles_for(alignment, 64), level, {})
+    moments = predictor.measure(job, make_tiles(alignment.grid.height, alignment.grid.width, 64), level, {})
     valid = store.open_array(inp, store.VALID)[:]
     assert 0 < valid.mean() < 1
     padded = np.pad(valid, ((0, -valid.shape[0] % 8), (0, -valid.shape[1] % 8)), mode="reflect")

@@ -7,7 +7,7 @@ import xarray as xr
 
 from pipeline import ingest
 from pipeline.io import store
-from pipeline.scene import plan_grid
+from pipeline.checks import plan_grid
 
 
 def test_store_round_trip(synthetic, tmp_path):

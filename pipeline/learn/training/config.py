@@ -1,10 +1,9 @@
 """The frozen, validated configuration of one training run (saved as RUN_DIR/config.json)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from pipeline.config import frozen_from_dict
 from pipeline.errors import ChangemapError
 from pipeline.learn.losses import LOSSES
 
@@ -13,6 +12,20 @@ SCHEDULES = ("poly", "cosine")
 RUNTIME_FIELDS = ("num_workers", "gpus_per_worker", "cpus_per_worker", "ray_address", "loader_workers",
                   "resume", "checkpoint_every")
 
+
+
+def frozen_from_dict(cls: type, d: Mapping[str, Any], error: type[Exception], what: str,
+                     tuple_fields: tuple[str, ...] = ()) -> Any:
+    """Build the frozen config ``cls`` from a JSON-like mapping: unknown keys are an error, lists become tuples."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise error(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+    kw = dict(d)
+    for key in tuple_fields:
+        if kw.get(key) is not None:
+            kw[key] = tuple(kw[key])
+    return cls(**kw)
 
 class TrainConfigError(ChangemapError):
     """A training option that cannot work."""

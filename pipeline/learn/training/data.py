@@ -15,7 +15,7 @@ import torch
 from models import WeightsMeta
 from pipeline.learn.augment import Augment, geometric, photometric, random_crop
 from pipeline.learn.datasets import Sample, read_labelled, read_pair
-from pipeline.learn.evaluate import LabelValues
+from pipeline.learn.labels import LabelValues
 from pipeline.learn.predict import normalize
 
 

@@ -14,7 +14,7 @@ import models
 from models import WeightsMeta
 from pipeline.learn.datasets import (Sample, available_splits, default_scale, infer_dataset_label_values, load_dataset,
                                read_pair, scan_dataset, split_samples)
-from pipeline.learn.evaluate import LabelValues, parse_label_values
+from pipeline.learn.labels import LabelValues, parse_label_values
 from pipeline.learn.losses import auto_change_weight
 from pipeline.learn.training.config import TrainConfig, TrainConfigError
 

@@ -45,6 +45,8 @@ def test_text_glob_exists_and_remove(mem):
     assert not fs.exists("memory://fs-test/x/one.txt")
 
 
-def test_remote_run_dirs_are_unique_prefixes(mem):
-    a, b = fs.make_run_dir("memory://fs-test/work"), fs.make_run_dir("memory://fs-test/work")
-    assert a != b and a.startswith("memory://fs-test/work/changemap-")
+def test_remote_folders_are_made_and_found_again(mem):
+    fs.make_dirs("memory://fs-test/work/changemap-abc")
+    fs.write_text("memory://fs-test/work/changemap-abc/map.json", "{}")
+    fs.make_dirs("memory://fs-test/work/changemap-abc")  # again: nothing lost
+    assert fs.read_text("memory://fs-test/work/changemap-abc/map.json") == "{}"

@@ -10,7 +10,7 @@ import rasterio
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Grid
 from pipeline.io import raster
-from pipeline.scene import plan_grid
+from pipeline.checks import plan_grid
 
 
 def test_read_info(synthetic):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import models
 from models.weights import save_checkpoint
-from pipeline.scene import DEFAULT_MODEL, choose_model, load_weights
+from pipeline.checks import check_model
+from pipeline.loader import DEFAULT_MODEL, choose_model
 
 
 def test_a_changemap_checkpoint_names_its_model(tmp_path):
@@ -11,7 +12,7 @@ def test_a_changemap_checkpoint_names_its_model(tmp_path):
     path = tmp_path / "best.pt"
     save_checkpoint(path, model, meta)
     assert choose_model(None, str(path)) == "changer-ghost"
-    loaded, run_meta = load_weights(choose_model(None, str(path)), str(path))
+    loaded, run_meta = check_model(choose_model(None, str(path)), str(path), None, "window", 512, 64)
     assert run_meta.model == "changer-ghost" and loaded.meta.sha256
     assert choose_model("tinycd", str(path)) == "tinycd"  # an explicit --model wins (and load reports the clash)
 

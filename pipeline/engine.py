@@ -1,0 +1,114 @@
+"""The one window/batch/stitch engine of tiled prediction.
+
+Used by the Ray predictors (windows read from ``input.zarr``) and by in-memory prediction
+(windows cut from an array): both hand it a ``read(window) -> raw (2, C, h, w)`` function and a
+``write(tile, core probability)`` function. With ``statistics="scene"`` windows are clipped at
+the scene edge and the window-dependent layers use statistics measured over the whole scene
+(:mod:`models.statistics`).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from models import ChangeModel, WeightsMeta
+from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
+from pipeline.tiling import (Tile, Window, batch_by_shape, core_offset, pad_window, padded_shape, statistics_weights,
+                             tile_window)
+
+Read = Callable[[Window], np.ndarray]
+Write = Callable[[Tile, np.ndarray], None]
+
+
+def normalize(raw, meta: WeightsMeta):
+    """``(..., C, H, W)`` raw values -> float32 model input ``(raw * scale - mean) / std``.
+
+    Takes a numpy array or a torch tensor (normalised where it lies, e.g. on the GPU).
+    """
+    c = raw.shape[-3]
+    if isinstance(raw, torch.Tensor):
+        mean = torch.tensor(meta.mean, dtype=torch.float32, device=raw.device).view(c, 1, 1)
+        std = torch.tensor(meta.std, dtype=torch.float32, device=raw.device).view(c, 1, 1)
+        return (raw.float() * meta.scale - mean) / std
+    mean = np.asarray(meta.mean, "float32").reshape(c, 1, 1)
+    std = np.asarray(meta.std, "float32").reshape(c, 1, 1)
+    return ((raw.astype("float32") * np.float32(meta.scale)) - mean) / std
+
+
+def forward_probability(model: ChangeModel, x: torch.Tensor) -> np.ndarray:
+    """Change probabilities ``(B, h, w)`` of a normalised batch ``x (B, 2, C, h, w)`` on the model's device.
+
+    Runs under ``torch.inference_mode``, with autocast on CUDA.
+    """
+    with torch.inference_mode(), torch.autocast(x.device.type, enabled=x.device.type == "cuda"):
+        logits = model(x)
+    return model.change_probability(logits.float()).cpu().numpy()
+
+
+class TileEngine:
+    """Predicts tiles of one scene from halo windows, in batches of one window shape.
+
+    Args:
+        model: a model in eval mode on ``device``.
+        prepare: raw batch ``(B, 2, C, h, w)`` numpy -> normalised tensor on the device.
+        height, width: the scene's size; tile, halo: core tile side and context margin.
+        statistics: ``window`` (reflect-padded windows, window statistics) or ``scene``.
+    """
+
+    def __init__(self, model: ChangeModel, prepare: Callable[[np.ndarray], torch.Tensor], *, height: int,
+                 width: int, tile: int, halo: int, batch_size: int = 4, statistics: str = "window") -> None:
+        self.model, self.prepare = model, prepare
+        self.height, self.width, self.tile, self.halo = height, width, tile, halo
+        self.batch_size, self.statistics = batch_size, statistics
+        self._scene: SceneStatistics | None = None
+
+    def window(self, t: Tile) -> Window:
+        """The model's input window of a tile."""
+        return tile_window(t, self.tile, self.halo, self.model.size_divisor, self.height, self.width,
+                           clipped=self.statistics == "scene")
+
+    def batches(self, tiles: Sequence[Tile], read: Read) -> Iterator[tuple[list[Tile], list[Window], np.ndarray]]:
+        """``(tiles, windows, raw (B, 2, C, h, w))`` in batches of one padded window shape."""
+        windows = {t: self.window(t) for t in tiles}
+        for batch in batch_by_shape(list(tiles), lambda t: padded_shape(windows[t]), self.batch_size):
+            wins = [windows[t] for t in batch]
+            yield batch, wins, np.stack([pad_window(read(w), w) for w in wins])
+
+    def predict(self, tiles: Sequence[Tile], read: Read, write: Write, scene_stats: Stats | None = None) -> int:
+        """Predict ``tiles`` and hand each tile's core probability to ``write``; returns how many."""
+        fixed = self.scene_statistics().fixed(scene_stats) if scene_stats is not None else nullcontext()
+        with fixed:
+            for batch, wins, x in self.batches(tiles, read):
+                prob = forward_probability(self.model, self.prepare(x))
+                for t, w, p in zip(batch, wins, prob):
+                    top, left = core_offset(t, w)
+                    write(t, p[top:top + t.height, left:left + t.width])
+        return len(tiles)
+
+    def scene_statistics(self) -> SceneStatistics:
+        """The model's window-dependent layers (raises ``StatisticsUnsupported`` for attention models)."""
+        if self._scene is None:
+            self._scene = SceneStatistics(self.model)
+        return self._scene
+
+    def levels(self, in_channels: int) -> list[list[str]]:
+        """The levels in which the scene statistics are measured (one pass over the tiles each)."""
+        return self.scene_statistics().levels(in_channels, self.model.size_divisor)
+
+    def measure(self, tiles: Sequence[Tile], read: Read, read_valid: Read, level: list[str],
+                fixed: Stats) -> dict[str, Moments]:
+        """Summed moments of the ``level`` layer calls over the valid pixels of ``tiles``' cores."""
+        total: dict[str, Moments] = {}
+        for batch, wins, x in self.batches(tiles, read):
+            weights = np.stack([statistics_weights(t, w, pad_window(read_valid(w), w)) for t, w in zip(batch, wins)])
+            add_moments(total, self.scene_statistics().collect(self.prepare(x), torch.from_numpy(weights), level,
+                                                               fixed))
+        return total
+
+    def measure_scene(self, tiles: Sequence[Tile], read: Read, read_valid: Read, in_channels: int) -> Stats:
+        """All levels' statistics, measured here in one process (in-memory prediction)."""
+        return measure_levels(self.levels(in_channels),
+                              lambda level, fixed: self.measure(tiles, read, read_valid, level, fixed))

@@ -1,0 +1,35 @@
+"""What a run reports: a typed summary and the one line a run ends with."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RunSummary(BaseModel):
+    """The summary of one pair's run (``changemap run --json`` prints it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    output: str
+    tiles: int
+    megapixels: float
+    seconds: float
+    megapixels_per_second: float
+    threshold: float
+    workers: int
+    device: str
+    ray_cluster: str = ""
+    warped_after: bool = False
+    workdir: str | None = None
+    statistics: str = "window"
+    statistics_passes: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style access (``summary["tiles"]``), as flows returned dicts before."""
+        return getattr(self, key)
+
+    def line(self) -> str:
+        """The one-line summary a run ends with."""
+        return (f"changemap: {self.tiles} tiles, {self.megapixels:.2f} MP in {self.seconds:.1f} s "
+                f"({self.megapixels_per_second:.3f} MP/s) -> {self.output}")

@@ -1,0 +1,57 @@
+"""Run folders: where a run keeps its intermediate stores, found again by the map's key.
+
+A run folder is named after :meth:`pipeline.config.MapSpec.key` (a hash of the inputs and
+the map settings), under ``--workdir`` or, without it, under the cache
+(``$CHANGEMAP_CACHE/work``). Re-running the identical command finds the folder of an
+attempt that did not finish; a run with other map settings gets another folder, so stale
+work is never reused. The folder is removed after success unless it is to be kept.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import storage
+from pipeline.config import MapSpec, RunOptions
+from pipeline.io import fs
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run keeps its intermediate stores."""
+
+    run_dir: str
+    input_store: str
+    output_store: str
+    default_place: bool  # under the cache (no --workdir): removed after success
+
+    @property
+    def spec_file(self) -> str:
+        """The map spec the folder's work was made for."""
+        return storage.join(self.run_dir, "map.json")
+
+
+def cache_root() -> str:
+    """Where run folders go without ``--workdir`` (``CHANGEMAP_CACHE``, default ``~/.cache/changemap``)."""
+    return str(Path(os.environ.get("CHANGEMAP_CACHE") or Path.home() / ".cache" / "changemap") / "work")
+
+
+def paths_for(spec: MapSpec, run: RunOptions) -> RunPaths:
+    """The run folder of this map (created if absent), with the spec saved in it."""
+    base = run.workdir or cache_root()
+    run_dir = storage.join(base, f"changemap-{spec.key()}")
+    fs.make_dirs(run_dir)
+    paths = RunPaths(run_dir, storage.join(run_dir, "input.zarr"), storage.join(run_dir, "output.zarr"),
+                     default_place=run.workdir is None)
+    fs.write_text(paths.spec_file, spec.to_json())
+    return paths
+
+
+def cleanup(paths: RunPaths, run: RunOptions, succeeded: bool) -> str | None:
+    """Remove the run folder after success; keep it after a failure (a rerun resumes from it)
+    and with ``keep_workdir``. Returns the folder if kept."""
+    if run.keep_workdir or not succeeded:
+        return paths.run_dir
+    fs.remove_tree(paths.run_dir)
+    return None
