@@ -1,0 +1,93 @@
+"""The one module that writes vector files: change polygons as GeoPackage, GeoParquet, FlatGeobuf, GeoJSON.
+
+GeoPackage, FlatGeobuf and GeoJSON go through GDAL's OGR drivers (pyogrio). GeoParquet is
+written with pyarrow following the GeoParquet 1.1 specification (WKB geometry column, ``geo``
+metadata with the CRS as PROJJSON), as geopandas does: the GDAL in pyogrio's wheels has no
+Parquet driver. Every file is written locally under a temporary name and then published with
+:func:`pipeline.io.fs.upload`, so a destination (path or fsspec URL) only ever holds a whole file.
+FlatGeobuf files get GDAL's packed Hilbert R-tree (its default), which stores features in
+spatial order rather than in the given one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyogrio.raw
+import shapely
+from pyproj import CRS
+
+from pipeline import storage
+from pipeline.errors import ChangemapError
+from pipeline.io import fs
+
+# Extension -> OGR driver (None: GeoParquet through pyarrow).
+FORMATS: dict[str, str | None] = {".gpkg": "GPKG", ".parquet": None, ".fgb": "FlatGeobuf", ".geojson": "GeoJSON"}
+GEOPARQUET_VERSION = "1.1.0"
+
+
+def vector_format(dest: str) -> str:
+    """The extension of ``dest`` if it is a supported vector format (check options with it before a run).
+
+    Raises:
+        ChangemapError: the extension is not one of :data:`FORMATS`.
+    """
+    ext = os.path.splitext(storage.basename(dest))[1].lower()
+    if ext not in FORMATS:
+        raise ChangemapError(
+            f"cannot write polygons to {storage.redact_url(dest)}: the extension {ext or '(none)'!r} is not a "
+            f"supported vector format; use one of {', '.join(FORMATS)}")
+    return ext
+
+
+def write_vector(dest: str, geometries: Sequence | np.ndarray, attributes: Mapping[str, np.ndarray], crs_wkt: str,
+                 *, layer: str = "changes") -> None:
+    """Write polygons with float64 attributes, format by extension, atomically.
+
+    Args:
+        dest: local path or fsspec URL ending in ``.gpkg``, ``.parquet``, ``.fgb`` or ``.geojson``.
+        geometries: shapely Polygons in ``crs_wkt``.
+        attributes: one array per attribute name, as long as ``geometries`` (stored as float64).
+        crs_wkt: the geometries' CRS.
+        layer: layer name (GeoPackage).
+
+    Raises:
+        ChangemapError: unsupported extension.
+    """
+    ext = vector_format(dest)
+    geoms = np.asarray(geometries, dtype=object).reshape(-1)
+    columns = {name: np.asarray(values, dtype=np.float64).reshape(-1) for name, values in attributes.items()}
+    for name, values in columns.items():
+        if len(values) != len(geoms):
+            raise ValueError(f"attribute {name!r} has {len(values)} values for {len(geoms)} geometries")
+    tmpdir = tempfile.mkdtemp(prefix="changemap-vector-")
+    try:
+        local = os.path.join(tmpdir, f"polygons{ext}")
+        if FORMATS[ext] is None:
+            _write_geoparquet(local, geoms, columns, crs_wkt)
+        else:
+            pyogrio.raw.write(local, shapely.to_wkb(geoms), list(columns.values()), list(columns), layer=layer,
+                              driver=FORMATS[ext], geometry_type="Polygon", crs=crs_wkt, promote_to_multi=False)
+        fs.upload(local, dest)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_geoparquet(path: str, geoms: np.ndarray, columns: dict[str, np.ndarray], crs_wkt: str) -> None:
+    """A GeoParquet 1.1 file (https://geoparquet.org/releases/v1.1.0/): WKB geometries, PROJJSON CRS, bbox."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    geometry_meta: dict = {"encoding": "WKB", "geometry_types": ["Polygon"] if len(geoms) else [],
+                           "crs": CRS.from_wkt(crs_wkt).to_json_dict()}
+    if len(geoms):
+        geometry_meta["bbox"] = [float(v) for v in shapely.total_bounds(geoms)]
+    table = pa.table({**{name: pa.array(values, pa.float64()) for name, values in columns.items()},
+                      "geometry": pa.array(list(shapely.to_wkb(geoms)), pa.binary())})
+    geo = {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": geometry_meta}}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"geo": json.dumps(geo).encode()})
+    pq.write_table(table, path)
