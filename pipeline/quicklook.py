@@ -70,10 +70,10 @@ def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands
     """
     if len(bands) not in (1, 3):
         raise ValueError(f"a quicklook shows 1 or 3 bands, got {len(bands)}: {bands}")
-    img_b, ok_b, small = raster.read_decimated(before, bands, max_side)
     grid = raster.read_info(before, "BEFORE").grid
-    img_a, ok_a, _ = raster.read_decimated(after, bands, max_side, grid=grid)
-    prob, ok_c, _ = raster.read_decimated(change, (1,), max_side, grid=grid, resampling="nearest")
+    img_b, ok_b, small = raster.read_decimated(before, bands, max_side, role="BEFORE")
+    img_a, ok_a, _ = raster.read_decimated(after, bands, max_side, grid=grid, role="AFTER")
+    prob, ok_c, _ = raster.read_decimated(change, (1,), max_side, grid=grid, resampling="nearest", role="change")
     rgb_b, rgb_a = (np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x for x in stretch([img_b, img_a], [ok_b, ok_a]))
     changed = ok_c & (prob[0] > threshold)
     tinted = rgb_a.copy()

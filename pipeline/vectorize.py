@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import shapely
 from scipy import ndimage
+from shapely.affinity import affine_transform
 from shapely.geometry import shape
 
 from pipeline.grid import Grid
@@ -206,7 +207,7 @@ class Polygonizer:
             self._dropped += 1
             self._dropped_area += area
             return
-        geom = shapely.affinity.affine_transform(outline, self._to_map)
+        geom = affine_transform(outline, self._to_map)
         perimeter = self.measure.length(geom)
         if self.simplify > 0:
             geom = shapely.simplify(geom, self.simplify, preserve_topology=True)

@@ -372,6 +372,7 @@ def read_image(path: str, role: str = "image") -> tuple[np.ndarray, np.ndarray]:
                                    "the file is corrupt or truncated") from exc
 
 
+
 def shapes(labels: np.ndarray, transform: tuple[float, float, float, float, float, float],
            connectivity: int = 4) -> Iterator[tuple[dict, int]]:
     """Polygons of the labelled (non-zero) regions of an integer image, as GeoJSON-like dicts.
@@ -406,7 +407,7 @@ def _decimated_grid(grid: Grid, max_side: int) -> Grid:
 
 
 def read_decimated(path: str, bands: tuple[int, ...] | list[int], max_side: int, *, grid: Grid | None = None,
-                   resampling: str = "average") -> tuple[np.ndarray, np.ndarray, Grid]:
+                   resampling: str = "average", role: str = "raster") -> tuple[np.ndarray, np.ndarray, Grid]:
     """A reduced view of a raster, at most ``max_side`` pixels on its longer side, for quicklooks.
 
     Reads go through GDAL's decimated ``RasterIO`` (``out_shape``), which takes the nearest
@@ -421,13 +422,14 @@ def read_decimated(path: str, bands: tuple[int, ...] | list[int], max_side: int,
         max_side: the longest side of the result in pixels.
         grid: the full-resolution grid to put the raster on (default: its own).
         resampling: a rasterio ``Resampling`` name (``average`` for images, ``nearest`` for masks).
+        role: how error messages name the raster (``BEFORE``, ``AFTER``, ...).
 
     Returns:
         ``data (len(bands), h, w)``, ``valid (h, w)`` and the reduced grid the pixels lie on.
     """
     method = Resampling[resampling]
     bands = [int(b) for b in bands]
-    with _open(path, "raster") as src:
+    with _open(path, role) as src:
         own = Grid(src.crs.to_wkt() if src.crs else "", tuple(src.transform)[:6], src.width, src.height)
         target = grid or own
         small = _decimated_grid(target, max_side)

@@ -127,3 +127,12 @@ def test_read_decimated_grid_and_remote_png(levir_pair, tmp_path):
     assert make_quicklook(before, after, label, "memory://ql/q.png", max_side=64) == (64, 64)
     fs.download("memory://ql/q.png", str(tmp_path / "q.png"))
     assert Image.open(tmp_path / "q.png").size == (3 * 64 + 2 * GAP, HEADER + 64)
+
+
+def test_missing_input_is_named(levir_pair, tmp_path):
+    from pipeline.errors import InputRasterError
+
+    before, _, label = map(str, levir_pair)
+    with pytest.raises(InputRasterError, match="AFTER raster .*nope.tif does not exist"):
+        make_quicklook(before, str(tmp_path / "nope.tif"), label, str(tmp_path / "q.png"))
+    assert not (tmp_path / "q.png").exists()
