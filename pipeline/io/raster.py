@@ -372,7 +372,6 @@ def read_image(path: str, role: str = "image") -> tuple[np.ndarray, np.ndarray]:
                                    "the file is corrupt or truncated") from exc
 
 
-
 def shapes(labels: np.ndarray, transform: tuple[float, float, float, float, float, float],
            connectivity: int = 4) -> Iterator[tuple[dict, int]]:
     """Polygons of the labelled (non-zero) regions of an integer image, as GeoJSON-like dicts.
