@@ -1,13 +1,16 @@
 """changemap's model zoo: siamese change-detection models in plain PyTorch.
 
 Every model follows one contract: ``forward(x)`` takes ``(B, 2, C, H, W)`` (before,
-after) and returns logits ``(B, K, H, W)`` at the input resolution.
+after) and returns logits ``(B, K, H, W)`` at the input resolution. Models are built from
+registered backbones (:func:`create_backbone`, :func:`list_backbones`), each of which declares
+the channels and stride of its levels (``feature_info``).
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
+from models import backbones as _backbones  # noqa: F401  (registers the backbones)
 from models import changeformer as _changeformer  # noqa: F401  (registers the models)
 from models import changer as _changer  # noqa: F401
 from models import deeplabv3plus as _deeplabv3plus  # noqa: F401
@@ -15,7 +18,11 @@ from models import siamese as _siamese  # noqa: F401
 from models import transunet as _transunet  # noqa: F401
 from models import tinycd as _tinycd  # noqa: F401
 from models.base import ChangeModel
-from models.registry import UnknownModelError, get_entry, registered_names
+from models.backbones.base import FeatureInfo
+from models.registry import (
+    UnknownBackboneError, UnknownModelError, create_backbone, get_entry, list_backbones, register_backbone,
+    registered_names,
+)
 from models.weights import (
     LoadedWeights,
     adapt_input_channels,
@@ -28,8 +35,9 @@ from models.weights import (
 )
 
 __all__ = [
-    "ChangeModel", "LoadedWeights", "UnknownModelError", "WeightsError", "WeightsMeta",
-    "build_model", "create_model", "list_models", "model_info", "model_spec",
+    "ChangeModel", "FeatureInfo", "LoadedWeights", "UnknownBackboneError", "UnknownModelError",
+    "WeightsError", "WeightsMeta", "build_model", "create_backbone", "create_model", "list_backbones",
+    "list_models", "model_info", "model_spec", "register_backbone",
 ]
 
 

@@ -6,19 +6,33 @@ A model takes one tensor ``(B, 2, C, H, W)`` (before, after) and returns logits
 """
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ChangeModel(nn.Module):
-    """Base class: checks the input contract and names the output convention.
+    """Base class: checks the input contract, resizes the logits to the input, names the output convention.
 
-    Subclasses implement :meth:`forward_pair` and set ``num_classes``.
+    Subclasses call ``super().__init__(num_classes)``, set ``size_divisor`` (derived from
+    their backbone's strides: :func:`models.backbones.base.size_divisor`) and implement
+    :meth:`forward_pair`, which may return logits at a coarser resolution: :meth:`forward`
+    resizes them bilinearly to the input's height and width (``resize_align_corners``).
     """
 
     #: Spatial size the input height and width must be a multiple of.
     size_divisor: int = 1
     num_classes: int = 1
+    #: ``align_corners`` of the final bilinear resize of the logits.
+    resize_align_corners: bool = False
+
+    def __init__(self, num_classes: int = 1) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer (1: sigmoid, 2: softmax), got {num_classes!r}")
+        self.num_classes = int(num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.ndim != 5 or x.shape[1] != 2:
@@ -31,10 +45,13 @@ class ChangeModel(nn.Module):
                 f"input height and width must be multiples of {self.size_divisor}, got {h}x{w}; "
                 "pad the input (the pipeline does this for you)"
             )
-        return self.forward_pair(x[:, 0], x[:, 1])
+        logits = self.forward_pair(x[:, 0], x[:, 1])
+        if logits.shape[-2:] == (h, w):
+            return logits
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=self.resize_align_corners)
 
     def forward_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """Return logits ``(B, K, H, W)`` for one batch of image pairs."""
+        """Return logits ``(B, K, h, w)`` for one batch of image pairs, at the input resolution or coarser."""
         raise NotImplementedError
 
     def change_probability(self, logits: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,21 @@
-"""Model registry: names the CLI accepts, mapped to factory functions."""
+"""Registries: the model names the CLI accepts, and the backbones models are built from.
+
+Models: :func:`register_model` / :func:`get_entry` / :func:`registered_names`.
+Backbones: :func:`register_backbone` / :func:`create_backbone` / :func:`list_backbones`. A
+backbone has an optional *interaction form* (Changer's: one module runs both dates and
+exchanges information between them after every stage, ``forward_pair(x1, x2)``), registered
+under the same name with ``interaction=True`` and built with ``create_backbone(name,
+interaction=cfg)``.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import inspect
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 from torch import nn
+
+Factory = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
@@ -50,3 +61,79 @@ def registered_names() -> list[str]:
 
 class UnknownModelError(ValueError):
     """The model name is not in the registry."""
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone: its factory and, if it has one, the factory of its interaction form."""
+
+    name: str
+    factory: Factory
+    pair_factory: Factory | None = None
+
+    def accepts(self, argument: str) -> bool:
+        """Whether the (single-date) factory takes a keyword ``argument``."""
+        return argument in inspect.signature(self.factory).parameters
+
+
+_BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, *, interaction: bool = False) -> Callable[[Factory], Factory]:
+    """Decorator registering a backbone class or factory (keyword arguments, ``in_channels`` among them).
+
+    With ``interaction=True`` it registers the interaction form of the backbone ``name``
+    (registered before): a factory taking ``interaction_cfg`` (one entry per stage) whose
+    module has ``forward_pair(x1, x2)`` and ``feature_info`` per date.
+    """
+
+    def wrap(factory: Factory) -> Factory:
+        if interaction:
+            entry = backbone_entry(name)
+            if entry.pair_factory is not None:
+                raise ValueError(f"backbone {name!r} has its interaction form registered twice")
+            _BACKBONES[name] = replace(entry, pair_factory=factory)
+        elif name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        else:
+            _BACKBONES[name] = BackboneEntry(name, factory)
+        return factory
+
+    return wrap
+
+
+def backbone_entry(name: str) -> BackboneEntry:
+    """Look a backbone up by name, with an error that lists the known names."""
+    try:
+        return _BACKBONES[name]
+    except KeyError:
+        raise UnknownBackboneError(
+            f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}") from None
+
+
+def create_backbone(name: str, *, interaction: Sequence[Any] | None = None, **kwargs: Any) -> nn.Module:
+    """Build the registered backbone ``name``; with ``interaction``, its interaction form.
+
+    Args:
+        name: A name from :func:`list_backbones`.
+        interaction: Per-stage interaction layer configs (see
+            :func:`models.layers.interaction.build_interaction`); None builds the plain backbone.
+        **kwargs: The backbone's own options (``in_channels``, depth, variant, dilation, ...).
+    """
+    entry = backbone_entry(name)
+    if interaction is None:
+        return entry.factory(**kwargs)
+    if entry.pair_factory is None:
+        raise ValueError(
+            f"backbone {name!r} has no interaction form (one module running both dates, as the changer head "
+            f"needs); backbones with one: {', '.join(list_backbones(interaction=True))}")
+    return entry.pair_factory(interaction_cfg=interaction, **kwargs)
+
+
+def list_backbones(interaction: bool = False) -> list[str]:
+    """Names of the registered backbones (with ``interaction=True``: those with an interaction form)."""
+    return sorted(n for n, e in _BACKBONES.items() if not interaction or e.pair_factory is not None)
+
+
+class UnknownBackboneError(ValueError):
+    """The backbone name is not in the registry."""

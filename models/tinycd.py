@@ -1,18 +1,19 @@
-"""TinyCD (Codegoni et al., 2022): a 0.29 M-parameter siamese change detector.
+"""TinyCD (Codegoni et al., TinyCD, 2022): a 0.29 M-parameter siamese change detector.
 
-EfficientNet-B4 stages 0-3 shared by both dates, mixing-mask attention on every
-level, three masked up-sampling blocks and a pixel-wise classifier. The module
-names match the reference checkpoints (``levir_best.pth``, ``whu_best.pth``).
+EfficientNet-B4 (Tan & Le, EfficientNet, ICML 2019) stages 0-3 shared by both dates,
+mixing-mask attention on every level, three masked up-sampling blocks and a pixel-wise
+classifier. The module names match the reference checkpoints (``levir_best.pth``,
+``whu_best.pth``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from models.backbones.efficientnet import efficientnet_features
+from models.backbones.base import size_divisor
 from models.base import ChangeModel
 from models.layers.tinycd import MixingBlock, MixingMaskAttentionBlock, PixelwiseLinear, UpMask
-from models.registry import register_model
+from models.registry import create_backbone, register_model
 
 
 class TinyCD(ChangeModel):
@@ -24,15 +25,14 @@ class TinyCD(ChangeModel):
     and tiled (512 + 64 halo) vs whole-image agreement F1 0.974 (False) vs 0.962 (True).
     """
 
-    size_divisor = 8
-
     def __init__(self, in_channels: int = 3, num_classes: int = 1, align_corners: bool = False) -> None:
-        super().__init__()
         if num_classes not in (1, 2):
             raise ValueError(f"TinyCD predicts 1 (sigmoid) or 2 (softmax) classes, got num_classes={num_classes}")
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.in_channels = in_channels
-        self._backbone, info = efficientnet_features("b4", num_stages=4, in_channels=in_channels)
+        self._backbone = create_backbone("efficientnet", variant="b4", num_stages=4, in_channels=in_channels)
+        self.size_divisor = size_divisor(self._backbone.feature_info)
+        info = self._backbone.feature_info
         c1, c2, c3 = info[1].channels, info[2].channels, info[3].channels  # 24, 32, 56
         self._first_mix = MixingMaskAttentionBlock(2 * in_channels, in_channels, [in_channels, 10, 5], [10, 5, 1])
         self._mixing_mask = nn.ModuleList([

@@ -1,11 +1,12 @@
-"""Siamese TransUNet (seed 003): a shared R50-ViT hybrid encoder, fused tokens and skips, CUP decoder."""
+"""Siamese TransUNet (Chen et al., TransUNet, 2021): a shared R50-ViT hybrid encoder, fused tokens and skips,
+and TransUNet's cascaded upsampler (CUP)."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from models.backbones.base import size_divisor
 from models.backbones.resnetv2_vit import HybridViTEncoder, ViTConfig
 from models.base import ChangeModel
 from models.heads.transunet import DecoderCup
@@ -16,14 +17,12 @@ from models.registry import register_model
 class SiameseTransUNet(ChangeModel):
     """Encoder on both dates; tokens and every skip fused by the neck; TransUNet decoder."""
 
-    size_divisor = 16
-
     def __init__(self, in_channels: int = 3, num_classes: int = 2, block_units: tuple[int, int, int] = (3, 4, 9),
                  width_factor: float = 1.0, vit: ViTConfig = ViTConfig(), fusion: str = "concat",
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 16), head: int = 512) -> None:
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.encoder = HybridViTEncoder(in_channels, block_units, width_factor, vit)
+        self.size_divisor = size_divisor(self.encoder.feature_info)
         self.neck = FeatureFusionNeck(fusion)
         hidden, *skips = self.neck.out_channels([vit.hidden, *self.encoder.hybrid.skip_channels])
         self.decoder = DecoderCup(hidden, tuple(skips), num_classes, decoder_channels, head=head)
@@ -31,9 +30,7 @@ class SiameseTransUNet(ChangeModel):
     def forward_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:  # noqa: D102
         (t1, s1), (t2, s2) = self.encoder(before), self.encoder(after)
         fused = self.neck([t1, *s1], [t2, *s2])
-        logits = self.decoder(fused[0], fused[1:])
-        return F.interpolate(logits, size=before.shape[-2:], mode="bilinear", align_corners=False) \
-            if logits.shape[-2:] != before.shape[-2:] else logits
+        return self.decoder(fused[0], fused[1:])
 
 
 @register_model("transunet-r50-vit-b16", "Siamese TransUNet, R50-ViT-B/16 hybrid encoder + cascaded upsampler")

@@ -1,4 +1,4 @@
-"""Mix Transformer (MiT, the SegFormer encoder) b0-b5 in plain PyTorch.
+"""Mix Transformer (MiT), the encoder of SegFormer (Xie et al., SegFormer, NeurIPS 2021), b0-b5.
 
 Overlapping patch embeddings, efficient self-attention whose keys/values are spatially
 reduced by ``sr_ratio``, Mix-FFN (1x1 conv, 3x3 depthwise conv as positional encoding,
@@ -9,17 +9,21 @@ checkpointing. Sub-module names follow mmsegmentation's ``MixVisionTransformer``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.backbones.efficientnet import StageInfo, StochasticDepth
+from models.backbones.base import Backbone, FeatureInfo
+from models.layers.drop import StochasticDepth
+from models.layers.helpers import nlc_to_nchw
+from models.registry import register_backbone
 
 
 @dataclass(frozen=True)
 class MiTConfig:
-    """Widths and depths of a MiT variant."""
+    """Widths and depths of a MiT variant (``embed_dims`` times ``num_heads`` is each stage's width)."""
 
     embed_dims: int = 32
     num_heads: tuple[int, ...] = (1, 2, 5, 8)
@@ -54,10 +58,6 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
-def _nlc_to_nchw(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
-
-
 class EfficientAttention(nn.Module):
     """Multi-head self-attention with keys/values spatially reduced by a strided conv."""
 
@@ -74,7 +74,7 @@ class EfficientAttention(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:  # noqa: D102
         kv = x
         if self.sr_ratio > 1:
-            kv = self.norm(self.sr(_nlc_to_nchw(x, hw)).flatten(2).transpose(1, 2))
+            kv = self.norm(self.sr(nlc_to_nchw(x, hw)).flatten(2).transpose(1, 2))
         return self.proj_drop(self.attn(x, kv, kv, need_weights=False)[0])
 
 
@@ -89,7 +89,7 @@ class MixFFN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:  # noqa: D102
-        return self.layers(_nlc_to_nchw(x, hw)).flatten(2).transpose(1, 2)
+        return self.layers(nlc_to_nchw(x, hw)).flatten(2).transpose(1, 2)
 
 
 class MiTBlock(nn.Module):
@@ -115,8 +115,8 @@ class MiTBlock(nn.Module):
         return self._forward(x, hw)
 
 
-class MixVisionTransformer(nn.Module):
-    """MiT encoder returning the four stage outputs (strides 4, 8, 16, 32)."""
+class MixVisionTransformer(Backbone):
+    """MiT encoder returning the four stage outputs (strides 4, 8, 16, 32 with the default patch strides)."""
 
     def __init__(self, in_channels: int = 3, config: MiTConfig = MiTConfig(), qkv_bias: bool = True,
                  drop_path_rate: float = 0.1, eps: float = 1e-6, with_cp: bool = False) -> None:
@@ -125,7 +125,7 @@ class MixVisionTransformer(nn.Module):
         total = sum(c.num_layers)
         rates = torch.linspace(0, drop_path_rate, total).tolist() if total > 1 else [0.0]
         self.layers = nn.ModuleList()
-        self.feature_info: list[StageInfo] = []
+        self.feature_info: list[FeatureInfo] = []
         cin, stride, k = in_channels, 1, 0
         for i, n in enumerate(c.num_layers):
             dim = c.embed_dims * c.num_heads[i]
@@ -137,13 +137,8 @@ class MixVisionTransformer(nn.Module):
             stride *= c.strides[i]
             self.layers.append(nn.ModuleList([PatchEmbed(cin, dim, c.patch_sizes[i], c.strides[i], eps), blocks,
                                               nn.LayerNorm(dim, eps=eps)]))
-            self.feature_info.append(StageInfo(dim, stride))
+            self.feature_info.append(FeatureInfo(dim, stride))
             cin = dim
-
-    @property
-    def out_channels(self) -> list[int]:
-        """Channels of each output level."""
-        return [f.channels for f in self.feature_info]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # noqa: D102
         outs = []
@@ -151,13 +146,14 @@ class MixVisionTransformer(nn.Module):
             x, hw = embed(x)
             for block in blocks:
                 x = block(x, hw)
-            x = _nlc_to_nchw(norm(x), hw)
+            x = nlc_to_nchw(norm(x), hw)
             outs.append(x)
         return outs
 
 
-def mit(variant: str = "b0", in_channels: int = 3, **kwargs) -> MixVisionTransformer:
-    """MiT-``variant`` (b0..b5)."""
+@register_backbone("mit")
+def mit(variant: str = "b0", in_channels: int = 3, **kwargs: Any) -> MixVisionTransformer:
+    """MiT-``variant`` (b0..b5); ``kwargs`` go to :class:`MixVisionTransformer`."""
     if variant not in MIT_VARIANTS:
         raise ValueError(f"unknown MiT variant {variant!r}; choose one of {sorted(MIT_VARIANTS)}")
     return MixVisionTransformer(in_channels, MIT_VARIANTS[variant], **kwargs)

@@ -1,10 +1,15 @@
-"""MobileNetV2 (seed 002) with dilation instead of striding by ``downsample_factor`` 8 or 16."""
+"""MobileNetV2 (Sandler et al., MobileNetV2, CVPR 2018) with an output stride of 8 or 16.
+
+Past the output stride the strided convs become dilated ones, as DeepLabV3+ (Chen et al.,
+DeepLabV3+, ECCV 2018) runs its encoders.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from models.backbones.efficientnet import StageInfo
+from models.backbones.base import Backbone, FeatureInfo
+from models.registry import register_backbone
 
 # (expand t, channels c, repeats n, stride s)
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -43,11 +48,16 @@ def _dilate(block: nn.Module, dilate: int) -> None:
                 m.dilation, m.padding = (dilate, dilate), (dilate, dilate)
 
 
-class MobileNetV2(nn.Module):
+@register_backbone("mobilenetv2")
+class MobileNetV2(Backbone):
     """The 18 feature layers (the final 1x1 conv to 1280 is dropped); returns (low-level, deep) features.
 
     Low level = ``features[:4]`` (24 channels, 1/4); deep = ``features[4:]`` (320 channels,
     1/16 with ``downsample_factor=16``, 1/8 with 8).
+
+    Args:
+        in_channels: Input bands.
+        downsample_factor: Output stride of the deep features, 8 or 16.
     """
 
     def __init__(self, in_channels: int = 3, downsample_factor: int = 16) -> None:
@@ -69,12 +79,7 @@ class MobileNetV2(nn.Module):
         else:
             for i in range(DOWN_INDICES[-1], len(self.features)):
                 _dilate(self.features[i], 2)
-        self.feature_info = [StageInfo(24, 4), StageInfo(320, downsample_factor)]
-
-    @property
-    def out_channels(self) -> list[int]:
-        """Low-level and deep channels."""
-        return [24, 320]
+        self.feature_info = [FeatureInfo(SETTINGS[1][1], 4), FeatureInfo(cin, downsample_factor)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # noqa: D102
         low = self.features[:4](x)

@@ -1,12 +1,12 @@
-"""ResNet with MMDetection's options (seed 004) and correctly chained plugins.
+"""ResNet (He et al., ResNet, CVPR 2016) with MMDetection's options and correctly chained plugins.
 
 depth 18/34/50/101/152, in/stem/base channels, num_stages, strides, dilations
 (``contract_dilation`` halves the first block's), out_indices, ``pytorch`` (stride on the
 3x3) or ``caffe`` (stride on the first 1x1) style, ``deep_stem`` (V1c), ``avg_down``
 (V1d), frozen_stages, norm_eval, with_cp, zero_init_residual, and plugins inserted
 ``after_conv1``/``after_conv2``/``after_conv3`` of the blocks of chosen stages. Plugins at
-one position are applied one after another, each to the previous one's output (the
-code quoted in the seed applies every plugin to the block's input, so they do not chain).
+one position are applied one after another, each to the previous one's output (applying
+every plugin to the block's input instead would not chain them).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.backbones.efficientnet import StageInfo
+from models.backbones.base import Backbone, FeatureInfo
 from models.layers.attention import build_plugin
+from models.registry import register_backbone
 
 POSITIONS = ("after_conv1", "after_conv2", "after_conv3")
 
@@ -110,8 +111,12 @@ ARCH = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bot
         101: (Bottleneck, (3, 4, 23, 3)), 152: (Bottleneck, (3, 8, 36, 3))}
 
 
-class ResNet(nn.Module):
-    """ResNet backbone returning the stages in ``out_indices`` (see the module docstring)."""
+@register_backbone("resnet")
+class ResNet(Backbone):
+    """ResNet backbone returning the stages in ``out_indices`` (see the module docstring).
+
+    ``feature_info`` describes the returned stages; ``stage_info`` every built stage.
+    """
 
     def __init__(self, depth: int = 18, in_channels: int = 3, stem_channels: int | None = None,
                  base_channels: int = 64, num_stages: int = 4, strides: Sequence[int] = (1, 2, 2, 2),
@@ -149,7 +154,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes, total_stride = stem_channels, 4
         self.res_layers: list[str] = []
-        self.feature_info: list[StageInfo] = []
+        self.stage_info: list[FeatureInfo] = []
         for i in range(num_stages):
             planes = base_channels * 2 ** i
             stride, dilation = strides[i], dilations[i]
@@ -173,14 +178,10 @@ class ResNet(nn.Module):
             self.add_module(name, nn.Sequential(*blocks))
             self.res_layers.append(name)
             total_stride *= stride
-            self.feature_info.append(StageInfo(inplanes, total_stride))
+            self.stage_info.append(FeatureInfo(inplanes, total_stride))
+        self.feature_info = [self.stage_info[i] for i in self.out_indices]
         self._init_weights(zero_init_residual)
         self._freeze()
-
-    @property
-    def out_channels(self) -> list[int]:
-        """Channels of the returned levels."""
-        return [self.feature_info[i].channels for i in self.out_indices]
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():

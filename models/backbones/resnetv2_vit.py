@@ -1,4 +1,9 @@
-"""TransUNet's hybrid encoder (seed 003): weight-standardised ResNetV2 + ViT on the 1/16 map."""
+"""The hybrid encoder of TransUNet (Chen et al., TransUNet, 2021): ResNetV2 + ViT on the 1/16 map.
+
+ResNetV2 with weight-standardised convs and GroupNorm (Kolesnikov et al., BiT, ECCV 2020),
+a 1x1 patch embedding of its 1/16 map and a ViT (Dosovitskiy et al., ViT, ICLR 2021) over
+those tokens.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.backbones.base import Backbone, FeatureInfo
+from models.registry import register_backbone
 
 
 class StdConv2d(nn.Conv2d):
@@ -38,8 +46,20 @@ class Bottleneck(nn.Module):
         return self.relu(residual + self.gn3(self.conv3(y)))
 
 
-class ResNetV2(nn.Module):
-    """Root conv 7x7/2 + GN + ReLU, max-pool, three blocks; returns the 1/16 map and skips (1/8, 1/4, 1/2)."""
+@register_backbone("resnetv2")
+class ResNetV2(Backbone):
+    """Root conv 7x7/2 + GN + ReLU, max-pool, three blocks of bottleneck units.
+
+    Levels (:meth:`forward_features`): the root (1/2) and each block (1/4, 1/8, 1/16).
+    The unpadded 3x3 max-pool leaves the 1/4 map a pixel short; the skips are zero-padded
+    at the bottom and right to their expected height and width (the next block strides
+    from the unpadded map, as the reference does).
+
+    Args:
+        block_units: Units per block (R50: 3, 4, 9).
+        width_factor: Multiplier of the root width 64 (a multiple of 32 after scaling, for GroupNorm).
+        in_channels: Input bands.
+    """
 
     def __init__(self, block_units: tuple[int, int, int] = (3, 4, 9), width_factor: float = 1.0,
                  in_channels: int = 3) -> None:
@@ -53,24 +73,25 @@ class ResNetV2(nn.Module):
         for n, (cin, cout, cmid, stride) in zip(block_units, specs):
             self.body.append(nn.Sequential(Bottleneck(cin, cout, cmid, stride),
                                            *[Bottleneck(cout, cout, cmid) for _ in range(n - 1)]))
+        self.feature_info = [FeatureInfo(w, 2), FeatureInfo(w * 4, 4), FeatureInfo(w * 8, 8), FeatureInfo(w * 16, 16)]
         self.skip_channels = (w * 8, w * 4, w)
-        self.out_channels = w * 16
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: D102
-        size = x.shape[-1]
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four levels, finest first, each of size (H / stride, W / stride)."""
+        h, w = x.shape[-2:]
         x = self.root(x)
         feats = [x]
         x = F.max_pool2d(x, 3, 2, 0)
-        for i, block in enumerate(self.body[:-1]):
+        for block, info in zip(self.body[:-1], self.feature_info[1:]):
             x = block(x)
-            right = size // 4 // (i + 1)
-            if x.shape[-1] != right:  # odd sizes: zero-pad the skip by the missing pixel(s)
-                x_pad = x.new_zeros(x.shape[0], x.shape[1], right, right)
-                x_pad[:, :, : x.shape[2], : x.shape[3]] = x
-                feats.append(x_pad)
-            else:
-                feats.append(x)
-        return self.body[-1](x), feats[::-1]
+            missing_h, missing_w = max(0, h // info.stride - x.shape[-2]), max(0, w // info.stride - x.shape[-1])
+            feats.append(F.pad(x, (0, missing_w, 0, missing_h)) if missing_h or missing_w else x)
+        return feats + [self.body[-1](x)]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """TransUNet's view: the 1/16 map and the skips, coarsest first (1/8, 1/4, 1/2)."""
+        *skips, deep = self.forward_features(x)
+        return deep, skips[::-1]
 
 
 @dataclass(frozen=True)
@@ -104,20 +125,26 @@ class ViTBlock(nn.Module):
 
 
 class HybridViTEncoder(nn.Module):
-    """ResNetV2 features -> 1x1 patch embedding -> position embeddings -> transformer -> LN."""
+    """ResNetV2 features -> 1x1 patch embedding -> position embeddings -> transformer -> LN.
+
+    ``feature_info``: the ResNetV2 skips (1/2, 1/4, 1/8) and the token map (1/16 times the
+    patch embedding's stride).
+    """
 
     def __init__(self, in_channels: int = 3, block_units: tuple[int, int, int] = (3, 4, 9),
                  width_factor: float = 1.0, vit: ViTConfig = ViTConfig()) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.hybrid = ResNetV2(block_units, width_factor, 3 if in_channels == 1 else in_channels)
-        self.patch_embeddings = nn.Conv2d(self.hybrid.out_channels, vit.hidden, 1)
+        self.patch_embeddings = nn.Conv2d(self.hybrid.feature_info[-1].channels, vit.hidden, 1)
         self.position_embeddings = nn.Parameter(torch.zeros(1, vit.grid * vit.grid, vit.hidden))
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)
         self.dropout = nn.Dropout(vit.dropout)
         self.blocks = nn.ModuleList([ViTBlock(vit) for _ in range(vit.layers)])
         self.encoder_norm = nn.LayerNorm(vit.hidden, eps=1e-6)
         self.grid = vit.grid
+        *skips, deep = self.hybrid.feature_info
+        self.feature_info = skips + [FeatureInfo(vit.hidden, deep.stride * self.patch_embeddings.stride[0])]
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """Position embeddings for an h x w token grid (bilinear zoom of the stored grid when it differs)."""

@@ -10,16 +10,23 @@ import torch
 import models
 from models.statistics import Moments, SceneStatistics, StatisticsUnsupported, _moments
 from pipeline.io.raster import read_image
-from pipeline.learn.predict import normalize, predict_image
-from pipeline.scene import build_model
+from pipeline.learn.predict import predict_image
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+def normalize(raw: np.ndarray, meta: models.WeightsMeta) -> np.ndarray:
+    """``(..., C, H, W)`` raw values -> float32 model input ``(raw * scale - mean) / std``."""
+    c = raw.shape[-3]
+    mean = np.asarray(meta.mean, "float32").reshape(c, 1, 1)
+    std = np.asarray(meta.std, "float32").reshape(c, 1, 1)
+    return ((raw.astype("float32") * np.float32(meta.scale)) - mean) / std
+
+
 @pytest.fixture(scope="module")
 def tinycd_levir():
-    net, meta, _ = build_model("tinycd", "levir")
-    return net.eval(), meta
+    loaded = models.resolve_weights("tinycd", "levir")
+    return models.create_model("tinycd", weights=loaded).eval(), loaded.meta
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +69,8 @@ def test_tinycd_statistics_levels(tinycd_levir):
 
 
 # Zoo models that attend over the whole window; every other one must reproduce one pass.
-ATTENTION = {"changeformer-mit-b0", "changer-mit-b0", "transunet-r50-vit-b16"}
+ATTENTION = {"changeformer-mit-b0", "changeformer-mit-b1", "changeformer-mit-b2", "changer-mit-b0", "changer-mit-b1",
+             "transunet-r50-vit-b16"}
 
 
 @pytest.mark.parametrize("name", models.list_models())
