@@ -21,6 +21,7 @@ from pipeline.io import fs, raster
 HEADER, GAP = 16, 8
 TINT, ALPHA = (255, 0, 0), 0.5
 PERCENTILES = (2.0, 98.0)
+SCALE_TAG = "CHANGEMAP_PROBABILITY_SCALE"  # stamped by pipeline.export: probability = value / scale
 
 
 def stretch(images: list[np.ndarray], valids: list[np.ndarray]) -> list[np.ndarray]:
@@ -58,7 +59,8 @@ def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands
         before: BEFORE raster (its grid is the quicklook's).
         after: AFTER raster (warped onto BEFORE's grid when it differs).
         change: the change-probability COG, or any mask raster (first band; changed where the
-            value exceeds ``threshold``, e.g. 0/255 labels with 0.5). Decimated by nearest
+            value exceeds ``threshold`` times the file's ``CHANGEMAP_PROBABILITY_SCALE`` tag,
+            255 for a uint8 map, else 1: 0/255 labels work with 0.5). Decimated by nearest
             sampling (a COG's overviews hold averaged probabilities).
         dest_png: path or fsspec URL of the PNG, written atomically.
         bands: the three (or one, shown grey) 1-based bands to show.
@@ -75,7 +77,8 @@ def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands
     img_a, ok_a, _ = raster.read_decimated(after, bands, max_side, grid=grid, role="AFTER")
     prob, ok_c, _ = raster.read_decimated(change, (1,), max_side, grid=grid, resampling="nearest", role="change")
     rgb_b, rgb_a = (np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x for x in stretch([img_b, img_a], [ok_b, ok_a]))
-    changed = ok_c & (prob[0] > threshold)
+    scale = float(raster.read_metadata(change, "change")[0].get(SCALE_TAG, 1))
+    changed = ok_c & (prob[0] > threshold * scale)
     tinted = rgb_a.copy()
     tinted[changed] = np.round(rgb_a[changed] * (1 - ALPHA) + np.asarray(TINT) * ALPHA).astype(np.uint8)
 

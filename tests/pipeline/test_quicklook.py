@@ -64,6 +64,17 @@ def test_probability_cog_read_from_its_overviews(levir_pair, levir_label, tmp_pa
     assert np.array_equal(tint_mask(str(tmp_path / "q.png"), size), expected)
 
 
+def test_uint8_probability_map_is_thresholded_in_probability_units(levir_pair, levir_label, tmp_path):
+    before, after, _ = map(str, levir_pair)
+    label, grid, valid = levir_label
+    prob = np.where(label > 0, 0.7, 0.3)  # 179 / 77 once scaled to 0..255
+    cog = str(tmp_path / "change_u8.tif")
+    raster.write_cog(cog, grid, 1, "uint8", [((0, 0, 1024, 1024), np.round(prob * 255).astype(np.uint8)[None], valid)],
+                     tags={"CHANGEMAP_PROBABILITY_SCALE": "255"})
+    size = make_quicklook(before, after, cog, str(tmp_path / "q.png"), max_side=1024, threshold=0.5)
+    assert np.array_equal(tint_mask(str(tmp_path / "q.png"), size), label > 0)
+
+
 def test_after_on_another_grid_is_warped_onto_befores(synthetic, tmp_path):
     info = raster.read_info(str(synthetic["before"]))
     grid = info.grid
