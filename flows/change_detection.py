@@ -12,7 +12,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from models import UnknownModelError, WeightsError
-from pipeline import checks, export, ingest, storage, workdir
+from flows import artifacts
+from pipeline import checks, ingest, outputs, storage, workdir
 from pipeline.checks import Preflight
 from pipeline.config import MapSpec, RunOptions
 from pipeline.errors import ChangemapError
@@ -55,8 +56,10 @@ def infer_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> Infe
 
 
 @task(name="export", retries=2, retry_delay_seconds=2, **_task)
-def export_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> None:
-    export.export_map(paths, run.output, pre)
+def export_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> dict:
+    made = outputs.write_map_and_outputs(paths, pre, run)
+    artifacts.publish(made, pre)
+    return made
 
 
 @flow(name="detect_changes", log_prints=False)
@@ -77,7 +80,7 @@ def detect_changes(spec: MapSpec, run: RunOptions) -> RunSummary:
         try:
             ingest_task(pre, paths)
             stats = infer_task(pre, paths, run)
-            export_task(pre, paths, run)
+            made = export_task(pre, paths, run)
             succeeded = True
         finally:
             kept = workdir.cleanup(paths, run, succeeded)
@@ -88,4 +91,5 @@ def detect_changes(spec: MapSpec, run: RunOptions) -> RunSummary:
     return RunSummary(output=run.output, tiles=stats.tiles, megapixels=mp, seconds=seconds,
                       megapixels_per_second=mp / seconds, threshold=pre.threshold, workers=stats.workers,
                       device=stats.device, ray_cluster=stats.cluster, warped_after=pre.alignment.warp_after,
-                      workdir=kept, statistics=pre.spec.statistics, statistics_passes=stats.statistics_passes)
+                      workdir=kept, statistics=pre.spec.statistics, statistics_passes=stats.statistics_passes,
+                      change=made["change"], outputs={k: storage.redact_url(v) for k, v in made["outputs"].items()})

@@ -175,6 +175,15 @@ class RunOptions(Frozen):
     keep_workdir: bool = option(False, "keep the intermediate stores after success")
     overwrite: bool = option(False, "replace an existing output")
     ray_address: str | None = option(None, "attach to this Ray cluster (default: a local runtime)")
+    vector: str | None = option(None, "also write change polygons here; format by extension: .gpkg, .parquet "
+                                      "(GeoParquet), .fgb, .geojson", metavar="PATH")
+    min_area: float = option(0.0, "minimum mapping unit in m²: smaller regions are dropped from the polygons "
+                                  "and the region count (after merging across tiles)")
+    simplify: float = option(0.0, "polygon simplification tolerance in map units (topology-preserving)")
+    stats: str | None = option(None, "also write the change statistics as JSON here", metavar="PATH")
+    quicklook: str | None = option(None, "also write a PNG: BEFORE | AFTER | AFTER with changes tinted",
+                                   metavar="PATH")
+    stac: str | None = option(None, "also write a STAC Item describing the map and its outputs", metavar="PATH")
     storage_options: SecretStr | None = option(
         None, "fsspec storage options (also given to GDAL), e.g. '{\"key\": ..., \"secret\": ..., "
               "\"endpoint_url\": ...}' or keyed by protocol '{\"s3\": {...}}'; default: environment", metavar="JSON")
@@ -184,6 +193,21 @@ class RunOptions(Frozen):
     def _positive(cls, v: int | None, info) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"--{info.field_name.replace('_', '-')} must be at least 1, got {v}")
+        return v
+
+    @field_validator("min_area", "simplify")
+    @classmethod
+    def _non_negative(cls, v: float, info) -> float:
+        if v < 0:
+            raise ValueError(f"--{info.field_name.replace('_', '-')} must be 0 or more, got {v}")
+        return v
+
+    @field_validator("vector")
+    @classmethod
+    def _vector(cls, v: str | None) -> str | None:
+        if v is not None and v.rsplit(".", 1)[-1].lower() not in VECTOR_FORMATS:
+            raise ValueError(f"--vector {v}: the format comes from the extension; use one of "
+                             f"{', '.join('.' + f for f in VECTOR_FORMATS)}")
         return v
 
     @field_validator("workdir")
@@ -220,6 +244,10 @@ class ArchiveOptions(Frozen):
                                   "e.g. '(?P<tile>T\\d+)'")
     output_prefix: str = option(..., "folder or URL prefix: outputs PREFIX/{id}.tif, summary")
     concurrency: int = option(1, "pairs processed at once (sharing the model actors)")
+    vector_format: Literal["gpkg", "parquet", "fgb", "geojson"] | None = option(
+        None, "also write each pair's change polygons as PREFIX/{id}.FORMAT")
+    quicklooks: bool = option(False, "also write each pair's quicklook PNG as PREFIX/{id}.png")
+    stac: bool = option(False, "also write a STAC Item per pair and a Collection (PREFIX/collection.json)")
 
     @field_validator("concurrency")
     @classmethod

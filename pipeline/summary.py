@@ -24,6 +24,8 @@ class RunSummary(BaseModel):
     workdir: str | None = None
     statistics: str = "window"
     statistics_passes: int = 0
+    change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.mapstats)
+    outputs: dict[str, str] = {}  # kind (data, polygons, statistics, thumbnail, stac) -> path or URL
 
     def __getitem__(self, key: str) -> Any:
         """Dict-style access (``summary["tiles"]``), as flows returned dicts before."""
@@ -33,3 +35,14 @@ class RunSummary(BaseModel):
         """The one-line summary a run ends with."""
         return (f"changemap: {self.tiles} tiles, {self.megapixels:.2f} MP in {self.seconds:.1f} s "
                 f"({self.megapixels_per_second:.3f} MP/s) -> {self.output}")
+
+    def lines(self) -> list[str]:
+        """What the command prints at the end: how much changed, the other outputs, the summary line."""
+        out = []
+        c = self.change
+        if c:
+            regions = f", {c['regions']} regions" if c.get("regions") is not None else ""
+            out.append(f"changed: {c['changed_area_km2']:.6f} km² = {c['changed_percent_of_valid']:.2f} % of "
+                       f"{c['valid_area_km2']:.6f} km² valid{regions} (threshold {c['threshold']:.2f})")
+        out += [f"{kind}: {url}" for kind, url in self.outputs.items() if kind != "data"]
+        return out + [self.line()]

@@ -14,7 +14,7 @@ from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
 
 _USER_ERROR_EXIT = 2
 # Options of one pair that an archive derives per pair instead of taking them.
-_PER_PAIR = ("output", "keep_workdir")
+_PER_PAIR = ("output", "keep_workdir", "vector", "stats", "quicklook", "stac")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = detect_changes(spec, run)
     if args.json:
         print(summary.model_dump_json())
-    print(summary.line())
+    for line in summary.lines():
+        print(line)
     return 0
 
 
@@ -101,7 +102,7 @@ def _archive(args: argparse.Namespace) -> int:
     from pipeline import checks, storage
 
     archive_options = options.take(args, ArchiveOptions)
-    settings, run = options.take(args, MapSettings), options.take(args, RunOptions)
+    settings, run = options.take(args, MapSettings), options.take(args, RunOptions, exclude=_PER_PAIR)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         checks.check_archive(archive_options, settings, run)
     from flows.archive import process_archive

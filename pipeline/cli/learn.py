@@ -95,6 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``changemap train``."""
     from pipeline.errors import ChangemapError
     from models.weights import checkpoint_model
+    from pipeline.io.fs import download
     from pipeline.learn.training import TrainConfig, resume_config, train
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
@@ -102,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = resume_config(given.pop("out"), given)
     else:
         if "model" not in given and given.get("weights"):
-            given["model"] = checkpoint_model(given["weights"])
+            given["model"] = checkpoint_model(given["weights"], fetch=download)
         missing = [f"--{k}" for k in ("model", "data") if not given.get(k)]
         if missing:
             raise ChangemapError(f"train needs {' and '.join(missing)} (or --resume to continue a run)")

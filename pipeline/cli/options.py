@@ -75,7 +75,7 @@ def add_fields(parser: argparse.ArgumentParser, model: type[BaseModel], *, exclu
     return added
 
 
-def take(args: argparse.Namespace, model: type[BaseModel], **extra: Any) -> Any:
-    """Build ``model`` from the options given on the command line (plus ``extra``)."""
-    given = {k: v for k, v in vars(args).items() if k in model.model_fields}
+def take(args: argparse.Namespace, model: type[BaseModel], *, exclude: Iterable[str] = (), **extra: Any) -> Any:
+    """Build ``model`` from the options given on the command line (plus ``extra``), leaving out ``exclude``."""
+    given = {k: v for k, v in vars(args).items() if k in model.model_fields and k not in exclude}
     return model(**{**given, **extra})

@@ -1,0 +1,53 @@
+"""What a run leaves besides the map: statistics (always), polygons, a quicklook and a STAC Item.
+
+Statistics and polygons are computed from the blocks as the COG is written (no extra pass
+over the pixels); the quicklook reads the finished COG's overviews and decimated inputs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import export, mapstats, quicklook, stac, storage
+from pipeline.checks import Preflight
+from pipeline.config import RunOptions
+from pipeline.io import vector
+from pipeline.progress import Progress
+from pipeline.vectorize import Polygonizer
+from pipeline.workdir import RunPaths
+
+
+def write_map_and_outputs(paths: RunPaths, pre: Preflight, run: RunOptions) -> dict[str, Any]:
+    """Write the COG and every requested output; returns ``{"change": statistics, "outputs": {kind: url}}``."""
+    grid = pre.alignment.grid
+    stats = mapstats.ChangeStatistics(grid, pre.threshold)
+    sinks: list[Any] = [stats]
+    polygons = Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify) if run.vector else None
+    if polygons is not None:
+        sinks.append(polygons)
+    export.export_map(paths, run.output, pre, sinks)
+    written = {"data": run.output}
+    regions = classes = None
+    if polygons is not None:
+        bar = Progress("vectorize", unit="steps")
+        found = polygons.finish()
+        vector.write_vector(run.vector, found.geometries, found.attributes, found.crs_wkt)
+        bar(1, 1)
+        regions, classes = len(found.geometries), found.size_classes()
+        written["polygons"] = run.vector
+    change = stats.result(regions, classes)
+    change.update(model=pre.meta.model, weights_sha256=pre.meta.sha256, weights=pre.spec.weights)
+    if run.stats:
+        mapstats.write_json(change, run.stats)
+        written["statistics"] = run.stats
+    if run.quicklook:
+        quicklook.make_quicklook(pre.spec.before, pre.spec.after, run.output, run.quicklook, bands=pre.bands[:3]
+                                 if len(pre.bands) >= 3 else pre.bands[:1], threshold=pre.threshold)
+        written["thumbnail"] = run.quicklook
+    if run.stac:
+        item = stac.map_item(run.output, grid, before=pre.spec.before, after=pre.spec.after, model=pre.meta.model,
+                             weights_sha256=pre.meta.sha256, threshold=pre.threshold, stats=change,
+                             assets={k: v for k, v in written.items() if k != "data"},
+                             item_id=storage.basename(run.output).rsplit(".", 1)[0])
+        stac.write_item(item, run.stac)
+        written["stac"] = run.stac
+    return {"change": change, "outputs": written}
