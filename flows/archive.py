@@ -70,7 +70,7 @@ def _one_pair(pair: archive.Pair, spec: MapSpec, run: RunOptions) -> PairResult:
     try:
         summary = detect_changes.with_options(flow_run_name=f"pair-{pair.id}")(
             spec, run.model_copy(update={"output": pair.output, "overwrite": True}))
-    except Exception as exc:  # noqa: BLE001 - one failed pair must not stop the others
+    except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return PairResult(pair.id, "failed", seconds=time.perf_counter() - start, output=pair.output,
                           error=f"{type(exc).__name__}: {text}"[:500])

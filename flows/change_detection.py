@@ -11,8 +11,8 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models import UnknownModelError, WeightsError
 from flows import artifacts
+from models import UnknownModelError, WeightsError
 from pipeline import checks, ingest, outputs, storage, workdir
 from pipeline.checks import Preflight
 from pipeline.config import MapSpec, RunOptions
@@ -29,7 +29,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
         state.result()
     except _USER_ERRORS:
         return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
+    except Exception:
         return True
     return True
 

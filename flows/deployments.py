@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 from prefect import Flow
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from pydantic import BaseModel
 
 from pipeline.errors import ChangemapError
 
@@ -59,8 +59,11 @@ def flow_for(entrypoint: str) -> Flow:
 
 
 def merge_parameters(flow: Flow, parameters: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Apply ``--param`` overrides: ``group.field=value``, or a bare ``field=value`` of the one
-    parameter object (``archive_options``, ``settings``, ``run``) that has such a field."""
+    """Apply ``--param`` overrides to a deployment's parameters.
+
+    An override is ``group.field=value``, or a bare ``field=value`` of the one parameter object
+    (``archive_options``, ``settings``, ``run``) that has such a field.
+    """
     hints = typing.get_type_hints(flow.fn)
     groups = {name: t for name, t in hints.items() if isinstance(t, type) and issubclass(t, BaseModel)}
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in parameters.items()}

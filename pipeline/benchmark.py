@@ -83,12 +83,12 @@ def _levir(args: argparse.Namespace) -> None:
     import torch
 
     from flows.change_detection import detect_changes
-    from pipeline.inference import TilePredictor
-    from pipeline.io import raster
-    from pipeline.learn.metrics import Confusion, confusion
     from pipeline.checks import check_model
     from pipeline.config import MapSpec, RunOptions
     from pipeline.engine import forward_probability
+    from pipeline.inference import TilePredictor
+    from pipeline.io import raster
+    from pipeline.learn.metrics import Confusion, confusion
 
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     loaded, meta = check_model("tinycd", None, None, "window", 512, 64)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -128,7 +129,7 @@ class MapSettings(Frozen):
         return v
 
     @model_validator(mode="after")
-    def _halo(self) -> "MapSettings":
+    def _halo(self) -> MapSettings:
         if not 0 <= self.halo < self.tile:
             raise ValueError(f"--halo must be between 0 and the tile size ({self.tile}), got {self.halo}")
         return self
@@ -150,7 +151,7 @@ class MapSpec(MapSettings):
         return v
 
     @classmethod
-    def of(cls, before: str, after: str, settings: MapSettings) -> "MapSpec":
+    def of(cls, before: str, after: str, settings: MapSettings) -> MapSpec:
         """The spec of one pair made with ``settings``."""
         return cls(before=before, after=after, **settings.model_dump(exclude_unset=True))
 

@@ -8,16 +8,24 @@ the scene edge and the window-dependent layers use statistics measured over the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from models import ChangeModel, WeightsMeta
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
-from pipeline.tiling import (Tile, Window, batch_by_shape, core_offset, pad_window, padded_shape, statistics_weights,
-                             tile_window)
+from pipeline.tiling import (
+    Tile,
+    Window,
+    batch_by_shape,
+    core_offset,
+    pad_window,
+    padded_shape,
+    statistics_weights,
+    tile_window,
+)
 
 Read = Callable[[Window], np.ndarray]
 Write = Callable[[Tile, np.ndarray], None]

@@ -12,14 +12,13 @@ import json
 import queue
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import ray
 import torch
-
 import zarr
 
 from models import LoadedWeights
@@ -242,7 +241,7 @@ class PredictorPool:
                 self._idle.put(actor)
                 try:
                     results.append(ray.get(ref))
-                except Exception as exc:  # noqa: BLE001 - re-raised once the other batches are back
+                except Exception as exc:
                     error = error or exc
                     continue
                 done += n

@@ -1,5 +1,8 @@
-"""The one progress reporter: a tqdm bar on a terminal, plain lines otherwise, and a Prefect
-progress artifact when called inside a flow run."""
+"""The one progress reporter.
+
+A tqdm bar on a terminal, plain lines otherwise, and a Prefect progress artifact when called
+inside a flow run.
+"""
 from __future__ import annotations
 
 import sys
@@ -23,6 +26,7 @@ class Progress:
         self._artifact = _artifact(stage) if artifact else None
 
     def __call__(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total``."""
         pct = 100.0 * done / max(total, 1)
         if self.stream.isatty():
             self._draw(done, total)
@@ -80,7 +84,7 @@ def _artifact(stage: str):
                                                        description=f"changemap {stage}")
             else:
                 update_progress_artifact(artifact_id, pct)
-        except Exception:  # noqa: BLE001 - progress reporting must never fail a run
+        except Exception:
             pass
 
     return update

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import ChangemapError
@@ -97,7 +98,7 @@ class StorageOptions:
     _by_protocol: tuple[tuple[str, str], ...] = ()  # (protocol, JSON text) pairs, hashable and picklable
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any] | None) -> "StorageOptions":
+    def from_mapping(cls, options: Mapping[str, Any] | None) -> StorageOptions:
         """Flat ``{"key": ...}`` (every protocol) or ``{"s3": {...}, "gs": {...}}``."""
         if not options:
             return cls()
@@ -112,7 +113,7 @@ class StorageOptions:
         return cls(tuple((p, json.dumps(v, sort_keys=True)) for p, v in items))
 
     @classmethod
-    def from_json(cls, text: str | None) -> "StorageOptions":
+    def from_json(cls, text: str | None) -> StorageOptions:
         """Parse ``--storage-options``; a JSON error never echoes the (secret) text."""
         if not text:
             return cls()
@@ -184,7 +185,7 @@ def installed() -> StorageOptions:
 
 
 def options_for(url: str) -> dict[str, Any]:
-    """fsspec keyword arguments for ``url`` from the options in force."""
+    """Fsspec keyword arguments for ``url`` from the options in force."""
     return installed().for_url(url)
 
 

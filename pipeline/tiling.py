@@ -1,8 +1,8 @@
 """Pure tiling math: core tiles on the chunk grid, halo windows and their padding."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -49,8 +49,10 @@ def paths_for(spec: MapSpec, run: RunOptions) -> RunPaths:
 
 
 def cleanup(paths: RunPaths, run: RunOptions, succeeded: bool) -> str | None:
-    """Remove the run folder after success; keep it after a failure (a rerun resumes from it)
-    and with ``keep_workdir``. Returns the folder if kept."""
+    """Remove the run folder after success; return it if kept.
+
+    It is kept after a failure (a rerun finds it) and with ``keep_workdir``.
+    """
     if run.keep_workdir or not succeeded:
         return paths.run_dir
     fs.remove_tree(paths.run_dir)

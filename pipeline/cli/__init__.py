@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.cli import options
 from pipeline.cli.learn import add_dataset_evaluate_options as _add_dataset_evaluate_options

@@ -93,8 +93,8 @@ def add_train_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """``changemap train``."""
-    from pipeline.errors import ChangemapError
     from models.weights import checkpoint_model
+    from pipeline.errors import ChangemapError
     from pipeline.io.fs import download
     from pipeline.learn.training import TrainConfig, resume_config, train
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel, SecretStr
 

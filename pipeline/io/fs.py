@@ -9,8 +9,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -152,8 +153,11 @@ def check_protocol(url: str, role: str) -> None:
 
 
 def check_writable(url: str, role: str) -> None:
-    """The place ``url`` would be written must be creatable: locally, its nearest existing ancestor is a
-    writable folder (a *file* on the way is an error); object-store prefixes need no folder."""
+    """Refuse a place ``url`` cannot be written to.
+
+    Locally, its nearest existing ancestor must be a writable folder (a *file* on the way is an
+    error); object-store prefixes need no folder.
+    """
     if storage.is_remote(url):
         return
     path = Path(storage.local_path(url)).absolute()

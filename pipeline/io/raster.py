@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import rasterio
@@ -193,7 +193,7 @@ class AlignedPairReader:
         self._stack = ExitStack()
         self._sources: list = []
 
-    def __enter__(self) -> "AlignedPairReader":
+    def __enter__(self) -> AlignedPairReader:
         a = self.alignment
         try:
             self._sources.append(self._stack.enter_context(_rio(a.before.path)))
@@ -346,8 +346,11 @@ def _cog_problems(src: rasterio.DatasetReader) -> list[str]:
 
 
 def inspect_cog(path: str, role: str = "output") -> tuple[RasterInfo, list[str], dict[str, str]]:
-    """In one open (one set of requests for a URL): the raster's info (read to its last block),
-    why it is not a valid COG (empty: it is one) and its dataset tags."""
+    """A map's info (read to its last block), COG problems and tags, in one open.
+
+    One open means one set of requests for a URL. Returns the info, why it is not a valid COG
+    (empty: it is one) and its dataset tags.
+    """
     with _open(path, role) as src:
         return _info(src, path, role), _cog_problems(src), dict(src.tags())
 

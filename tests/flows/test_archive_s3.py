@@ -6,17 +6,17 @@ import io
 import json
 
 import pytest
-from pydantic import SecretStr
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
+from pydantic import SecretStr
 
 from flows.archive import process_archive
-from pipeline.config import ArchiveOptions, MapSettings, RunOptions
 from pipeline import storage
+from pipeline.config import ArchiveOptions, MapSettings, RunOptions
 from pipeline.errors import InputRasterError
-from pipeline.learn.evaluate import evaluate_pair
 from pipeline.io import fs, raster
+from pipeline.learn.evaluate import evaluate_pair
 from pipeline.learn.metrics import Confusion
 from tests.conftest import LEVIR_1024, require
 from tests.data.levir_archive import make_corrupt_pair, make_levir_archive

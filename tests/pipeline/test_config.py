@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.cli import _parser
 from pipeline.cli.options import flag
-from pipeline.config import (ArchiveOptions, ConfigError, MapSettings, MapSpec, RunOptions, check_destination)
+from pipeline.config import ArchiveOptions, ConfigError, MapSettings, MapSpec, RunOptions, check_destination
 
 
 def test_round_trip_and_frozen():

@@ -14,9 +14,9 @@ from pipeline import ingest, loader
 from pipeline.checks import plan_grid
 from pipeline.errors import ChangemapError
 from pipeline.inference import InferenceJob, PredictorPool, TilePredictor
-from pipeline.loader import select_bands
 from pipeline.io import store
 from pipeline.learn.predict import normalize, predict_image
+from pipeline.loader import select_bands
 from pipeline.tiling import halo_window, make_tiles, pad_window
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -33,7 +33,7 @@ class LocalDiff(ChangeModel):
         self.net = torch.nn.Sequential(*[torch.nn.Conv2d(2 * in_channels if i == 0 else 8, 8 if i < 3 else 1, 3, padding=1)
                                          for i in range(4)])
 
-    def forward_pair(self, before, after):  # noqa: D102
+    def forward_pair(self, before, after):
         return self.net(torch.cat([before, after], 1))
 
 

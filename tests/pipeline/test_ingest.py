@@ -6,8 +6,8 @@ import rasterio
 import xarray as xr
 
 from pipeline import ingest
-from pipeline.io import store
 from pipeline.checks import plan_grid
+from pipeline.io import store
 
 
 def test_store_round_trip(synthetic, tmp_path):

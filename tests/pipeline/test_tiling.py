@@ -4,8 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tiling import (batch_by_shape, by_clipped_shape, check_scene_tiling, clipped_window, core_offset,
-                             halo_window, make_tiles, pad_window, padded_shape, statistics_weights, window_size)
+from pipeline.tiling import (
+    batch_by_shape,
+    by_clipped_shape,
+    check_scene_tiling,
+    clipped_window,
+    core_offset,
+    halo_window,
+    make_tiles,
+    pad_window,
+    padded_shape,
+    statistics_weights,
+    window_size,
+)
 
 
 @pytest.mark.parametrize("h,w,tile", [(230, 300, 64), (1024, 1024, 512), (50, 70, 128)])

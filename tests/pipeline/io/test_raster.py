@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline.checks import plan_grid
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Grid
 from pipeline.io import raster
-from pipeline.checks import plan_grid
 
 
 def test_read_info(synthetic):

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.learn.datasets import (DatasetError, available_splits, infer_dataset_label_values, load_dataset, read_labelled,
-                               read_pair, scan_dataset, split_samples)
+from pipeline.learn.datasets import (
+    DatasetError,
+    available_splits,
+    infer_dataset_label_values,
+    load_dataset,
+    read_labelled,
+    read_pair,
+    scan_dataset,
+    split_samples,
+)
 from pipeline.learn.evaluate import LabelValues
 from tests.conftest import LEVIR_256, require
 from tests.data.make_change_dataset import make_dataset

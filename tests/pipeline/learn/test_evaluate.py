@@ -52,8 +52,8 @@ def test_counts_match_an_independent_count_to_the_pixel(hand_made):
     p = np.round(prob * 255) / 255 > 0.5
     v = pred_valid.copy()
     v[:5] = False
-    tp = int(np.sum(p & (label == 1) & v)); fp = int(np.sum(p & (label == 0) & v))
-    fn = int(np.sum(~p & (label == 1) & v)); tn = int(np.sum(~p & (label == 0) & v))
+    tp, fp = int(np.sum(p & (label == 1) & v)), int(np.sum(p & (label == 0) & v))
+    fn, tn = int(np.sum(~p & (label == 1) & v)), int(np.sum(~p & (label == 0) & v))
     assert (c.tp, c.fp, c.fn, c.tn) == (tp, fp, fn, tn)
     oa = (tp + tn) / (tp + fp + fn + tn)
     pe = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / (tp + fp + fn + tn) ** 2

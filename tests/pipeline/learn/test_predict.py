@@ -20,7 +20,7 @@ class LocalDiff(ChangeModel):
         self.net = torch.nn.Sequential(*[torch.nn.Conv2d(6 if i == 0 else 8, 8 if i < 3 else 1, 3, padding=1)
                                          for i in range(4)])
 
-    def forward_pair(self, before, after):  # noqa: D102
+    def forward_pair(self, before, after):
         return self.net(torch.cat([before, after], 1))
 
 
