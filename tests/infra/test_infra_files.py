@@ -3,8 +3,8 @@ the fields the code relies on."""
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 from tests.conftest import REPO
