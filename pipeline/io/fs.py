@@ -139,8 +139,7 @@ def check_protocol(url: str, role: str) -> None:
     if "://" not in url:
         return
     scheme = url.split("://", 1)[0].lower()
-    known = fsspec.registry.known_implementations
-    if scheme not in known and scheme not in fsspec.registry.registry:
+    if scheme not in fsspec.available_protocols():
         raise ChangemapError(
             f"{role} {storage.redact_url(url)} uses the unknown protocol {scheme}://; use a local path or a URL "
             "of a protocol fsspec knows (s3://, gs://, az://, https://, file://, memory://)")
