@@ -42,6 +42,7 @@ CASES = {
                          "not a readable PyTorch checkpoint"),
     "wrong weights": (lambda s, t: [str(s["before"]), str(s["after"]), "--weights", str(t / "foreign.pth")],
                       "do not fit model 'tinycd'"),
+    "unknown protocol": (lambda s, t: ["foo://bucket/a.tif", str(s["after"])], "unknown protocol foo://"),
     "bad tile": (lambda s, t: [str(s["before"]), str(s["after"]), "--tile", "100"], "--tile must be a multiple of 16"),
     "scene statistics, attention model": (
         lambda s, t: [str(s["before"]), str(s["after"]), "--model", "changeformer-mit-b0", "--weights", "none",
@@ -90,3 +91,12 @@ def test_archive_input_errors_are_one_clear_line(args, message, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and message in err and "s3cr3t-value" not in err
     assert not (tmp_path / "maps").exists()
+
+
+def test_an_output_under_a_file_is_refused_before_anything_runs(synthetic, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    code = main(["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(blocker / "change.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
+    assert blocker.read_text() == "x"
