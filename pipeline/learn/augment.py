@@ -22,7 +22,7 @@ class Augment:
     contrast: float = 0.1  # multiplicative, 1 +- contrast
 
     @classmethod
-    def none(cls) -> "Augment":
+    def none(cls) -> Augment:
         """No augmentation (crops only)."""
         return cls(flip=0.0, rot90=False, swap=0.0, brightness=0.0, contrast=0.0)
 

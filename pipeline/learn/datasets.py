@@ -18,16 +18,16 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from pipeline.errors import ChangemapError
-from pipeline.learn.labels import LabelValues, infer_label_values
 from pipeline.io import fs, raster
+from pipeline.learn.labels import LabelValues, infer_label_values
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".jp2")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")

@@ -1,8 +1,9 @@
 """The frozen, validated configuration of one training run (saved as RUN_DIR/config.json)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import ChangemapError
 from pipeline.learn.losses import LOSSES
@@ -161,6 +162,6 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         return frozen_from_dict(cls, d, TrainConfigError, "training options", tuple_fields=("bands", "mean", "std"))

@@ -7,7 +7,7 @@ numbers: not on the loader processes, the worker that draws it, or an interrupti
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

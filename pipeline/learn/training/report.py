@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 COLUMNS = ("epoch", "steps", "lr", "seconds", "train_loss", "train_f1", "val_f1", "val_precision", "val_recall",
            "val_iou", "val_overall_accuracy", "val_kappa", "val_threshold", "val_f1_at_0.5")
