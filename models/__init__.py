@@ -3,7 +3,8 @@
 Every model follows one contract: ``forward(x)`` takes ``(B, 2, C, H, W)`` (before,
 after) and returns logits ``(B, K, H, W)`` at the input resolution. Models are built from
 registered backbones (:func:`create_backbone`, :func:`list_backbones`), each of which declares
-the channels and stride of its levels (``feature_info``).
+the channels and stride of its levels (``feature_info``). Nothing here imports ``pipeline``:
+downloading weights from a URL takes a ``fetch`` function from the caller.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from models.registry import (
     registered_names,
 )
 from models.weights import (
+    Fetch,
     LoadedWeights,
     adapt_input_channels,
     WeightsError,
@@ -35,7 +37,7 @@ from models.weights import (
 )
 
 __all__ = [
-    "ChangeModel", "FeatureInfo", "LoadedWeights", "UnknownBackboneError", "UnknownModelError",
+    "ChangeModel", "FeatureInfo", "Fetch", "LoadedWeights", "UnknownBackboneError", "UnknownModelError",
     "WeightsError", "WeightsMeta", "build_model", "create_backbone", "create_model", "list_backbones",
     "list_models", "model_info", "model_spec", "register_backbone",
 ]
@@ -46,11 +48,12 @@ def list_models() -> list[str]:
     return registered_names()
 
 
-def _create(name: str, in_channels: int | None, num_classes: int | None,
-            weights: str | LoadedWeights | None, kwargs: dict[str, Any]) -> tuple[ChangeModel, LoadedWeights | None]:
+def _create(name: str, in_channels: int | None, num_classes: int | None, weights: str | LoadedWeights | None,
+            kwargs: dict[str, Any], fetch: Fetch | None = None) -> tuple[ChangeModel, LoadedWeights | None]:
     """Build a model and load weights into it; returns the weights as loaded (adapted to the bands)."""
     entry = get_entry(name)
-    loaded = weights if isinstance(weights, LoadedWeights) or weights is None else resolve_weights(name, weights)
+    loaded = (weights if isinstance(weights, LoadedWeights) or weights is None
+              else resolve_weights(name, weights, fetch=fetch))
     args: dict[str, Any] = dict(loaded.meta.model_args) if loaded else {"in_channels": in_channels or 3}
     if loaded is None and num_classes is not None:
         args["num_classes"] = num_classes
@@ -66,14 +69,15 @@ def _create(name: str, in_channels: int | None, num_classes: int | None,
 
 
 def create_model(name: str, *, in_channels: int | None = None, num_classes: int | None = None,
-                 weights: str | LoadedWeights | None = None, **kwargs: Any) -> ChangeModel:
+                 weights: str | LoadedWeights | None = None, fetch: Fetch | None = None,
+                 **kwargs: Any) -> ChangeModel:
     """Build a registered model, optionally loading weights (known name, path, URL or loaded).
 
     With weights, ``in_channels``/``num_classes`` default to the checkpoint's; asking for
     another band count adapts the band-dependent tensors (see
-    :func:`models.weights.adapt_input_channels`).
+    :func:`models.weights.adapt_input_channels`). ``fetch(url, path)`` downloads URL weights.
     """
-    return _create(name, in_channels, num_classes, weights, kwargs)[0]
+    return _create(name, in_channels, num_classes, weights, kwargs, fetch)[0]
 
 
 def build_model(name: str, weights: LoadedWeights | None,

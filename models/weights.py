@@ -5,6 +5,10 @@ changemap checkpoint ``{"state_dict": ..., "meta": {...}}`` that carries its own
 metadata. Known weights (``levir``, ``whu`` for TinyCD) come with their metadata from
 ``weights/catalog.json``; they are copied (from the package, else downloaded from
 their URL) into the cache directory and verified by sha256 before use.
+
+Nothing here downloads by itself: a URL needs a ``fetch(url, path)`` function from the
+caller (changemap's pipeline passes ``pipeline.io.fs.download``). Known names whose file is
+packaged, local paths and ``file://`` URLs need none.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import torch
 
@@ -24,6 +30,9 @@ from models.registry import get_entry
 _CATALOG_PATH = Path(__file__).with_name("weights") / "catalog.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Copies a URL's content to a local file path: ``fetch(url, path)``.
+Fetch = Callable[[str, str], None]
 
 
 class WeightsError(ValueError):
@@ -137,7 +146,19 @@ def _meta_from_catalog(entry: Mapping[str, Any]) -> WeightsMeta:
     return WeightsMeta.from_dict({k: v for k, v in entry.items() if k in fields} | {"source": entry.get("url", "")})
 
 
-def _cached_known(model: str, name: str, entry: Mapping[str, Any]) -> Path:
+def _fetch_into(url: str, path: str, fetch: Fetch | None) -> None:
+    """Write the content of ``url`` to ``path`` with ``fetch``; a ``file://`` URL needs none."""
+    if fetch is not None:
+        fetch(url, path)
+    elif urlparse(url).scheme == "file":
+        shutil.copyfile(url2pathname(urlparse(url).path), path)
+    else:
+        raise WeightsError(
+            f"weights {url} are a URL, but no download function was given: pass fetch=... (changemap's "
+            "pipeline passes pipeline.io.fs.download), or download the file and pass its local path")
+
+
+def _cached_known(model: str, name: str, entry: Mapping[str, Any], fetch: Fetch | None) -> Path:
     """Path of a verified copy of a known checkpoint in the cache, fetching it when missing."""
     target = cache_dir() / "weights" / model / f"{name}-{entry['sha256'][:12]}.pth"
     if target.exists():
@@ -152,9 +173,7 @@ def _cached_known(model: str, name: str, entry: Mapping[str, Any]) -> Path:
         if packaged.exists():
             shutil.copyfile(packaged, tmp)
         else:
-            from pipeline.io import fs  # the one fsspec user
-
-            fs.download(entry["url"], tmp)
+            _fetch_into(entry["url"], tmp, fetch)
         actual = sha256_of(tmp)
         if actual != entry["sha256"]:
             raise WeightsError(
@@ -169,15 +188,21 @@ def _cached_known(model: str, name: str, entry: Mapping[str, Any]) -> Path:
     return target
 
 
-def _fetch_url(url: str) -> Path:
-    """Download a checkpoint URL into the cache (once) and return its local path."""
-    from pipeline.io import fs
-
+def _fetch_url(url: str, fetch: Fetch | None) -> Path:
+    """Download a checkpoint URL into the cache (once, through a temporary file) and return its local path."""
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     target = cache_dir() / "weights" / "urls" / f"{key}-{Path(url.split('?')[0]).name or 'weights.pth'}"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.download(url, str(target))  # atomic: temp file then rename
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.close(fd)
+    try:
+        _fetch_into(url, tmp, fetch)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return target
 
 
@@ -219,10 +244,17 @@ def map_foreign_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def resolve_weights(model: str, spec: str | os.PathLike | None) -> LoadedWeights | None:
+def resolve_weights(model: str, spec: str | os.PathLike | None, *,
+                    fetch: Fetch | None = None) -> LoadedWeights | None:
     """Turn ``--weights`` (known name, local path or URL) into a state dict with metadata.
 
-    Returns None when ``spec`` is None (random initialisation).
+    Args:
+        model: The registered model the weights are for.
+        spec: A known weights name, a local path or a URL; None means random initialisation.
+        fetch: Downloads a URL (``fetch(url, path)``); needed for URLs other than ``file://``.
+
+    Returns:
+        The weights, or None when ``spec`` is None.
     """
     if spec is None:
         return None
@@ -231,13 +263,13 @@ def resolve_weights(model: str, spec: str | os.PathLike | None) -> LoadedWeights
     known = catalog().get(model, {})
     if spec in known:
         entry = known[spec]
-        path = _cached_known(model, spec, entry)
+        path = _cached_known(model, spec, entry, fetch)
         state, _ = read_checkpoint(path)
         for old, new in entry.get("rename", {}).items():
             state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
         return LoadedWeights(_meta_from_catalog(entry), state)
     if "://" in spec:
-        path = _fetch_url(spec)
+        path = _fetch_url(spec, fetch)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
@@ -259,13 +291,16 @@ def resolve_weights(model: str, spec: str | os.PathLike | None) -> LoadedWeights
     return LoadedWeights(replace(loaded_meta, sha256=sha256_of(path), source=str(spec)), state)
 
 
-def checkpoint_model(spec: str | os.PathLike | None) -> str | None:
-    """The model a changemap checkpoint (local path or URL) was trained for; None for anything else."""
+def checkpoint_model(spec: str | os.PathLike | None, *, fetch: Fetch | None = None) -> str | None:
+    """The model a changemap checkpoint (local path or URL, downloaded with ``fetch``) was trained for.
+
+    None for anything else (a known weights name, a foreign checkpoint, a missing file).
+    """
     if spec is None:
         return None
     spec = str(spec)
     if "://" in spec:
-        path = _fetch_url(spec)
+        path = _fetch_url(spec, fetch)
     else:
         path = Path(spec).expanduser()
         if not path.is_file():

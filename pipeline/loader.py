@@ -12,6 +12,7 @@ from models import ChangeModel, LoadedWeights, WeightsMeta
 from models.registry import get_entry
 from models.statistics import SceneStatistics, StatisticsUnsupported
 from pipeline.errors import ChangemapError
+from pipeline.io.fs import download
 from pipeline.tiling import check_scene_tiling
 
 DEFAULT_MODEL = "tinycd"
@@ -21,7 +22,7 @@ def choose_model(model: str | None, weights: str | None) -> str:
     """``--model`` as given, else the model a changemap checkpoint names, else TinyCD."""
     if model:
         return model
-    return models.weights.checkpoint_model(weights) or DEFAULT_MODEL
+    return models.weights.checkpoint_model(weights, fetch=download) or DEFAULT_MODEL
 
 
 def resolve(model: str, weights: str | None, in_channels: int | None = None
@@ -34,7 +35,7 @@ def resolve(model: str, weights: str | None, in_channels: int | None = None
     spec = weights if weights is not None else get_entry(name).default_weights
     if spec in ("none", "random"):
         spec = None
-    return name, args, models.resolve_weights(name, spec)
+    return name, args, models.resolve_weights(name, spec, fetch=download)
 
 
 def build(model: str, weights: str | None, in_channels: int | None = None

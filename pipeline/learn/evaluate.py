@@ -80,8 +80,9 @@ def load_model(model: str | None, weights: str | None, in_channels: int | None =
     """
     from models.weights import checkpoint_model
     from pipeline import loader
+    from pipeline.io.fs import download
 
-    spec = model or checkpoint_model(weights)
+    spec = model or checkpoint_model(weights, fetch=download)
     if spec is None:
         raise ChangemapError("pass --model NAME (only a changemap checkpoint names its own model)")
     net, meta, _ = loader.build(spec, weights, in_channels)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -120,3 +121,51 @@ def test_rgb_weights_adapt_to_more_bands():
         torch.testing.assert_close(six(torch.cat([x, x], 2)), rgb(x), atol=2e-4, rtol=1e-3)
     loaded = W.adapt_input_channels(models.resolve_weights("tinycd", "levir"), six.state_dict(), 6)
     assert loaded.meta.mean == (0.485, 0.456, 0.406) * 2 and loaded.meta.in_channels == 6
+
+
+PACKAGED_LEVIR = W._CATALOG_PATH.parent / "tinycd_levir.pth"
+
+
+def _copying_fetch(calls: list[str]):
+    """A fetch(url, path) that serves the packaged LEVIR checkpoint for any URL and records the calls."""
+
+    def fetch(url: str, path: str) -> None:
+        calls.append(url)
+        shutil.copyfile(PACKAGED_LEVIR, path)
+
+    return fetch
+
+
+def test_a_url_without_a_fetcher_is_a_clear_error(cache_dir):
+    url = "https://example.org/weights/levir.pth"
+    with pytest.raises(WeightsError, match=r"a URL, but no download function was given: pass fetch="):
+        models.resolve_weights("tinycd", url)
+    with pytest.raises(WeightsError, match="no download function was given"):
+        models.create_model("tinycd", weights=url)
+    with pytest.raises(WeightsError, match="no download function was given"):
+        W.checkpoint_model(url)
+    assert not list(cache_dir.rglob("*.pth")) and not list(cache_dir.rglob("*.part"))  # nothing half-written
+
+
+def test_an_injected_fetcher_downloads_urls_once(cache_dir):
+    calls: list[str] = []
+    url = "https://example.org/weights/levir.pth?token=x"
+    loaded = models.resolve_weights("tinycd", url, fetch=_copying_fetch(calls))
+    assert loaded.meta.sha256 == W.catalog()["tinycd"]["levir"]["sha256"] and loaded.meta.source == url
+    model = models.create_model("tinycd", weights=url, fetch=_copying_fetch(calls))  # strict, from the cache
+    assert calls == [url] and model.num_classes == 1
+    assert W.checkpoint_model(url) is None  # cached: no fetcher needed; a bare state dict names no model
+    assert [p.name.split("-", 1)[1] for p in (cache_dir / "weights" / "urls").iterdir()] == ["levir.pth"]
+
+
+def test_known_weights_missing_from_the_package_come_from_their_url(cache_dir, tmp_path, monkeypatch):
+    fake_dir = tmp_path / "pkg"
+    fake_dir.mkdir()
+    (fake_dir / "catalog.json").write_text(json.dumps(W.catalog()))  # the catalog without the .pth files
+    monkeypatch.setattr(W, "_CATALOG_PATH", fake_dir / "catalog.json")
+    with pytest.raises(WeightsError, match="no download function was given"):
+        models.resolve_weights("tinycd", "levir")
+    calls: list[str] = []
+    loaded = models.resolve_weights("tinycd", "levir", fetch=_copying_fetch(calls))
+    assert calls == [W.catalog()["tinycd"]["levir"]["url"]]
+    assert loaded.meta.sha256 == W.catalog()["tinycd"]["levir"]["sha256"]

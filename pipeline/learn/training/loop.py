@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import models
+from pipeline.io.fs import download
 from pipeline.learn.augment import Augment
 from pipeline.learn.datasets import read_labelled, read_pair
 from models.base import change_probability
@@ -151,7 +152,8 @@ def run(cfg: TrainConfig, plan: TrainPlan, *, device: torch.device | None = None
     use_amp = cfg.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)
     if cfg.weights not in (None, "none", "random"):
-        model = models.create_model(plan.model, in_channels=plan.meta.in_channels, weights=cfg.weights)
+        model = models.create_model(plan.model, in_channels=plan.meta.in_channels, weights=cfg.weights,
+                                     fetch=download)
     else:
         model = models.create_model(plan.model, **dict(plan.meta.model_args))
     model.to(device)

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import models
 from models import WeightsMeta
+from pipeline.io.fs import download
 from pipeline.learn.datasets import (Sample, available_splits, default_scale, infer_dataset_label_values, load_dataset,
                                read_pair, scan_dataset, split_samples)
 from pipeline.learn.labels import LabelValues, parse_label_values
@@ -63,7 +64,8 @@ def _datasets(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
 def make_plan(cfg: TrainConfig) -> TrainPlan:
     """Resolve the model, initial weights, data, bands, normalisation and class weight of a new run."""
     name, spec_args = models.model_spec(cfg.model)
-    loaded = models.resolve_weights(name, cfg.weights) if cfg.weights not in (None, "none", "random") else None
+    loaded = (models.resolve_weights(name, cfg.weights, fetch=download)
+              if cfg.weights not in (None, "none", "random") else None)
     train, val = _datasets(cfg)
     bands = cfg.bands or (loaded.meta.bands if loaded else None) or tuple(range(1, read_pair(train[0])[0].shape[1] + 1))
     values = parse_label_values(cfg.label_values) if cfg.label_values else infer_dataset_label_values(train)
