@@ -1,7 +1,8 @@
 """Benchmarks that print figures: accuracy on LEVIR-CD, and throughput/peak memory on a large mosaic.
 
     python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64] [--statistics scene]
-    python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--statistics scene] [--keep]
+    python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--statistics scene] [--extras]
+                                        [--model NAME] [--keep]
     python -m pipeline.benchmark models [--size 256 --batch 8 --threads 2]
 
 ``levir`` runs the flow on LEVIR-CD test_1..3 (F1 against the labels, COG checks), compares
@@ -9,7 +10,9 @@ the tiled map with one forward pass over the whole image, and repeats test_1 wit
 reprojected to UTM 14N at 0.5 m. ``large`` builds a size x size 3-band mosaic from the LEVIR
 tiles (written block by block, never whole in memory), runs ``changemap run`` on it in a
 child process and samples the resident memory of that process tree (driver, Ray and its
-actors; Linux /proc) to report the peak next to the throughput.
+actors; Linux /proc) to report the peak next to the throughput; ``--extras`` also asks the run
+for polygons, statistics and a quicklook (``--vector --stats --quicklook``), to measure what
+they add in memory and time.
 """
 from __future__ import annotations
 
@@ -185,6 +188,12 @@ def _large(args: argparse.Namespace) -> None:
            "--workdir", str(work / "stores")]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
+    if args.model:
+        cmd += ["--model", args.model] + ([] if args.model == "tinycd" else ["--weights", "none"])
+    extras = {"vector": work / f"changes_{args.size}.gpkg", "stats": work / f"stats_{args.size}.json",
+              "quicklook": work / f"quicklook_{args.size}.png"} if args.extras else {}
+    for key, path in extras.items():
+        cmd += [f"--{key}", str(path)]
     code, seconds, (peak_rss, peak_pss), output = run_with_peak_memory(cmd)
     summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
     if code or summary is None:
@@ -196,6 +205,11 @@ def _large(args: argparse.Namespace) -> None:
           f"(process wall {seconds:.1f} s); peak memory of the process tree: PSS {peak_pss / 2**20:.0f} MiB, "
           f"summed RSS {peak_rss / 2**20:.0f} MiB; "
           f"{summary['workers']} {summary['device']} worker(s)")
+    if extras:
+        change = summary.get("change") or {}
+        sizes = ", ".join(f"{k} {p.stat().st_size / 1e6:.1f} MB" for k, p in extras.items() if p.exists())
+        print(f"extras: {change.get('regions')} regions, {change.get('changed_area_km2', 0):.4f} km² changed "
+              f"({change.get('changed_percent_of_valid', 0):.2f} %); {sizes}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -244,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     large.add_argument("--size", type=int, default=8192)
     large.add_argument("--workdir", default=None, help="where the mosaics and stores go (default: temporary)")
     large.add_argument("--keep", action="store_true", help="keep the mosaics and outputs")
+    large.add_argument("--extras", action="store_true",
+                       help="also write polygons (.gpkg), statistics and a quicklook (--vector --stats --quicklook)")
+    large.add_argument("--model", default=None,
+                       help="registered model (default: tinycd with its weights; others run with --weights none)")
     args = p.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     {"levir": _levir, "large": _large, "models": _models}[args.which](args)
