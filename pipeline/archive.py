@@ -1,6 +1,9 @@
 """Scene archives: which pairs to process (manifest or globs), what is already done, the summary.
 
-Plain functions; the Prefect flow :func:`flows.archive.process_archive` orders them.
+Plain functions; the Prefect flow :func:`flows.archive.process_archive` orders them. Each pair's
+outputs live under the archive's prefix, named by the pair id (:func:`pair_outputs`); the
+summary carries each pair's change statistics and their totals, and with ``--stac`` a STAC
+Collection gathers the pairs' Items.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline import storage
-from pipeline.config import MapSpec
+from pipeline import stac, storage
+from pipeline.config import ArchiveOptions, MapSpec
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster
 
@@ -45,9 +48,19 @@ class Plan:
     unpaired: tuple[tuple[str, str], ...] = ()  # (file URL, why it has no partner)
 
 
+# Summary column <- key of the change statistics (pipeline.mapstats), and its rounding.
+CHANGE_COLUMNS = {"valid_area_km2": ("valid_area_km2", 6), "changed_area_km2": ("changed_area_km2", 6),
+                  "changed_percent": ("changed_percent_of_valid", 4), "regions": ("regions", None),
+                  "nodata_fraction": ("nodata_fraction", 6)}
+
+
 @dataclass
 class PairResult:
-    """One row of the archive summary."""
+    """One row of the archive summary.
+
+    ``change`` is the pair's change statistics (the run's, or a skipped pair's statistics JSON
+    read back); empty when there are none.
+    """
 
     id: str
     status: str  # succeeded | failed | skipped | unpaired
@@ -56,22 +69,44 @@ class PairResult:
     output: str = ""
     error: str = ""
     tiles: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    change: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def row(self) -> dict[str, Any]:
-        """The summary row (secrets scrubbed, URLs without credentials)."""
+        """The summary row (secrets scrubbed, URLs without credentials); change columns blank without statistics."""
         d = asdict(self)
-        d.pop("extra")
+        d.pop("change")
         d["seconds"] = round(self.seconds, 3)
         d["megapixels"] = round(self.megapixels, 4)
         d["output"] = storage.redact_url(self.output)
         d["error"] = storage.scrub(self.error)
+        for column, (key, digits) in CHANGE_COLUMNS.items():
+            value = self.change.get(key)
+            d[column] = round(value, digits) if value is not None and digits is not None else value
         return d
 
 
 def default_output(prefix: str, pair_id: str) -> str:
     """``PREFIX/{id}.tif``."""
     return storage.join(prefix, f"{pair_id}.tif")
+
+
+def pair_outputs(pair: Pair, options: ArchiveOptions) -> dict[str, str | None]:
+    """The :class:`~pipeline.config.RunOptions` output fields of one pair's run (``None``: not written).
+
+    Besides the map (``pair.output``), under the archive's prefix: statistics
+    ``PREFIX/{id}.stats.json`` (always), polygons ``PREFIX/{id}.{vector_format}``, quicklook
+    ``PREFIX/{id}.png`` and the STAC Item ``PREFIX/{id}/{id}.json`` (where the archive's
+    Collection keeps it, :func:`write_collection`). Every field is set, so an output path given
+    in the archive's run options is never shared by all pairs.
+    """
+    prefix, pid = options.output_prefix, pair.id
+    return {
+        "output": pair.output,
+        "stats": storage.join(prefix, f"{pid}.stats.json"),
+        "vector": storage.join(prefix, f"{pid}.{options.vector_format}") if options.vector_format else None,
+        "quicklook": storage.join(prefix, f"{pid}.png") if options.quicklooks else None,
+        "stac": storage.join(prefix, pid, f"{pid}.json") if options.stac else None,
+    }
 
 
 def _resolve(path: str, base: str) -> str:
@@ -201,12 +236,15 @@ def glob_pairs(before_pattern: str, after_pattern: str, rule: str, output_prefix
     return pair_files(before, after, rule, output_prefix)
 
 
-def existing_output(pair: Pair, spec: MapSpec) -> tuple[str, str, float]:
+def existing_output(pair: Pair, spec: MapSpec, extras: dict[str, str | None] | None = None
+                    ) -> tuple[str, str, float]:
     """Whether ``pair.output`` is already a complete map of this pair as ``spec`` states it.
 
     Returns ``(state, reason, megapixels)``: ``missing``; ``complete`` (readable to its
-    last block, a valid COG, written by changemap for these inputs and settings); or
-    ``foreign`` with the reason it cannot be skipped (replacing it needs ``--overwrite``).
+    last block, a valid COG, written by changemap for these inputs and settings, and every
+    requested extra output present); ``incomplete`` (such a map, but an extra output in
+    ``extras`` — :func:`pair_outputs` — is missing: the pair is run again); or ``foreign``
+    with the reason it cannot be skipped (replacing it needs ``--overwrite``).
     """
     if not fs.exists(pair.output):
         return "missing", "", 0.0
@@ -224,7 +262,24 @@ def existing_output(pair: Pair, spec: MapSpec) -> tuple[str, str, float]:
     differ = _differences(made, spec)
     if differ:
         return "foreign", f"it was made with other settings ({', '.join(differ)} differ)", mp
+    missing = [kind for kind, url in (extras or {}).items() if kind != "output" and url and not fs.exists(url)]
+    if missing:
+        return "incomplete", f"its {', '.join(_OUTPUT_NAMES.get(k, k) for k in missing)} missing", mp
     return "complete", "", mp
+
+
+_OUTPUT_NAMES = {"stats": "statistics", "vector": "polygons", "quicklook": "quicklook", "stac": "STAC item"}
+
+
+def read_statistics(url: str | None) -> dict[str, Any]:
+    """A pair's statistics JSON read back (a skipped pair's); empty when absent or unreadable."""
+    if not url:
+        return {}
+    try:
+        doc = json.loads(fs.read_text(url))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _differences(made: dict[str, Any], spec: MapSpec) -> list[str]:
@@ -260,7 +315,32 @@ def summary_message(results: Sequence[PairResult]) -> str:
     return msg
 
 
-SUMMARY_COLUMNS = ("id", "status", "seconds", "megapixels", "tiles", "output", "error")
+SUMMARY_COLUMNS = ("id", "status", "seconds", "megapixels", "tiles", *CHANGE_COLUMNS, "output", "error")
+
+
+def summary_totals(results: Sequence[PairResult]) -> dict[str, Any]:
+    """Totals over the pairs with statistics (succeeded, and skipped ones whose statistics JSON was read).
+
+    ``changed_percent`` is the changed share of the summed valid area; ``regions`` is ``None``
+    unless every pair with statistics counted its regions (polygons were written).
+    """
+    have = [r.change for r in results if r.change.get("valid_area_km2") is not None]
+    valid = sum(c["valid_area_km2"] for c in have)
+    changed = sum(c.get("changed_area_km2") or 0.0 for c in have)
+    regions = [c.get("regions") for c in have]
+    return {"pairs_with_statistics": len(have), "valid_area_km2": round(valid, 6), "changed_area_km2": round(changed, 6),
+            "changed_percent": round(100 * changed / valid, 4) if valid else None,
+            "regions": sum(regions) if have and None not in regions else None}
+
+
+def totals_message(totals: dict[str, Any]) -> str:
+    """One line of the totals, e.g. ``changed 0.0123 km² of 1.2 km² valid (1.02 %), 87 regions, over 9 pairs``."""
+    if not totals["pairs_with_statistics"]:
+        return "no change statistics"
+    regions = f", {totals['regions']} regions" if totals["regions"] is not None else ""
+    percent = f"{totals['changed_percent']:.2f} %" if totals["changed_percent"] is not None else "no valid area"
+    return (f"changed {totals['changed_area_km2']:.6f} km² of {totals['valid_area_km2']:.6f} km² valid ({percent})"
+            f"{regions}, over {totals['pairs_with_statistics']} pairs")
 
 
 def write_summary(results: Sequence[PairResult], output_prefix: str, extra: dict[str, Any] | None = None
@@ -274,6 +354,32 @@ def write_summary(results: Sequence[PairResult], output_prefix: str, extra: dict
     csv_url = storage.join(output_prefix, f"{SUMMARY_NAME}.csv")
     json_url = storage.join(output_prefix, f"{SUMMARY_NAME}.json")
     fs.write_text(csv_url, buf.getvalue())
-    doc = {"message": summary_message(results), "counts": summary_counts(results), **(extra or {}), "pairs": rows}
+    doc = {"message": summary_message(results), "counts": summary_counts(results),
+           "totals": summary_totals(results), **(extra or {}), "pairs": rows}
     fs.write_text(json_url, json.dumps(doc, indent=2))
     return csv_url, json_url
+
+
+def write_collection(items: Sequence[tuple[str, str]], output_prefix: str) -> str | None:
+    """The archive's STAC Collection of its pairs' Items at ``PREFIX/collection.json``; returns its URL.
+
+    Args:
+        items: ``(pair id, Item URL)`` of every pair with a map (succeeded or skipped); an Item
+            that cannot be read is left out. Each Item gets its pair's id and is rewritten in
+            place, ``PREFIX/{id}/{id}.json``, with links relative to the Collection.
+        output_prefix: the archive's prefix.
+
+    Returns:
+        The Collection's URL, or ``None`` when no Item could be read (nothing is written).
+    """
+    found = []
+    for pair_id, url in items:
+        try:
+            item = stac.read_item(url)
+        except (OSError, ValueError, KeyError):
+            continue
+        item.id = pair_id
+        found.append(item)
+    if not found:
+        return None
+    return stac.archive_collection(found, output_prefix).get_self_href()

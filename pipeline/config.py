@@ -243,12 +243,14 @@ class ArchiveOptions(Frozen):
     after: str | None = option(None, "glob of AFTER rasters (quote it)")
     pair_by: str = option("stem", "pair glob matches by file 'stem' or a regex with a named group, "
                                   "e.g. '(?P<tile>T\\d+)'")
-    output_prefix: str = option(..., "folder or URL prefix: outputs PREFIX/{id}.tif, summary")
+    output_prefix: str = option(..., "folder or URL prefix: maps PREFIX/{id}.tif, statistics PREFIX/{id}.stats.json, "
+                                     "archive-summary.csv/.json")
     concurrency: int = option(1, "pairs processed at once (sharing the model actors)")
     vector_format: Literal["gpkg", "parquet", "fgb", "geojson"] | None = option(
         None, "also write each pair's change polygons as PREFIX/{id}.FORMAT")
     quicklooks: bool = option(False, "also write each pair's quicklook PNG as PREFIX/{id}.png")
-    stac: bool = option(False, "also write a STAC Item per pair and a Collection (PREFIX/collection.json)")
+    stac: bool = option(False, "also write a STAC Item per pair (PREFIX/{id}/{id}.json) and a Collection of them "
+                               "(PREFIX/collection.json)")
 
     @field_validator("concurrency")
     @classmethod

@@ -120,6 +120,13 @@ def write_item(item: pystac.Item, dest: str) -> None:
     fs.write_text(dest, json.dumps(item.to_dict(include_self_link=True, transform_hrefs=False), indent=2) + "\n")
 
 
+def read_item(url: str) -> pystac.Item:
+    """An Item read back from its JSON at a path or fsspec URL."""
+    item = pystac.Item.from_dict(json.loads(fs.read_text(url)), href=url, preserve_dict=False)
+    item.set_self_href(url)
+    return item
+
+
 def archive_collection(items: Iterable[pystac.Item], dest_prefix: str, *, collection_id: str = "changemap",
                        description: str = "Change-probability maps of bitemporal image pairs (changemap).",
                        license: str = "other") -> pystac.Collection:

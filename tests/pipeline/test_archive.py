@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import archive
+from pipeline import archive, stac
 from pipeline.archive import ManifestError, Pair, PairResult
-from pipeline.config import MapSpec
+from pipeline.config import ArchiveOptions, MapSpec
 from pipeline.io import fs, raster
 
 
@@ -98,6 +98,71 @@ def test_existing_outputs_are_checked_not_assumed(synthetic, tmp_path):
     raster.write_cog(str(out), raster.read_info(str(synthetic["before"])).grid, 3, "uint8",
                      [], tags={})  # a valid COG, but not a changemap map
     assert "not written by changemap" in archive.existing_output(pair, cfg)[1]
+
+
+def test_pair_outputs_live_under_the_prefix_named_by_the_id():
+    pair = Pair("T1", "s3://b/2019/T1.tif", "s3://b/2023/T1.tif", "s3://elsewhere/custom.tif")
+    plain = archive.pair_outputs(pair, ArchiveOptions(output_prefix="s3://maps/run1"))
+    assert plain == {"output": "s3://elsewhere/custom.tif", "stats": "s3://maps/run1/T1.stats.json",
+                     "vector": None, "quicklook": None, "stac": None}
+    every = archive.pair_outputs(pair, ArchiveOptions(output_prefix="s3://maps/run1/", vector_format="gpkg",
+                                                      quicklooks=True, stac=True))
+    assert (every["vector"], every["quicklook"], every["stac"]) == (
+        "s3://maps/run1/T1.gpkg", "s3://maps/run1/T1.png", "s3://maps/run1/T1/T1.json")
+
+
+def test_a_complete_map_without_a_requested_extra_output_is_incomplete(synthetic, tmp_path):
+    pair = Pair("t1", str(synthetic["before"]), str(synthetic["after"]), str(tmp_path / "t1.tif"))
+    cfg = MapSpec(before=pair.before, after=pair.after)
+    _changemap_output(tmp_path / "t1.tif", synthetic, cfg)
+    extras = archive.pair_outputs(pair, ArchiveOptions(output_prefix=str(tmp_path), quicklooks=True))
+    (tmp_path / "t1.stats.json").write_text('{"valid_area_km2": 1.0}')
+    state, reason, _ = archive.existing_output(pair, cfg, extras)
+    assert (state, reason) == ("incomplete", "its quicklook missing")
+    (tmp_path / "t1.png").write_bytes(b"png")
+    assert archive.existing_output(pair, cfg, extras)[0] == "complete"
+    assert archive.read_statistics(extras["stats"]) == {"valid_area_km2": 1.0}
+    assert archive.read_statistics(str(tmp_path / "absent.json")) == {}
+
+
+def test_summary_change_columns_and_totals(tmp_path):
+    change = {"valid_area_km2": 0.3222301, "changed_area_km2": 0.0037084, "changed_percent_of_valid": 1.150834,
+              "regions": 11, "nodata_fraction": 0.0}
+    results = [PairResult("a", "succeeded", 3.0, 0.07, "/m/a.tif", change=change),
+               PairResult("b", "skipped", 0.0, 0.07, "/m/b.tif", change={**change, "regions": 4,
+                                                                         "changed_area_km2": 0.0062916}),
+               PairResult("c", "failed", 0.5, 0.0, "/m/c.tif", "InputRasterError: corrupt")]
+    totals = archive.summary_totals(results)
+    assert totals == {"pairs_with_statistics": 2, "valid_area_km2": 0.64446, "changed_area_km2": 0.01,
+                      "changed_percent": pytest.approx(1.5517, abs=1e-4), "regions": 15}
+    assert archive.totals_message(totals) == ("changed 0.010000 km² of 0.644460 km² valid (1.55 %), 15 regions, "
+                                              "over 2 pairs")
+    csv_url, json_url = archive.write_summary(results, str(tmp_path))
+    rows = list(csv.DictReader(io.StringIO(fs.read_text(csv_url))))
+    assert list(rows[0]) == list(archive.SUMMARY_COLUMNS)
+    assert (rows[0]["valid_area_km2"], rows[0]["changed_percent"], rows[0]["regions"]) == ("0.32223", "1.1508", "11")
+    assert rows[2]["changed_area_km2"] == rows[2]["regions"] == ""  # no statistics: blank, not 0
+    assert json.loads(fs.read_text(json_url))["totals"] == totals
+    # Without polygons no pair counts regions, and the total says so.
+    assert archive.summary_totals([PairResult("a", "succeeded", change={**change, "regions": None})])["regions"] is None
+
+
+def test_collection_gathers_the_pairs_items_under_their_ids(tmp_path, synthetic):
+    grid = raster.read_info(str(synthetic["before"])).grid
+    for pid, name in (("p1", "p1"), ("p2", "custom")):  # a manifest output named otherwise than its pair
+        item = stac.map_item(str(tmp_path / f"{name}.tif"), grid, before="b.tif", after="a.tif", model="tinycd",
+                             weights_sha256=None, threshold=0.5)
+        stac.write_item(item, str(tmp_path / pid / f"{pid}.json"))
+    items = [("p1", str(tmp_path / "p1" / "p1.json")), ("p2", str(tmp_path / "p2" / "p2.json")),
+             ("gone", str(tmp_path / "gone" / "gone.json"))]
+    url = archive.write_collection(items, str(tmp_path))
+    assert url == str(tmp_path / "collection.json")
+    doc = json.loads((tmp_path / "collection.json").read_text())
+    assert sorted(link["href"] for link in doc["links"] if link["rel"] == "item") == ["./p1/p1.json", "./p2/p2.json"]
+    again = json.loads((tmp_path / "p2" / "p2.json").read_text())
+    assert again["id"] == "p2" and again["collection"] == "changemap"
+    assert archive.write_collection(items, str(tmp_path)) == url  # items already in a collection: same result
+    assert archive.write_collection([("gone", str(tmp_path / "gone.json"))], str(tmp_path / "x")) is None
 
 
 def test_summary_files_and_message(tmp_path):
