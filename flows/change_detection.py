@@ -13,11 +13,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
 from models import UnknownModelError, WeightsError
-from pipeline import checks, ingest, outputs, storage, workdir
+from pipeline import checks, outputs, storage, workdir
 from pipeline.checks import Preflight
 from pipeline.config import MapSpec, RunOptions
 from pipeline.errors import ChangemapError
-from pipeline.inference import InferenceStats, run_inference
+from pipeline.run import SceneResult, make_map
 from pipeline.summary import RunSummary
 
 _USER_ERRORS = (ChangemapError, WeightsError, UnknownModelError)
@@ -29,7 +29,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
         state.result()
     except _USER_ERRORS:
         return False
-    except Exception:
+    except Exception:  # noqa: BLE001 - anything else may be transient
         return True
     return True
 
@@ -42,24 +42,16 @@ def check_task(spec: MapSpec, run: RunOptions) -> Preflight:
     return checks.preflight(spec, run)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=2, **_task)
-def ingest_task(pre: Preflight, paths: workdir.RunPaths) -> None:
-    ingest.ingest_pair(pre.alignment, paths.input_store, pre.spec.tile)
+@task(name="map", retries=1, retry_delay_seconds=5, **_task)
+def map_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> SceneResult:
+    return make_map(pre, paths, run)
 
 
-@task(name="infer", retries=1, retry_delay_seconds=5, **_task)
-def infer_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> InferenceStats:
-    return run_inference(paths.input_store, paths.output_store, model=pre.meta.model, loaded=pre.loaded,
-                         model_args=dict(pre.meta.model_args), halo=pre.spec.halo, bands=pre.bands,
-                         statistics=pre.spec.statistics, workers=run.workers, batch_size=run.batch_size,
-                         ray_address=run.ray_address)
-
-
-@task(name="export", retries=2, retry_delay_seconds=2, **_task)
-def export_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> dict:
-    made = outputs.write_map_and_outputs(paths, pre, run)
-    artifacts.publish(made, pre)
-    return made
+@task(name="outputs", retries=2, retry_delay_seconds=2, **_task)
+def outputs_task(pre: Preflight, run: RunOptions, made: SceneResult) -> dict:
+    extras = outputs.finish_outputs(pre, run, made.sinks)
+    artifacts.publish(extras, pre)
+    return extras
 
 
 @flow(name="detect_changes", log_prints=False)
@@ -78,9 +70,8 @@ def detect_changes(spec: MapSpec, run: RunOptions) -> RunSummary:
         paths = workdir.paths_for(pre.spec, run)
         succeeded = False
         try:
-            ingest_task(pre, paths)
-            stats = infer_task(pre, paths, run)
-            made = export_task(pre, paths, run)
+            made = map_task(pre, paths, run)
+            extras = outputs_task(pre, run, made)
             succeeded = True
         finally:
             kept = workdir.cleanup(paths, run, succeeded)
@@ -88,8 +79,14 @@ def detect_changes(spec: MapSpec, run: RunOptions) -> RunSummary:
                 get_run_logger().info("intermediate stores kept in %s", storage.redact_url(kept))
     seconds = time.perf_counter() - start
     mp = pre.alignment.grid.megapixels
-    return RunSummary(output=run.output, tiles=stats.tiles, megapixels=mp, seconds=seconds,
-                      megapixels_per_second=mp / seconds, threshold=pre.threshold, workers=stats.workers,
-                      device=stats.device, ray_cluster=stats.cluster, warped_after=pre.alignment.warp_after,
-                      workdir=kept, statistics=pre.spec.statistics, statistics_passes=stats.statistics_passes,
-                      change=made["change"], outputs={k: storage.redact_url(v) for k, v in made["outputs"].items()})
+    s = made.stream
+    if s.retried:
+        get_run_logger().warning("%d tile(s) were predicted again after a lost model actor: %s", len(s.retried),
+                                 ", ".join(s.retried))
+    return RunSummary(output=run.output, tiles=s.tiles, megapixels=mp, seconds=seconds,
+                      megapixels_per_second=mp / seconds, threshold=pre.threshold, workers=made.workers,
+                      device=made.device, ray_cluster=made.cluster, warped_after=pre.alignment.warp_after,
+                      workdir=kept, statistics=pre.spec.statistics, statistics_passes=made.statistics_passes,
+                      tiles_predicted=s.predicted, tiles_reused=s.reused, tiles_retried=len(s.retried),
+                      chunks_decoded=s.chunks_decoded, chunks_reused=s.chunks_reused,
+                      change=extras["change"], outputs={k: storage.redact_url(v) for k, v in extras["outputs"].items()})

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -24,62 +27,131 @@ def probability_to_uint8(p: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * 255).astype("uint8")
 
 
-def _blocks(prob, valid, grid: Grid, dtype: str, mask: bool, threshold: float, sinks: Sequence[BlockSink] = ()
-            ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
-    for y0, x0, h, w in iter_blocks(grid.height, grid.width):
-        p = prob[y0:y0 + h, x0:x0 + w]
-        v = valid[y0:y0 + h, x0:x0 + w]
-        for sink in sinks:  # statistics and polygons from the same pass that writes the map
-            sink.add((y0, x0, h, w), p, v)
-        ok = v & ~np.isnan(p)
-        band1 = probability_to_uint8(p) if dtype == "uint8" else np.where(ok, p, np.nan).astype("float32")
-        bands = [band1]
-        if mask:
-            bands.append(((np.nan_to_num(p, nan=0.0) > threshold) & ok).astype(dtype))
-        yield (y0, x0, h, w), np.stack(bands), ok
+Window = tuple[int, int, int, int]  # (y0, x0, h, w)
 
 
 class BlockSink(Protocol):
     """Something fed every block of the map as it is written (statistics, polygons)."""
 
-    def add(self, window: tuple[int, int, int, int], probability: np.ndarray, valid: np.ndarray) -> None:
+    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray) -> None:
         """Take one block: ``(y0, x0, h, w)``, probabilities (NaN: none) and where both dates have data."""
+
+
+@dataclass(frozen=True)
+class MapFormat:
+    """How probabilities become the map's bands."""
+
+    probability: str = "uint8"  # or float32
+    mask: bool = False  # band 2: the binary change mask
+    threshold: float = 0.5
+
+    @property
+    def descriptions(self) -> tuple[str, ...]:
+        """The band descriptions."""
+        return ("change_probability",) + (("change_mask",) if self.mask else ())
+
+    def tags(self, extra: dict[str, str] | None) -> dict[str, str]:
+        """The map's dataset tags: threshold and scale, plus ``extra``."""
+        scale = "255" if self.probability == "uint8" else "1"
+        return {"CHANGEMAP_THRESHOLD": str(self.threshold), "CHANGEMAP_PROBABILITY_SCALE": scale, **(extra or {})}
+
+    def encode(self, window: Window, p: np.ndarray, valid: np.ndarray, sinks: Sequence[BlockSink] = ()
+               ) -> tuple[Window, np.ndarray, np.ndarray]:
+        """One block of probabilities (NaN: none) -> ``(window, bands, valid)`` as written; feeds ``sinks``."""
+        for sink in sinks:  # statistics and polygons from the same pass that writes the map
+            sink.add(window, p, valid)
+        ok = valid & ~np.isnan(p)
+        band1 = probability_to_uint8(p) if self.probability == "uint8" else np.where(ok, p, np.nan).astype("float32")
+        bands = [band1]
+        if self.mask:
+            bands.append(((np.nan_to_num(p, nan=0.0) > self.threshold) & ok).astype(self.probability))
+        return window, np.stack(bands), ok
+
+
+def publish_cog(dest: str, grid: Grid, fmt: MapFormat, blocks: Iterable[tuple[Window, np.ndarray, np.ndarray]],
+                tags: dict[str, str] | None = None) -> None:
+    """Write encoded blocks as a COG at ``dest`` (path or URL), atomically.
+
+    Object stores get the finished file in one upload (visible only once complete); local
+    paths a rename.
+    """
+    nodata = float("nan") if fmt.probability == "float32" else None
+    args = dict(nodata=nodata, tags=fmt.tags(tags), descriptions=fmt.descriptions)
+    if storage.is_remote(dest):
+        with tempfile.TemporaryDirectory(prefix="changemap-export-") as tmp:
+            local = os.path.join(tmp, storage.basename(dest))
+            write_cog(local, grid, len(fmt.descriptions), fmt.probability, blocks, **args)
+            fs.upload(local, dest)
+    else:
+        write_cog(storage.local_path(dest), grid, len(fmt.descriptions), fmt.probability, blocks, **args)
 
 
 def export_cog(output_store: str, input_store: str, dest: str, *, probability: str = "uint8",
                mask: bool = False, threshold: float = 0.5, tags: dict[str, str] | None = None,
                sinks: Sequence[BlockSink] = ()) -> Grid:
-    """Write band 1 = change probability (and band 2 = binary mask) to ``dest`` atomically.
+    """Write band 1 = change probability (and band 2 = binary mask) to ``dest`` atomically, from the stores.
 
     Pixels where either date had no data (or no prediction exists) are masked out
     (GDAL internal mask; NaN as well for float32). Every block is also handed to ``sinks``.
     """
     grid = store.read_grid(output_store)
-    descriptions = ("change_probability",) + (("change_mask",) if mask else ())
-    if storage.is_remote(dest):
-        # Built locally, then published whole: the final key never holds a partial map.
-        with tempfile.TemporaryDirectory(prefix="changemap-export-") as tmp:
-            local = os.path.join(tmp, storage.basename(dest))
-            _write(output_store, input_store, local, grid, probability, mask, threshold, tags, descriptions, sinks)
-            fs.upload(local, dest)
-    else:
-        _write(output_store, input_store, storage.local_path(dest), grid, probability, mask, threshold, tags,
-               descriptions, sinks)
+    fmt = MapFormat(probability, mask, threshold)
+    prob = store.open_array(output_store, store.PROBABILITY)
+    valid = store.open_array(input_store, store.VALID)
+    blocks = (fmt.encode((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w], sinks)
+              for y0, x0, h, w in iter_blocks(grid.height, grid.width))
+    publish_cog(dest, grid, fmt, blocks, tags)
     return grid
 
 
-def _write(output_store: str, input_store: str, dest: str, grid: Grid, probability: str, mask: bool,
-           threshold: float, tags: dict[str, str] | None, descriptions: tuple[str, ...],
-           sinks: Sequence[BlockSink]) -> None:
-    prob = store.open_array(output_store, store.PROBABILITY)
-    valid = store.open_array(input_store, store.VALID)
-    write_cog(
-        dest, grid, len(descriptions), probability, _blocks(prob, valid, grid, probability, mask, threshold, sinks),
-        nodata=float("nan") if probability == "float32" else None,
-        tags={"CHANGEMAP_THRESHOLD": str(threshold), "CHANGEMAP_PROBABILITY_SCALE": "255" if probability == "uint8" else "1",
-              **(tags or {})},
-        descriptions=descriptions,
-    )
+class MapWriter:
+    """Writes a change map as its tiles finish (blocks in any order), then the COG at the end.
+
+    Fed ``put([(tile, probabilities, valid), ...])`` by the stream; a thread turns them into
+    blocks of a tiled GeoTIFF while more tiles are predicted, feeding the statistics (and the
+    polygons) on the way. :meth:`close` builds the overviews and publishes the COG atomically,
+    and returns the statistics sinks. Ray runs it as an actor.
+    """
+
+    def __init__(self, dest: str, grid: Grid, fmt: MapFormat, tags: dict[str, str], sinks: Sequence[BlockSink],
+                 storage_options: storage.StorageOptions | None = None, queue_size: int = 32) -> None:
+        self.dest, self.grid, self.fmt, self.tags, self.sinks = dest, grid, fmt, tags, list(sinks)
+        self.storage_options = storage_options
+        self.blocks = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="map-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, results: Sequence[tuple]) -> int:
+        """Queue finished tiles ``(tile, probabilities, valid)``; blocks while the queue is full."""
+        for t, prob, valid in results:
+            if self._error is not None:
+                break
+            self._queue.put(((t.y0, t.x0, t.height, t.width), prob, valid))
+        return len(results)
+
+    def _items(self):
+        while (item := self._queue.get()) is not None:
+            self.blocks += 1
+            yield self.fmt.encode(*item, self.sinks)
+
+    def _write(self) -> None:
+        try:
+            with storage.using(self.storage_options):
+                publish_cog(self.dest, self.grid, self.fmt, self._items(), self.tags)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by close()
+            self._error = exc
+            while self._queue.get() is not None:  # let blocked puts return
+                pass
+
+    def close(self) -> list[BlockSink]:
+        """Finish the COG (overviews, COG layout, publish) and return the fed sinks."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.sinks
 
 
 def map_tags(pre: Preflight) -> dict[str, str]:

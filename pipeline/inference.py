@@ -9,6 +9,8 @@ retried tile just rewrites the same chunk.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import queue
 import threading
 import time
@@ -20,15 +22,15 @@ import numpy as np
 import ray
 import torch
 import zarr
+from ray.exceptions import RayActorError
 
 from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
-from pipeline import loader, ray_runtime, storage
+from pipeline import loader, storage
 from pipeline.engine import TileEngine, normalize
 from pipeline.errors import ChangemapError
 from pipeline.io import store
-from pipeline.progress import Progress
-from pipeline.tiling import Tile, Window, by_clipped_shape, make_tiles
+from pipeline.tiling import Tile, Window, assemble, by_clipped_shape
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class InferenceJob:
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)  # for stores in object storage
     statistics: str = "window"  # "scene": windows clipped at the scene edge, scene statistics (models.statistics)
     scene_stats: Stats | None = None  # the measured scene statistics, set for the prediction pass
+    shape: tuple[int, int, int] = (0, 0, 0)  # (height, width, tile) of a streamed scene (no store to read it from)
 
 
 class TilePredictor:
@@ -57,10 +60,13 @@ class TilePredictor:
         self.model.to(self.device)
         self.batch_size = batch_size
         self._scenes: dict[str, tuple] = {}
+        self._engines: dict[str, TileEngine] = {}
+        self.calls = 0
 
     def describe(self) -> dict[str, str]:
         """Where this predictor runs (for logs and tests)."""
-        return {"device": str(self.device), "model": self.meta.model, "threads": str(torch.get_num_threads())}
+        return {"device": str(self.device), "model": self.meta.model, "threads": str(torch.get_num_threads()),
+                "size_divisor": str(self.model.size_divisor)}
 
     def _prepare(self, x: np.ndarray) -> torch.Tensor:
         """A ``(B, 2, C, h, w)`` raw batch, normalised on the model's device."""
@@ -89,6 +95,33 @@ class TilePredictor:
             self._scenes[job.output_store] = (engine, read, read_valid, valid, out)
         return self._scenes[job.output_store]
 
+    def predict_chunks(self, job: InferenceJob, tiles: Sequence[Tile], keys: Sequence[tuple[int, int]],
+                       *chunks: tuple[np.ndarray, np.ndarray]) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+        """Predict ``tiles`` from just-decoded chunks (the stream; no zarr round trip).
+
+        ``chunks`` are ``(image (2, C, h, w) of the model's bands, valid (h, w))`` of the tile
+        chunks ``keys`` (row, col) that the tiles' windows cover. Returns each tile's core
+        probabilities (NaN where the tile has no valid pixel, which costs no forward pass) and
+        its valid mask.
+        """
+        fault_point(self)
+        height, width, tile = job.shape
+        engine = self._engines.get(job.output_store)
+        if engine is None:
+            if len(self._engines) > 8:
+                self._engines.clear()
+            engine = self._engines[job.output_store] = TileEngine(
+                self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
+                batch_size=self.batch_size, statistics=job.statistics)
+        images = {k: c[0] for k, c in zip(keys, chunks)}
+        valids = {k: c[1] for k, c in zip(keys, chunks)}
+        found: dict[Tile, np.ndarray] = {}
+        with_data = [t for t in tiles if valids[(t.row, t.col)].any()]
+        engine.predict(with_data, lambda w: assemble(w, tile, images),
+                       lambda t, core: found.__setitem__(t, core.astype("float32", copy=False)))
+        return [(t, found[t] if t in found else np.full((t.height, t.width), np.nan, "float32"), valids[(t.row, t.col)])
+                for t in tiles]
+
     def _with_data(self, job: InferenceJob, tiles: Sequence[Tile]) -> list[Tile]:
         """Tiles without any valid pixel stay NaN (nodata) and cost nothing."""
         valid = self._scene(job)[3]
@@ -113,6 +146,36 @@ class TilePredictor:
         engine, read, read_valid, _, _ = self._scene(job)
         return engine.measure(self._with_data(job, tiles), read, read_valid, level, fixed)
 
+
+def fault_point(predictor: TilePredictor) -> None:
+    """Fault injection for tests: end this actor's process as a lost node would.
+
+    ``CHANGEMAP_FAULT_ACTOR_EXIT_AFTER=k`` exits on the (k+1)-th batch, once per
+    ``CHANGEMAP_FAULT_MARKER`` file (the restarted actor carries on).
+    """
+    predictor.calls += 1
+    after = os.environ.get("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER")
+    marker = os.environ.get("CHANGEMAP_FAULT_MARKER")
+    if after is None or not marker or predictor.calls <= int(after) or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    os._exit(1)
+
+
+ATTEMPTS = 3  # tries of one batch before the run fails naming its tiles
+log = logging.getLogger("changemap.inference")
+
+
+def lost_tiles_error(batch: Sequence[Tile], exc: BaseException) -> ChangemapError:
+    """The error of tiles whose actor was lost on every attempt."""
+    return ChangemapError(
+        f"tiles {', '.join(t.key for t in batch)} failed {ATTEMPTS} times because their model actor was lost "
+        f"({type(exc).__name__}); check the workers' memory (CUDA out of memory?) and logs, then run the same "
+        "command again: finished tiles are kept")
+
+
+_FAULT_VARS = ("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "CHANGEMAP_FAULT_MARKER")
 
 RemotePredictor = ray.remote(TilePredictor)
 
@@ -151,22 +214,54 @@ class PredictorPool:
         else:
             self.workers = workers or 1
             per_actor = max(1, cpus // self.workers)
-            options = {"num_cpus": per_actor}
+            # Torch uses all the actor's cores, but one logical CPU of each is left to the stream's
+            # decode and write tasks, which would otherwise wait for the actors to finish.
+            options = {"num_cpus": max(1, per_actor - 1)}
             threads = per_actor
             self.device = "cpu"
-        weights_ref = ray.put(weights)
-        self.actors = [
-            RemotePredictor.options(**options).remote(model_name, weights_ref, batch_size=batch_size,
-                                                      device=self.device, threads=threads, model_args=model_args)
-            for _ in range(self.workers)
-        ]
-        ray.get([a.describe.remote() for a in self.actors])  # fail here if the model cannot load
+        faults = {k: os.environ[k] for k in _FAULT_VARS if k in os.environ}
+        if faults:  # tests inject faults into the actors' processes
+            options["runtime_env"] = {"env_vars": faults}
+        weights_ref = ray.put(weights)  # kept: a lost actor's replacement loads the same weights
+        self._spawn = lambda: RemotePredictor.options(**options).remote(
+            model_name, weights_ref, batch_size=batch_size, device=self.device, threads=threads, model_args=model_args)
+        self.actors = [self._spawn() for _ in range(self.workers)]
+        self._replaced: dict = {}  # actor id of a lost actor -> its replacement
+        self.retried: list[str] = []  # keys of tiles predicted again after a lost actor
+        described = ray.get([a.describe.remote() for a in self.actors])  # fail here if the model cannot load
+        self.size_divisor = int(described[0]["size_divisor"])
         self.batch_size = batch_size
         self.tiles_done = 0
         self._lock = threading.Lock()
+        # Two slots per actor: the next batch waits at the actor while the current one runs.
+        self.slots = 2 * len(self.actors)
         self._idle: queue.Queue = queue.Queue()
-        for actor in self.actors:
+        for actor in self.actors * 2:
             self._idle.put(actor)
+
+    def acquire(self, timeout: float = 0.0):
+        """A free actor slot, or None when none frees up within ``timeout`` seconds."""
+        try:
+            actor = self._idle.get(timeout=timeout) if timeout else self._idle.get_nowait()
+        except queue.Empty:
+            return None
+        with self._lock:
+            while actor._actor_id in self._replaced:  # a slot of a lost actor now belongs to its replacement
+                actor = self._replaced[actor._actor_id]
+        return actor
+
+    def replace(self, lost):
+        """Start a replacement for an actor that died (once, however many of its calls report it)."""
+        with self._lock:
+            if lost._actor_id not in self._replaced:
+                new = self._spawn()
+                self.actors = [new if a._actor_id == lost._actor_id else a for a in self.actors]
+                self._replaced[lost._actor_id] = new
+            return self._replaced[lost._actor_id]
+
+    def release(self, actor) -> None:
+        """Give a slot back."""
+        self._idle.put(actor)
 
     def run(self, job: InferenceJob, tiles: Sequence[Tile],
             progress: Callable[[int, int], None] | None = None,
@@ -219,32 +314,39 @@ class PredictorPool:
         ``progress`` gets ``(tiles done, total)``; the first error is raised once the
         batches already sent are back.
         """
-        pending = [list(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
+        pending = [(list(tiles[i:i + self.batch_size]), 0) for i in range(0, len(tiles), self.batch_size)]
         pending.reverse()
         inflight: dict = {}
         results: list = []
         done, error = 0, None
         while (pending and error is None) or inflight:
             if pending and error is None:
-                try:
-                    actor = self._idle.get(timeout=0.05 if inflight else 5.0)
-                except queue.Empty:
-                    actor = None
+                actor = self.acquire(timeout=0.05 if inflight else 5.0)
                 if actor is not None:
-                    batch = pending.pop()
-                    inflight[getattr(actor, method).remote(job, batch, *args)] = (actor, len(batch))
+                    batch, attempt = pending.pop()
+                    inflight[getattr(actor, method).remote(job, batch, *args)] = (actor, batch, attempt)
             if not inflight:
                 continue
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0 if pending and error is None else 1.0)
             for ref in ready:
-                actor, n = inflight.pop(ref)
-                self._idle.put(actor)
+                actor, batch, attempt = inflight.pop(ref)
+                self.release(actor)
                 try:
                     results.append(ray.get(ref))
-                except Exception as exc:
+                except RayActorError as exc:  # the actor was lost: its batch goes to the replacement
+                    self.replace(actor)
+                    if attempt + 1 >= ATTEMPTS:
+                        error = error or lost_tiles_error(batch, exc)
+                    else:
+                        log.warning("a model actor was lost; retrying its %d tile(s) %s", len(batch),
+                                    ", ".join(t.key for t in batch))
+                        self.retried += [t.key for t in batch]
+                        pending.append((batch, attempt + 1))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - re-raised once the other batches are back
                     error = error or exc
                     continue
-                done += n
+                done += len(batch)
                 if progress:
                     progress(done, len(tiles))
         if error is not None:
@@ -302,27 +404,3 @@ def borrow_pool(model_name: str, weights: LoadedWeights | None, *, workers: int 
     finally:
         own.close()
 
-
-def run_inference(input_store: str, output_store: str, *, model: str, loaded: LoadedWeights | None,
-                  model_args: dict, halo: int, bands: tuple[int, ...], statistics: str = "window",
-                  workers: int | None = None, batch_size: int = 4, ray_address: str | None = None) -> InferenceStats:
-    """Predict every tile of ``input_store`` into ``output_store``: Ray, the stores and the actors behind one call.
-
-    Starts (or attaches to) Ray, borrows the archive's shared model actors when there are, else
-    starts its own, and marks the output store complete at the end. The tile side is read back
-    from the input store (and checked against its chunks).
-    """
-    grid = store.read_grid(input_store)
-    tile = store.read_tile(input_store)
-    store.create_output_store(output_store, grid, tile)
-    started = ray_runtime.ensure_ray(ray_address)
-    try:
-        with borrow_pool(model, loaded, workers=workers, batch_size=batch_size, model_args=model_args) as pool:
-            job = InferenceJob(input_store, output_store, halo, bands, storage.installed(), statistics)
-            bar = Progress("infer")
-            stats = pool.run(job, make_tiles(grid.height, grid.width, tile), progress=bar,
-                             on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
-        store.mark_complete(output_store)
-        return stats
-    finally:
-        ray_runtime.shutdown_if_started(started)

@@ -16,15 +16,30 @@ from pipeline.vectorize import Polygonizer
 from pipeline.workdir import RunPaths
 
 
-def write_map_and_outputs(paths: RunPaths, pre: Preflight, run: RunOptions) -> dict[str, Any]:
-    """Write the COG and every requested output; returns ``{"change": statistics, "outputs": {kind: url}}``."""
+def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
+    """The block consumers a run's map feeds as it is written: statistics always, polygons with ``--vector``."""
     grid = pre.alignment.grid
-    stats = mapstats.ChangeStatistics(grid, pre.threshold)
-    sinks: list[Any] = [stats]
-    polygons = Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify) if run.vector else None
-    if polygons is not None:
-        sinks.append(polygons)
+    sinks: list[Any] = [mapstats.ChangeStatistics(grid, pre.threshold)]
+    if run.vector:
+        sinks.append(Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify))
+    return sinks
+
+
+def write_map_and_outputs(paths: RunPaths, pre: Preflight, run: RunOptions) -> dict[str, Any]:
+    """Write the COG from the run's stores and every requested output (see :func:`finish_outputs`)."""
+    sinks = make_sinks(pre, run)
     export.export_map(paths, run.output, pre, sinks)
+    return finish_outputs(pre, run, sinks)
+
+
+def finish_outputs(pre: Preflight, run: RunOptions, sinks: list[Any]) -> dict[str, Any]:
+    """Write the outputs besides the map from the fed ``sinks`` and the finished COG.
+
+    Returns ``{"change": statistics, "outputs": {kind: url}}``.
+    """
+    grid = pre.alignment.grid
+    stats = sinks[0]
+    polygons = sinks[1] if len(sinks) > 1 else None
     written = {"data": run.output}
     regions = classes = None
     if polygons is not None:

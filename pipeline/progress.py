@@ -84,7 +84,7 @@ def _artifact(stage: str):
                                                        description=f"changemap {stage}")
             else:
                 update_progress_artifact(artifact_id, pct)
-        except Exception:
+        except Exception:  # noqa: BLE001 - progress reporting must never fail a run
             pass
 
     return update

@@ -24,6 +24,11 @@ class RunSummary(BaseModel):
     workdir: str | None = None
     statistics: str = "window"
     statistics_passes: int = 0
+    tiles_predicted: int = 0  # tiles the model ran on in this attempt
+    tiles_reused: int = 0  # tiles an earlier, interrupted attempt had finished
+    tiles_retried: int = 0  # tiles predicted again after a lost model actor
+    chunks_decoded: int = 0
+    chunks_reused: int = 0
     change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.mapstats)
     outputs: dict[str, str] = {}  # kind (data, polygons, statistics, thumbnail, stac) -> path or URL
 
@@ -45,4 +50,9 @@ class RunSummary(BaseModel):
             out.append(f"changed: {c['changed_area_km2']:.6f} km² = {c['changed_percent_of_valid']:.2f} % of "
                        f"{c['valid_area_km2']:.6f} km² valid{regions} (threshold {c['threshold']:.2f})")
         out += [f"{kind}: {url}" for kind, url in self.outputs.items() if kind != "data"]
+        if self.tiles_reused or self.chunks_reused:
+            out.append(f"resumed: {self.tiles_reused} tiles and {self.chunks_reused} chunks reused from an earlier "
+                       f"attempt; {self.tiles_predicted} tiles predicted now")
+        if self.tiles_retried:
+            out.append(f"warning: {self.tiles_retried} tile(s) were predicted again after a lost model actor")
         return out + [self.line()]

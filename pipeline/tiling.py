@@ -150,3 +150,25 @@ def batch_by_shape(items: list, shape_of: Callable[[object], tuple], batch_size:
     for item in items:
         groups.setdefault(shape_of(item), []).append(item)
     return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def chunks_under(w: Window, tile: int) -> list[tuple[int, int]]:
+    """The (row, col) of every tile chunk a window's in-scene part overlaps."""
+    return [(r, c) for r in range(w.y0 // tile, (w.y1 - 1) // tile + 1)
+            for c in range(w.x0 // tile, (w.x1 - 1) // tile + 1)]
+
+
+def assemble(w: Window, tile: int, pieces: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    """A window's in-scene part ``(..., y1 - y0, x1 - x0)`` cut from the tile chunks that hold it.
+
+    ``pieces`` maps (row, col) to the chunk's array ``(..., h, w)`` (edge chunks are smaller).
+    """
+    first = next(iter(pieces.values()))
+    out = np.empty(first.shape[:-2] + (w.y1 - w.y0, w.x1 - w.x0), dtype=first.dtype)
+    for r, c in chunks_under(w, tile):
+        piece = pieces[(r, c)]
+        cy0, cx0 = r * tile, c * tile
+        y0, y1 = max(w.y0, cy0), min(w.y1, cy0 + piece.shape[-2])
+        x0, x1 = max(w.x0, cx0), min(w.x1, cx0 + piece.shape[-1])
+        out[..., y0 - w.y0:y1 - w.y0, x0 - w.x0:x1 - w.x0] = piece[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+    return out

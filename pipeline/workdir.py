@@ -57,3 +57,30 @@ def cleanup(paths: RunPaths, run: RunOptions, succeeded: bool) -> str | None:
         return paths.run_dir
     fs.remove_tree(paths.run_dir)
     return None
+
+
+class Records:
+    """Completion records of one run folder: an empty marker per finished unit of work.
+
+    A record is written only after the data it stands for (a chunk of ``input.zarr``, a tile of
+    ``output.zarr``), so a rerun trusts exactly what was finished and redoes a torn write.
+    Stages: ``ingest`` (the aligned chunk is in ``input.zarr``), ``infer`` (the tile's
+    probabilities are in ``output.zarr``).
+    """
+
+    STAGES = ("ingest", "infer")
+
+    def __init__(self, run_dir: str) -> None:
+        self.root = storage.join(run_dir, "records")
+
+    def done(self, stage: str) -> set[str]:
+        """The keys of the finished units of ``stage``."""
+        return {storage.basename(p) for p in fs.listdir(storage.join(self.root, stage))}
+
+    def mark(self, stage: str, key: str) -> None:
+        """Record that ``key`` of ``stage`` is finished (call after its data is written)."""
+        fs.touch(storage.join(self.root, stage, key))
+
+    def clear(self) -> None:
+        """Forget every record (the stores they vouch for are being recreated)."""
+        fs.remove_tree(self.root)

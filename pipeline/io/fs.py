@@ -171,3 +171,27 @@ def check_writable(url: str, role: str) -> None:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ChangemapError(f"{role} {path} cannot be written: no write permission in {ancestor}; "
                              "choose a folder you can write to")
+
+
+def listdir(url: str) -> list[str]:
+    """The names of the files directly under a folder or prefix (empty when it does not exist)."""
+    if not storage.is_remote(url):
+        folder = Path(storage.local_path(url))
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    try:
+        return sorted(storage.basename(p) for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def touch(url: str) -> None:
+    """Create an empty marker file (its parents as needed)."""
+    if not storage.is_remote(url):
+        path = Path(storage.local_path(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        return
+    fs, path = filesystem(url)
+    fs.pipe_file(path, b"")

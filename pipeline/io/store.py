@@ -74,8 +74,61 @@ def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, t
     _write(ds, path, encoding)
 
 
+def create_input_store(path: str, grid: Grid, bands: int, dtype: str, tile: int) -> None:
+    """Create ``image`` and ``valid`` (metadata only, one tile per chunk).
+
+    Chunks are written by :func:`write_input_chunk` as their tiles are decoded. An existing
+    store of the same layout is kept (a resumed run adds the chunks it lacks).
+    """
+    if _matches(path, IMAGE, (2, bands, grid.height, grid.width), tile):
+        return
+    image = da.zeros((2, bands, grid.height, grid.width), dtype=dtype, chunks=(2, bands, tile, tile))
+    valid = da.zeros((grid.height, grid.width), dtype=bool, chunks=(tile, tile))
+    ds = xr.Dataset(
+        {IMAGE: (("time", "band", "y", "x"), image), VALID: (("y", "x"), valid)},
+        coords={"time": ["before", "after"], "band": np.arange(1, bands + 1), **_coords(grid)},
+    )
+    ds = _georeference(ds, grid)
+    ds.attrs[_TILE] = tile
+    ds.attrs[_COMPLETE] = False
+    ds.to_zarr(storage.local_path(path), mode="w", compute=False, consolidated=False, zarr_format=2, **_so(path),
+               encoding=_encoding(ds, {IMAGE: {"chunks": (2, bands, tile, tile)}, VALID: {"chunks": (tile, tile)}}))
+
+
+def _matches(path: str, name: str, shape: tuple[int, ...], tile: int) -> bool:
+    """Whether ``path`` already holds array ``name`` of this shape in chunks of ``tile``."""
+    try:
+        arr = open_array(path, name)
+    except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
+        return False
+    return tuple(arr.shape) == shape and tuple(arr.chunks[-2:]) == (tile, tile)
+
+
+def write_input_chunk(path: str, y0: int, x0: int, image: np.ndarray, valid: np.ndarray) -> None:
+    """Write one tile's chunk of the aligned pair (chunk-aligned: no other writer shares it)."""
+    h, w = valid.shape
+    open_array(path, IMAGE, mode="r+")[:, :, y0:y0 + h, x0:x0 + w] = image
+    open_array(path, VALID, mode="r+")[y0:y0 + h, x0:x0 + w] = valid
+
+
+def read_input_chunk(path: str, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """One tile's chunk of the aligned pair: ``image (2, bands, h, w)`` and ``valid (h, w)``."""
+    return (open_array(path, IMAGE)[:, :, y0:y0 + h, x0:x0 + w], open_array(path, VALID)[y0:y0 + h, x0:x0 + w])
+
+
+def write_probability(path: str, y0: int, x0: int, prob: np.ndarray) -> None:
+    """Write one tile's core probabilities into its own chunk of ``output.zarr``."""
+    h, w = prob.shape
+    open_array(path, PROBABILITY, mode="r+")[y0:y0 + h, x0:x0 + w] = prob
+
+
 def create_output_store(path: str, grid: Grid, tile: int) -> None:
-    """Create ``probability`` (metadata only); tiles are written later, one chunk each."""
+    """Create ``probability`` (metadata only); tiles are written later, one chunk each.
+
+    An existing store of the same layout is kept (a resumed run keeps its finished tiles).
+    """
+    if _matches(path, PROBABILITY, (grid.height, grid.width), tile):
+        return
     prob = da.full((grid.height, grid.width), np.nan, dtype="float32", chunks=(tile, tile))
     ds = _georeference(xr.Dataset({PROBABILITY: (("y", "x"), prob)}, coords=_coords(grid)), grid)
     ds.attrs[_COMPLETE] = False

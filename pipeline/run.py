@@ -1,0 +1,83 @@
+"""One scene's map, end to end behind one call: the stores, Ray, the model actors, the stream, the writer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from pipeline import export, outputs, ray_runtime, storage, stream
+from pipeline.checks import Preflight
+from pipeline.config import RunOptions
+from pipeline.inference import InferenceJob, borrow_pool
+from pipeline.io import store
+from pipeline.progress import Progress
+from pipeline.tiling import make_tiles
+from pipeline.workdir import RunPaths
+
+RemoteMapWriter = ray.remote(num_cpus=0)(export.MapWriter)
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What making one scene's map did."""
+
+    stream: stream.StreamStats
+    sinks: list[Any]
+    workers: int
+    device: str
+    cluster: str
+    statistics_passes: int = 0
+
+
+def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
+    """The map writer actor: on this node for a local output (the file is written where the path is)."""
+    options: dict[str, Any] = {}
+    if not storage.is_remote(run.output):
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                        soft=False)
+    fmt = export.MapFormat(pre.spec.probability, pre.spec.mask, pre.threshold)
+    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, fmt, export.map_tags(pre), sinks,
+                                                     storage.installed())
+
+
+def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
+    """Stream the scene's tiles into its change map at ``run.output``; the stores keep what a rerun reuses.
+
+    Window statistics stream decode, model and map together. Scene statistics first decode the
+    whole scene into ``input.zarr`` (its passes need it), then measure and predict on the actor
+    pool, then write the map from the stores.
+    """
+    g, spec = pre.alignment.grid, pre.spec
+    store.create_input_store(paths.input_store, g, pre.alignment.before.count, pre.alignment.dtype, spec.tile)
+    store.create_output_store(paths.output_store, g, spec.tile)
+    job = stream.SceneStream(pre.alignment, paths.input_store, paths.output_store, paths.run_dir, spec.tile, pre.bands,
+                             storage.installed())
+    infer_job = InferenceJob(paths.input_store, paths.output_store, spec.halo, pre.bands, storage.installed(),
+                             spec.statistics, shape=(g.height, g.width, spec.tile))
+    started = ray_runtime.ensure_ray(run.ray_address)
+    try:
+        with borrow_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
+                         model_args=dict(pre.meta.model_args)) as pool:
+            writer = _writer(pre, run, outputs.make_sinks(pre, run))
+            passes = 0
+            if spec.statistics == "scene":
+                decoded, reused = stream.ingest_stream(job)
+                bar = Progress("infer")
+                tiles = make_tiles(g.height, g.width, spec.tile)
+                inferred = pool.run(infer_job, tiles, progress=bar,
+                                    on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
+                passes = inferred.statistics_passes
+                ray.get(stream.feed_from_stores(job, writer, tiles))
+                stats = stream.StreamStats(tiles=len(tiles), predicted=len(tiles), chunks_decoded=decoded,
+                                           chunks_reused=reused, retried=list(pool.retried))
+            else:
+                stats = stream.run_stream(job, pool, infer_job, writer)
+            sinks = ray.get(writer.close.remote())
+            workers, device = pool.workers, pool.device
+        store.mark_complete(paths.output_store)
+        return SceneResult(stats, sinks, workers, device, ray.get_runtime_context().gcs_address, passes)
+    finally:
+        ray_runtime.shutdown_if_started(started)
+

@@ -1,0 +1,254 @@
+"""The tile stream of one scene: decode -> model -> map, every stage overlapping the others on Ray.
+
+Each tile chunk is decoded (read + warp) by a Ray task placed anywhere in the cluster, which
+also writes it to ``input.zarr`` and records it; a tile goes to a model actor as soon as the
+chunks its window covers are decoded, straight from the object store (no zarr round trip); the
+actor's core probabilities go to ``output.zarr`` (a write task, then a record) and to the map
+writer, which writes the COG's blocks as tiles finish. In-flight work is bounded (chunks kept
+alive, batches per actor), so memory stays flat whatever the scene's height.
+
+Resume: chunks and tiles with a completion record are not redone (a finished tile's
+probabilities are read back from ``output.zarr`` for the map). Lost actors: a batch whose actor
+died is retried on a restarted or another actor, up to :data:`ATTEMPTS` times.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from pipeline import storage
+from pipeline.grid import Alignment
+from pipeline.inference import ATTEMPTS, InferenceJob, PredictorPool, lost_tiles_error
+from pipeline.io import store
+from pipeline.io.raster import AlignedPairReader
+from pipeline.progress import Progress
+from pipeline.tiling import Tile, chunks_under, make_tiles, tile_window
+from pipeline.workdir import Records
+
+LOOKAHEAD_BATCHES = 2  # batches whose chunks are decoded ahead of the model, per actor slot
+log = logging.getLogger("changemap.stream")
+
+
+@dataclass(frozen=True)
+class SceneStream:
+    """Where one scene's stream reads and writes."""
+
+    alignment: Alignment
+    input_store: str
+    output_store: str
+    run_dir: str
+    tile: int
+    bands: tuple[int, ...]  # 1-based, fed to the model
+    storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+
+
+@dataclass
+class StreamStats:
+    """What the stream did: counts and the busy seconds of each stage (summed over workers)."""
+
+    tiles: int = 0
+    predicted: int = 0
+    reused: int = 0  # tiles whose probabilities a previous attempt had recorded
+    chunks_decoded: int = 0
+    chunks_reused: int = 0
+    retried: list[str] = field(default_factory=list)  # keys of tiles predicted again after a lost actor
+
+
+# --- the CPU stages, as plain functions (Ray runs them as tasks anywhere in the cluster) -----------
+
+def decode_chunk(job: SceneStream, t: Tile, write: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read (and warp) one tile chunk of both dates; store and record it unless it already is.
+
+    Returns the model's bands ``(2, C, h, w)`` and the valid mask.
+    """
+    with storage.using(job.storage):
+        if write:
+            with AlignedPairReader(job.alignment) as reader:
+                image, valid = reader.read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
+            store.write_input_chunk(job.input_store, t.y0, t.x0, image, valid)
+            Records(job.run_dir).mark("ingest", t.key)
+        else:  # decoded by an earlier attempt: read back, not decoded again
+            image, valid = store.read_input_chunk(job.input_store, t.y0, t.x0, t.height, t.width)
+    return np.ascontiguousarray(image[:, np.asarray(job.bands) - 1]), valid
+
+
+def store_tiles(job: SceneStream, results: list[tuple[Tile, np.ndarray, np.ndarray]]) -> int:
+    """Write a batch's core probabilities into their own chunks of ``output.zarr``, then record them."""
+    with storage.using(job.storage):
+        records = Records(job.run_dir)
+        for t, prob, _ in results:
+            store.write_probability(job.output_store, t.y0, t.x0, prob)
+            records.mark("infer", t.key)
+    return len(results)
+
+
+def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+    """Finished tiles read back from the stores (resume, and the scene-statistics path)."""
+    with storage.using(job.storage):
+        prob = store.open_array(job.output_store, store.PROBABILITY)
+        valid = store.open_array(job.input_store, store.VALID)
+        return [(t, prob[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width],
+                 valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]) for t in tiles]
+
+
+_decode = ray.remote(num_cpus=0.5)(decode_chunk)
+_store = ray.remote(num_cpus=0.25)(store_tiles)
+_load = ray.remote(num_cpus=0.25)(load_tiles)
+
+
+def feed_from_stores(job: SceneStream, writer, tiles: list[Tile], group: int = 16) -> list:
+    """Send finished tiles, read back from the stores in small groups by Ray tasks, to the map writer."""
+    return [writer.put.remote(_load.remote(job, tiles[i:i + group])) for i in range(0, len(tiles), group)]
+
+
+def _kill_point(done: int) -> None:
+    """Fault injection for tests: kill this run like a preempted node.
+
+    ``CHANGEMAP_FAULT_RUN_KILL_AFTER=k`` sends SIGKILL once ``k`` tiles are recorded.
+    """
+    after = os.environ.get("CHANGEMAP_FAULT_RUN_KILL_AFTER")
+    if after is not None and done >= int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Chunks:
+    """Decode tasks of the chunks tiles need, submitted ahead and released once no tile needs them."""
+
+    def __init__(self, job: SceneStream, done: set[str], by_key: dict[tuple[int, int], Tile]) -> None:
+        self.job, self.done, self.by_key = job, done, by_key
+        self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
+        self.users: dict[tuple[int, int], int] = {}
+        self.decoded = self.reused = 0
+
+    def need(self, key: tuple[int, int]) -> ray.ObjectRef:
+        if key not in self.refs:
+            t = self.by_key[key]
+            write = t.key not in self.done
+            self.refs[key] = _decode.remote(self.job, t, write)
+            self.decoded += write
+            self.reused += not write
+        return self.refs[key]
+
+    def release(self, key: tuple[int, int]) -> None:
+        self.users[key] -= 1
+        if self.users[key] == 0:
+            del self.refs[key]  # the object store frees it once the batches using it are done
+
+
+def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, writer, *,
+               progress: Progress | None = None) -> StreamStats:
+    """Stream every tile of the scene through decode, the model actors and the map writer.
+
+    ``writer`` is a Ray actor handle with ``put(results)`` (a :class:`pipeline.export.MapWriter`).
+    Tiles recorded as predicted by an earlier attempt are read back and written to the map only.
+    """
+    g = job.alignment.grid
+    tiles = make_tiles(g.height, g.width, job.tile)
+    records = Records(job.run_dir)
+    done_in, done_out = records.done("ingest"), records.done("infer")
+    stats = StreamStats(tiles=len(tiles))
+    by_key = {(t.row, t.col): t for t in tiles}
+    todo = [t for t in tiles if t.key not in done_out]
+    finished = [t for t in tiles if t.key in done_out]
+    stats.reused = len(finished)
+    bar = progress or Progress("infer")
+    if finished:
+        bar.note(f"{len(finished)} of {len(tiles)} tiles reused from an earlier attempt")
+    chunks = _Chunks(job, done_in, by_key)
+    windows = {t: tile_window(t, job.tile, infer_job.halo, pool.size_divisor, g.height, g.width, clipped=False)
+               for t in todo}
+    needs = {t: chunks_under(windows[t], job.tile) for t in todo}
+    for t in todo:
+        for key in needs[t]:
+            chunks.users[key] = chunks.users.get(key, 0) + 1
+    batches = deque([todo[i:i + pool.batch_size], 0] for i in range(0, len(todo), pool.batch_size))
+    writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
+    predicting: dict = {}  # ref -> (actor, batch, attempt, keys)
+    storing: dict = {}  # ref -> number of tiles
+    done = len(finished)
+    bar(done, len(tiles))
+    ahead = LOOKAHEAD_BATCHES * pool.slots
+    while batches or predicting or storing:
+        # decode ahead: the chunks of the next batches are submitted before an actor is free
+        for batch, _ in list(batches)[:ahead]:
+            for t in batch:
+                for key in needs[t]:
+                    chunks.need(key)
+        # the map writer bounds the stream too: results wait in the object store, not in memory
+        if len(writes) > 4 * pool.slots:
+            _, writes = ray.wait(writes, num_returns=len(writes) - 2 * pool.slots)
+        while batches:
+            actor = pool.acquire(timeout=0 if predicting or storing else 5.0)
+            if actor is None:
+                break
+            batch, attempt = batches.popleft()
+            keys = sorted({k for t in batch for k in needs[t]})
+            ref = actor.predict_chunks.remote(infer_job, batch, keys, *[chunks.need(k) for k in keys])
+            predicting[ref] = (actor, batch, attempt, keys)
+        waiting = list(predicting) + list(storing)
+        if not waiting:
+            continue
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+        for ref in ready:
+            if ref in storing:
+                done += storing.pop(ref)
+                ray.get(ref)
+                bar(done, len(tiles))
+                _kill_point(done - stats.reused)
+                continue
+            actor, batch, attempt, keys = predicting.pop(ref)
+            pool.release(actor)
+            try:
+                ray.get(ref)
+            except RayActorError as exc:
+                if attempt + 1 >= ATTEMPTS:
+                    raise lost_tiles_error(batch, exc) from None
+                pool.replace(actor)
+                stats.retried += [t.key for t in batch]
+                log.warning("a model actor was lost; retrying its %d tile(s) %s (attempt %d of %d)",
+                            len(batch), ", ".join(t.key for t in batch), attempt + 2, ATTEMPTS)
+                bar.note(f"a model actor was lost: {len(batch)} tile(s) predicted again")
+                batches.appendleft([batch, attempt + 1])
+                continue
+            for key in keys:
+                chunks.release(key)
+            stats.predicted += len(batch)
+            storing[_store.remote(job, ref)] = len(batch)
+            writes.append(writer.put.remote(ref))
+    ray.get(writes)
+    stats.chunks_decoded, stats.chunks_reused = chunks.decoded, chunks.reused
+    return stats
+
+
+def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flight: int = 8) -> tuple[int, int]:
+    """Decode every chunk not yet recorded into ``input.zarr`` with Ray tasks.
+
+    The scene-statistics path needs the whole scene stored before its passes. Returns (chunks
+    decoded, chunks reused).
+    """
+    g = job.alignment.grid
+    tiles = make_tiles(g.height, g.width, job.tile)
+    done = Records(job.run_dir).done("ingest")
+    todo = [t for t in tiles if t.key not in done]
+    bar = progress or Progress("ingest", unit="chunks")
+    pending: list = []
+    finished = len(tiles) - len(todo)
+    for t in todo:
+        if len(pending) >= in_flight:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)
+            finished += 1
+            bar(finished, len(tiles))
+        pending.append(_decode.remote(job, t, True))
+    for ref in pending:
+        ray.get(ref)
+        finished += 1
+        bar(finished, len(tiles))
+    return len(todo), len(tiles) - len(todo)

@@ -1,0 +1,123 @@
+"""The tile stream: maps equal to the stores path, lost actors cost only their batches, killed runs resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline import checks, export, workdir
+from pipeline.config import MapSpec, RunOptions
+from pipeline.inference import InferenceJob, PredictorPool
+from pipeline.io import store
+from pipeline.run import make_map
+from pipeline.tiling import assemble, chunks_under, halo_window, make_tiles
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+
+def test_assemble_cuts_a_window_from_its_chunks():
+    scene = np.arange(2 * 10 * 11).reshape(2, 10, 11)
+    tiles = make_tiles(10, 11, 4)
+    pieces = {(t.row, t.col): scene[:, t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] for t in tiles}
+    w = halo_window(tiles[4], 2, 8, 10, 11)  # an inner tile's window, clipped by the scene
+    assert chunks_under(w, 4) == [(r, c) for r in range(3) for c in range(3)]
+    np.testing.assert_array_equal(assemble(w, 4, pieces), scene[:, w.y0:w.y1, w.x0:w.x1])
+
+
+def _read(path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def _stores_map(pre, tmp_path) -> np.ndarray:
+    """The map made the old way: ingest to zarr, predict from zarr windows, export from the stores."""
+    from pipeline import ingest
+
+    inp, out = str(tmp_path / "ref-in.zarr"), str(tmp_path / "ref-out.zarr")
+    ingest.ingest_pair(pre.alignment, inp, pre.spec.tile)
+    store.create_output_store(out, pre.alignment.grid, pre.spec.tile)
+    pool = PredictorPool(pre.meta.model, pre.loaded, batch_size=2)
+    try:
+        pool.run(InferenceJob(inp, out, pre.spec.halo, pre.bands), make_tiles(pre.alignment.grid.height,
+                                                                              pre.alignment.grid.width, pre.spec.tile))
+    finally:
+        pool.close()
+    dest = tmp_path / "ref.tif"
+    export.export_cog(out, inp, str(dest), probability="float32")
+    return _read(dest)
+
+
+@pytest.mark.slow
+def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, tmp_path, ray_local, monkeypatch):
+    spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
+                   probability="float32")
+    run = RunOptions(output=str(tmp_path / "stream.tif"), workdir=str(tmp_path / "work"), batch_size=2)
+    pre = checks.preflight(spec, run)
+    reference = _stores_map(pre, tmp_path)
+    # The model actor dies on its second batch (once); its batches go to a replacement.
+    monkeypatch.setenv("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "1")
+    monkeypatch.setenv("CHANGEMAP_FAULT_MARKER", str(tmp_path / "killed-once"))
+    made = make_map(pre, workdir.paths_for(pre.spec, run), run)
+    assert (tmp_path / "killed-once").exists()
+    s = made.stream
+    assert s.tiles == 20 and s.reused == 0 and s.chunks_decoded == 20
+    # Only what the lost actor held is redone: its two slots of 2 tiles at most.
+    assert 1 <= len(s.retried) <= 4 and s.predicted == 20 + 0 and len(set(s.retried)) == len(s.retried)
+    stream_map = _read(run.output)
+    assert np.array_equal(np.isnan(stream_map), np.isnan(reference))
+    np.testing.assert_allclose(stream_map, reference, atol=1e-6, equal_nan=True)
+    stats = made.sinks[0].result()
+    assert stats["pixels"]["valid"] == int((~np.isnan(reference)).sum())
+
+
+def _cli(args, env, timeout=600):
+    """``changemap`` in its own process group (a killed run's Ray processes go with it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the run left (a killed driver's Ray node)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, out, err
+
+
+def _summary(out: str) -> dict:
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_workdir", [True, False])
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "CHANGEMAP_CACHE": str(tmp_path / "cache")}
+    pair = [str(EXAMPLES / "levir_test_1_A.tif"), str(EXAMPLES / "levir_test_1_B.tif")]
+    opts = ["--tile", "256", "--halo", "32", "--probability", "float32", "--batch-size", "2", "--json"]
+    if with_workdir:
+        opts += ["--workdir", str(tmp_path / "work")]
+    code, out, err = _cli(["run", *pair, "-o", str(tmp_path / "whole.tif"), *opts], env)
+    assert code == 0, err[-3000:]
+    # Killed (SIGKILL) once 8 of its 16 tiles are recorded, like a preempted node.
+    killed = tmp_path / "resumed.tif"
+    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], {**env, "CHANGEMAP_FAULT_RUN_KILL_AFTER": "8"})
+    assert code == -signal.SIGKILL and not killed.exists()
+    work_root = tmp_path / "work" if with_workdir else tmp_path / "cache" / "work"
+    assert len(list(work_root.glob("changemap-*/records/infer/*"))) >= 8
+    # The identical command continues: only unfinished tiles are predicted, no recorded chunk is decoded again.
+    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], env)
+    assert code == 0, err[-3000:]
+    s = _summary(out)
+    assert s["tiles_reused"] >= 8 and s["tiles_predicted"] == 16 - s["tiles_reused"]
+    assert s["chunks_reused"] >= 8 and s["chunks_decoded"] + s["chunks_reused"] <= 16
+    assert "resumed:" in out
+    np.testing.assert_allclose(_read(killed), _read(tmp_path / "whole.tif"), atol=1e-6)
+    assert not list(work_root.glob("changemap-*"))  # removed after success
