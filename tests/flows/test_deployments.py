@@ -70,7 +70,7 @@ def test_served_deployment_run_processes_an_archive(tmp_path):
                 try:
                     client.read_deployment_by_name("process_archive/nightly-archive")
                     break
-                except Exception:
+                except Exception:  # noqa: BLE001 - the server may not answer yet
                     assert served.poll() is None, served.stdout.read().decode()[-3000:]
                     assert time.monotonic() < deadline, "changemap serve did not register the deployment"
                     time.sleep(1)
