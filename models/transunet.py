@@ -1,5 +1,7 @@
-"""Siamese TransUNet (Chen et al., TransUNet, 2021): a shared R50-ViT hybrid encoder, fused tokens and skips,
-and TransUNet's cascaded upsampler (CUP)."""
+"""Siamese TransUNet (Chen et al., TransUNet, 2021).
+
+A shared R50-ViT hybrid encoder, fused tokens and skips, and TransUNet's cascaded upsampler (CUP).
+"""
 from __future__ import annotations
 
 from typing import Any

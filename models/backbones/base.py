@@ -7,7 +7,8 @@ their input must be a multiple of (:func:`size_divisor`) instead of hard-coding 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

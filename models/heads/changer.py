@@ -1,4 +1,7 @@
-"""Changer head: per-date MLP decoding, flow dual-alignment fusion (FDAF), MixFFN, classifier."""
+"""Changer head (Fang et al., Changer, TGRS 2023).
+
+Per-date MLP decoding, flow dual-alignment fusion (FDAF), MixFFN, classifier.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""DeepLabV3+ head: ASPP on the deep features, decoder with the low-level features."""
+"""DeepLabV3+ head (Chen et al., DeepLabV3+, ECCV 2018): ASPP on the deep features, decoder with the low-level ones."""
 from __future__ import annotations
 
 import torch

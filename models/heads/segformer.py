@@ -1,4 +1,4 @@
-"""SegFormer's all-MLP decode head."""
+"""SegFormer's all-MLP decode head (Xie et al., SegFormer, NeurIPS 2021)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""TransUNet's cascaded upsampler (DecoderCup) and segmentation head."""
+"""TransUNet's cascaded upsampler (DecoderCup) and segmentation head (Chen et al., TransUNet, 2021)."""
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,12 @@
-"""Attention plugins (seed 001): SE and ECA, looked up by name, channel count first, composable.
+"""Attention plugins, looked up by name, channel count first, composable (as timm's ``get_attn``).
+
+SE: squeeze-and-excitation (Hu et al., SE, CVPR 2018); ECA: efficient channel attention
+(Wang et al., ECA-Net, CVPR 2020).
 
 A plugin maps ``(B, C, H, W)`` to ``(B, C, H, W)`` (``Parallel`` with ``concat`` to
 ``2C``). Each exposes ``in_channels``/``out_channels`` so a host can check that it fits
 the feature it is inserted on, at build time, instead of building a silently degenerate
-module (the seed's own example inserts SE on 3 channels and gets ``Linear(3, 0)``).
+module (SE with reduction 16 inserted on 3 channels would get ``Linear(3, 0)``).
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ class PluginError(ValueError):
 
 
 class SEAttention(nn.Module):
-    """Squeeze-and-excitation: global average pool, Linear(C, C/r), ReLU, Linear(C/r, C), sigmoid, rescale."""
+    """Squeeze-and-excitation (Hu et al., SE, CVPR 2018).
+
+    Global average pool, Linear(C, C/r), ReLU, Linear(C/r, C), sigmoid, rescale.
+    """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
@@ -44,7 +50,10 @@ class SEAttention(nn.Module):
 
 
 class ECAAttention(nn.Module):
-    """Efficient channel attention: global average pool, Conv1d across channels (kernel k), sigmoid, rescale."""
+    """Efficient channel attention (Wang et al., ECA-Net, CVPR 2020).
+
+    Global average pool, Conv1d across channels (kernel k), sigmoid, rescale.
+    """
 
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__()

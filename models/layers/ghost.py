@@ -1,4 +1,4 @@
-"""Ghost modules (seed 004): cheap depthwise "ghost" features next to a primary conv."""
+"""Ghost modules (Han et al., GhostNet, CVPR 2020): cheap depthwise "ghost" features next to a primary conv."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Interaction layers between the two dates' streams (Changer, open-cd).
+"""Interaction layers between the two dates' streams (Fang et al., Changer, TGRS 2023; as in open-cd).
 
 Each takes and returns a pair ``(x1, x2)`` of equally shaped features.
 """

@@ -1,4 +1,6 @@
-"""TinyCD's building blocks: channel-interleaving mixing, pixel-wise MLPs, masked up-sampling.
+"""TinyCD's building blocks (Codegoni et al., TinyCD, 2022).
+
+Channel-interleaving mixing, pixel-wise MLPs, masked up-sampling.
 
 Attribute names (``_convmix``, ``_linears``, ``_mixing``, ``_linear``, ``_convolution``)
 follow the reference implementation so its checkpoints load unchanged.

@@ -1,4 +1,5 @@
-"""Attention plugins from seed 001: shapes, composition, and build-time channel checks."""
+"""Attention plugins SE (Hu et al., SE, CVPR 2018) and ECA (Wang et al., ECA-Net, CVPR 2020): shapes,
+composition, and build-time channel checks."""
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,7 @@ def test_se_and_eca_rescale_per_channel():
     assert eca(x).shape == x.shape
 
 
-def test_cascade_and_parallel_compositions_of_the_seed():
+def test_cascade_and_parallel_compositions():
     x = torch.randn(1, 63, 64, 64)
     assert Cascade(SEAttention(63, 7), ECAAttention(63))(x).shape == (1, 63, 64, 64)
     assert Parallel(SEAttention(63, 7), ECAAttention(63), merge="concat")(x).shape == (1, 126, 64, 64)

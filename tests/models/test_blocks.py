@@ -1,4 +1,5 @@
-"""Ghost (seed 004), MobileNetV2 (seed 002) and TransUNet (seed 003) building blocks."""
+"""Building blocks: Ghost modules (Han et al., GhostNet, CVPR 2020), MobileNetV2 (Sandler et al., CVPR 2018)
+and TransUNet's hybrid encoder (Chen et al., TransUNet, 2021)."""
 from __future__ import annotations
 
 import pytest
@@ -68,6 +69,18 @@ def test_resnetv2_skips_and_odd_sizes():
     assert [tuple(s.shape[1:]) for s in skips] == [(256, 8, 8), (128, 16, 16), (32, 32, 32)]
     _, odd = net(torch.randn(1, 3, 72, 72))
     assert odd[0].shape[-1] == 72 // 8  # the 1/8 skip zero-padded to its expected size
+
+
+def test_resnetv2_pads_each_skip_to_its_own_height_and_width():
+    net = ResNetV2((1, 1, 1), 0.5).eval()
+    with torch.no_grad():
+        feat, skips = net(torch.randn(1, 3, 48, 80))  # the 1/4 map comes out 11 x 19
+    assert tuple(feat.shape[1:]) == (512, 3, 5)
+    assert [tuple(s.shape[1:]) for s in skips] == [(256, 6, 10), (128, 12, 20), (32, 24, 40)]
+    assert not skips[1][..., -1, :].any() and not skips[1][..., -1].any()  # zero-padded bottom row, right column
+    assert skips[1][..., :-1, :-1].any()
+    assert [tuple(f.shape[1:]) for f in net.forward_features(torch.randn(1, 3, 48, 80))] == [
+        (c, 48 // s, 80 // s) for c, s in net.feature_info]
 
 
 def test_vit_position_embeddings_zoom_to_other_grids():

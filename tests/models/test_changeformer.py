@@ -1,4 +1,4 @@
-"""MiT backbone, fusion neck, SegFormer head and ChangeFormer against the seed's figures."""
+"""MiT backbone, fusion neck, SegFormer head and ChangeFormer against open-cd's and SegFormer's figures."""
 from __future__ import annotations
 
 import pytest

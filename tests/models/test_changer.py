@@ -34,7 +34,7 @@ def test_aggregation_distribution_gates_each_date():
     (256, [(1, 128, 64, 64), (1, 256, 32, 32), (1, 512, 16, 16), (1, 1024, 8, 8)]),
     (32, [(1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2), (1, 1024, 1, 1)]),
 ])
-def test_ia_resnet_v1c_18_shapes_of_the_seed(size, shapes):
+def test_ia_resnet_v1c_18_shapes(size, shapes):
     net = ia_resnet_v1c(18).eval()
     x = torch.randn(1, 3, size, size)
     assert [tuple(o.shape) for o in net.forward_pair(x, x)] == shapes

@@ -1,4 +1,4 @@
-"""ResNet (seed 004): shapes, options, and plugins that really chain."""
+"""ResNet (He et al., ResNet, CVPR 2016): shapes, options, and plugins that really chain."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,7 @@ from models.backbones.resnet import ResNet
 from models.layers.attention import ECAAttention, PluginError, SEAttention
 
 
-def test_resnet18_feature_shapes_of_the_seed():
+def test_resnet18_feature_shapes():
     outs = ResNet(18).eval()(torch.randn(1, 3, 32, 32))
     assert [tuple(o.shape) for o in outs] == [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2), (1, 512, 1, 1)]
 
@@ -56,7 +56,7 @@ def test_plugins_chain_each_on_the_previous_output():
     eca.register_forward_hook(lambda m, i, o: seen.append(("eca_in", i[0])))
     net(torch.randn(1, 3, 64, 64))
     (_, se_out), (_, eca_in) = seen[:2]
-    assert torch.equal(se_out, eca_in)  # the seed's quoted code would feed the conv output to both
+    assert torch.equal(se_out, eca_in)  # plugins applied to the block's input would both see the conv output
 
 
 def test_plugin_errors_at_build_time():

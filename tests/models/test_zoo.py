@@ -40,6 +40,19 @@ def test_contract_for_any_bands_and_output_convention(name, in_channels, num_cla
     assert p.shape == (1, 64, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
 
 
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_registered_model_runs_non_square_inputs(name):
+    """(2, 2, 3, 64, 96) -> logits (2, K, 64, 96), each model as registered (full TransUNet included)."""
+    torch.manual_seed(0)
+    model = models.create_model(name).eval()
+    x = torch.randn(2, 2, 3, 64, 96)
+    with torch.no_grad():
+        out = model(x)
+        alone = model(x[1:])
+    assert out.shape == (2, model.num_classes, 64, 96) and torch.isfinite(out).all()
+    torch.testing.assert_close(alone, out[1:], atol=1e-4, rtol=1e-4)  # no mixing across the batch
+
+
 def test_full_transunet_runs_at_a_non_native_size():
     model = models.create_model("transunet-r50-vit-b16").eval()
     with torch.no_grad():
