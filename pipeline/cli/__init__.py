@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -11,14 +14,51 @@ from pipeline.cli import options
 from pipeline.cli.learn import add_dataset_evaluate_options as _add_dataset_evaluate_options
 from pipeline.cli.learn import add_train_parser as _add_train_parser
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
+from pipeline.errors import ChangemapError, one_paragraph
 
 _USER_ERROR_EXIT = 2
 # Options of one pair that an archive derives per pair instead of taking them.
 _PER_PAIR = ("output", "keep_workdir", "vector", "stats", "quicklook", "stac")
+# Errors of the model zoo that are the user's (a name or a checkpoint that does not fit); looked up
+# only once the zoo is imported, so that a typo in an option is answered without importing torch.
+_MODEL_ERRORS = ("UnknownModelError", "UnknownBackboneError", "WeightsError")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, answering a bad command line in one line (``changemap: error: ...``) instead of the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(_USER_ERROR_EXIT, f"changemap: error: {message}; see '{self.prog} --help'\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                   ) -> argparse.Namespace:
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self._command(getattr(ns, "command", None))
+            hint = _did_you_mean(extra, command)
+            (command or self).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        return ns
+
+    def _command(self, name: str | None) -> argparse.ArgumentParser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                return action.choices[name]
+        return None
+
+
+def _did_you_mean(extra: list[str], parser: argparse.ArgumentParser | None) -> str:
+    known = [o for a in parser._actions for o in a.option_strings] if parser else []
+    hints = []
+    for token in extra:
+        if token.startswith("--"):
+            close = difflib.get_close_matches(token.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{token.split('=', 1)[0]} -> {close[0]}")
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="changemap", description="Change maps from bitemporal GeoTIFFs.")
+    p = _Parser(prog="changemap", description="Change maps from bitemporal GeoTIFFs.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="detect changes between two rasters and write a COG change map")
@@ -63,26 +103,75 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    zoo = [sys.modules.get("models.registry"), sys.modules.get("models.weights"), sys.modules.get("models")]
+    found = {getattr(m, name, None) for m in zoo if m is not None for name in _MODEL_ERRORS}
+    return (ChangemapError, *(t for t in found if isinstance(t, type)))
+
+
+def user_error(exc: BaseException | None) -> BaseException | None:
+    """The user error behind ``exc``, if any: itself, or the cause Ray (``RayTaskError``) or a wrapper carries.
+
+    A user error is a :class:`~pipeline.errors.ChangemapError` or the model zoo's unknown-model and
+    weights errors: the user can fix it, and it is answered in one paragraph, without a traceback.
+    """
+    types, seen = _user_error_types(), set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # RayTaskError(X) is an X, and carries the original X
+        if isinstance(exc, types):
+            return cause if isinstance(cause, types) else exc
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
+
+
+def _user_error_names() -> re.Pattern:
+    names: set[str] = set()
+    stack = list(_user_error_types())
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ not in names:
+            names.add(cls.__name__)
+            stack.extend(cls.__subclasses__())
+    return re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r")\)?:")
+
+
+# The loggers that would repeat a user error with a traceback: Prefect's flow and task run loggers
+# ("Encountered exception during execution", "Task run failed with exception", "Finished in state
+# Failed(...)"), its engine loggers, and Ray's driver ("Unhandled error" of a task whose result
+# nobody read after the run had already failed).
+_ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "prefect.flow_engine",
+                   "prefect.task_engine", "ray._private.worker")
+
+
+class _QuietUserErrors(logging.Filter):
+    """Drops the engines' log records about a user error: the CLI says it once, in one paragraph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and user_error(record.exc_info[1]) is not None:
+            return False
+        if record.levelno < logging.INFO:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot format is not ours to judge
+            return True
+        return not _user_error_names().search(text)
+
+
+_QUIET = _QuietUserErrors()
+
+
 def _quiet_user_errors() -> None:
-    """Prefect logs a failing flow or task with its traceback; a user error is said once, by us."""
-    import logging
-
-    from models import UnknownModelError, WeightsError
-    from pipeline.errors import ChangemapError
-
-    user = (ChangemapError, WeightsError, UnknownModelError)
-
-    def keep(record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, user) and not (record.levelno >= logging.ERROR and "ChangemapError" in
-                                                  record.getMessage())
-
-    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
-        logging.getLogger(name).addFilter(keep)
+    """Prefect and Ray log a failing flow, task or remote task with its traceback; a user error is said once, by us."""
+    for name in _ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline import checks, storage
+    from pipeline import checks, ray_runtime, storage
 
     spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
@@ -90,7 +179,8 @@ def _run(args: argparse.Namespace) -> int:
     from flows.change_detection import detect_changes
 
     _quiet_user_errors()
-    summary = detect_changes(spec, run)
+    with ray_runtime.services(run.ray_address):
+        summary = detect_changes(spec, run)
     if args.json:
         print(summary.model_dump_json())
     for line in summary.lines():
@@ -99,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from pipeline import checks, storage
+    from pipeline import checks, ray_runtime, storage
 
     archive_options = options.take(args, ArchiveOptions)
     settings, run = options.take(args, MapSettings), options.take(args, RunOptions, exclude=_PER_PAIR)
@@ -108,7 +198,8 @@ def _archive(args: argparse.Namespace) -> int:
     from flows.archive import process_archive
 
     _quiet_user_errors()
-    state = process_archive(archive_options, settings, run, return_state=True)
+    with ray_runtime.services(run.ray_address):
+        state = process_archive(archive_options, settings, run, return_state=True)
     data = state.result(raise_on_failure=False)
     if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)
         raise data if isinstance(data, Exception) else RuntimeError(str(state.message))
@@ -199,15 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pipeline.LOOPBACK_RAY and "ray" not in sys.modules:
             os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from models import UnknownModelError, WeightsError
-    from pipeline.errors import ChangemapError
-
+    commands = {"run": _run, "archive": _archive, "serve": _serve, "evaluate": _evaluate, "models": _models,
+                "train": _train}
     try:
-        commands = {"run": _run, "archive": _archive, "serve": _serve, "evaluate": _evaluate, "models": _models,
-                    "train": _train}
         return commands[args.command](args)
-    except (ChangemapError, WeightsError, UnknownModelError) as exc:
-        print(f"changemap: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        found = user_error(exc)
+        if found is None:
+            raise
+        print(f"changemap: error: {one_paragraph(str(found))}", file=sys.stderr)
         return _USER_ERROR_EXIT
 
 

@@ -9,7 +9,9 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -24,7 +26,17 @@ from rasterio.warp import transform_bounds as _transform_bounds
 from rasterio.windows import Window as RioWindow
 
 from pipeline import storage
-from pipeline.errors import GridError, InputRasterError
+from pipeline.errors import (
+    CorruptRasterError,
+    GridError,
+    InputAccessDeniedError,
+    InputRasterError,
+    InputStorageError,
+    InputUnreachableError,
+    MissingRasterError,
+    one_paragraph,
+    storage_failure,
+)
 from pipeline.grid import Alignment, Bounds, Grid, RasterInfo
 from pipeline.io import fs
 
@@ -102,41 +114,98 @@ def _rio(url: str) -> Iterator[rasterio.DatasetReader]:
             yield stack.enter_context(rasterio.open(url, opener=fs.rasterio_opener(url)))
 
 
-_DENIED = ("403", "401", "Access Denied", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")
-_MISSING = ("No such file", "does not exist", "404", "NoSuchKey", "NoSuchBucket")
+def storage_endpoint(url: str) -> str | None:
+    """The endpoint a remote URL is served from, where it is known (custom S3 endpoint, HTTP host)."""
+    proto = storage.protocol(url)
+    if proto == "s3":
+        return _endpoint(storage.options_for(url))
+    if proto == "http":
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return None
 
 
-def _missing(path: str) -> bool:
-    if storage.is_remote(path):
-        return False  # one request less: opening it says the same
-    return not Path(storage.local_path(path)).exists()
+def _failure(exc: BaseException, path: str, role: str, where: str = "") -> InputRasterError:
+    """The user error a failed open or read of ``path`` amounts to.
+
+    One of: unreachable endpoint, access denied, missing file or object, server error, or (none of
+    those) a corrupt file; ``where`` names the rows and columns of a failed window read.
+    """
+    shown = storage.redact_url(path)
+    detail = _detail(exc)
+    kind = storage_failure(detail)
+    if not storage.is_remote(path) and kind not in ("denied", "missing"):
+        kind = None  # a local file has no endpoint or server: what fails is its bytes
+    what = f"{role} raster {shown}"
+    if kind == "unreachable":
+        endpoint = storage_endpoint(path) or f"the {storage.protocol(path)}:// endpoint"
+        return InputUnreachableError(
+            f"{what} cannot be read: the storage endpoint {endpoint} cannot be reached ({detail}); check "
+            "endpoint_url in --storage-options (or AWS_ENDPOINT_URL), that the server is up, and the network")
+    if kind == "denied":
+        return InputAccessDeniedError(
+            f"{what} is not readable with the given credentials ({detail}); check the credentials (environment, "
+            "profile or --storage-options) and the permissions on the file or object")
+    if kind == "missing":
+        if not storage.is_remote(path):
+            return MissingRasterError(f"{what} does not exist; check the path (and the working directory)")
+        return MissingRasterError(
+            f"{what} does not exist ({detail}); check the URL (bucket and key); if it existed when the run "
+            "started, something deleted or replaced it meanwhile")
+    if kind == "server":
+        return InputStorageError(
+            f"{what} cannot be read: the storage answered with a server error ({detail}); try again later")
+    if where:
+        return CorruptRasterError(
+            f"{what} cannot be read at {where} ({detail}); the file is corrupt or truncated there: "
+            "re-download or re-export it")
+    return CorruptRasterError(
+        f"{what} cannot be read as a raster ({detail}); the file is corrupt, truncated or not a GeoTIFF: "
+        "re-download or re-export it")
+
+
+def _detail(exc: BaseException) -> str:
+    """GDAL's own words for a failure, scrubbed of secrets: rasterio's error and the GDAL errors before it.
+
+    rasterio often raises "Read failed. See previous exception for details." and chains the
+    errors GDAL reported (block, codec, HTTP status), which say what actually went wrong.
+    """
+    said: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(said) < 4:
+        seen.add(id(exc))
+        text = one_paragraph(str(exc)).rstrip(".")
+        if text and "See previous exception" not in text and not any(text in s for s in said):
+            said.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return storage.scrub("; ".join(said) or "no detail")[:300]
+
+
+# What a failed rasterio call raises: its own errors, and OS/fsspec errors through an ``opener``.
+_READ_ERRORS = (RasterioError, OSError)
 
 
 @contextmanager
 def _open(path: str, role: str) -> Iterator[rasterio.DatasetReader]:
-    """Open a raster, turning a missing or unreadable file into an error that names it and the fix."""
-    shown = storage.redact_url(path)
-    if _missing(path):
-        raise InputRasterError(f"{role} raster {shown} does not exist; check the path (and the working directory)")
+    """Open a raster, turning a missing or unreadable file into an error that names it and the fix.
+
+    The error says which of these it is: a missing file or object, an unreachable storage endpoint,
+    access denied, a server error, or (anything else GDAL refuses) a corrupt file.
+    """
+    if not storage.is_remote(path):  # one stat, and a plain sentence; remote: opening says the same
+        local = Path(storage.local_path(path))
+        if not local.exists():
+            raise MissingRasterError(f"{role} raster {path} does not exist; check the path (and the working directory)")
+        if local.is_dir():
+            raise InputRasterError(f"{role} raster {path} is a folder; give the raster file inside it")
+        if not os.access(local, os.R_OK):
+            raise InputAccessDeniedError(f"{role} raster {path} is not readable: permission denied; "
+                                         "check the file's permissions (chmod/chown) or run as its owner")
     try:
         with _rio(path) as src:
             yield src
-    except RasterioError as exc:
-        detail = storage.scrub(str(exc).strip()[:300])
-        if storage.is_remote(path) and any(m in detail for m in _DENIED):
-            raise InputRasterError(
-                f"{role} raster {shown} is not readable with the given credentials ({detail}); check the "
-                "credentials (environment, profile or --storage-options), the endpoint and the permissions"
-            ) from None
-        if storage.is_remote(path) and any(m in detail for m in _MISSING):
-            raise InputRasterError(
-                f"{role} raster {shown} does not exist or is not readable ({detail}); check the URL, the "
-                "credentials (environment, profile or --storage-options) and the endpoint"
-            ) from None
-        raise InputRasterError(
-            f"{role} raster {shown} cannot be read as a raster ({detail}); the file is corrupt, "
-            "truncated or not a GeoTIFF: re-download or re-export it"
-        ) from None
+    except _READ_ERRORS as exc:
+        raise _failure(exc, path, role) from None
 
 
 def read_info(path: str, role: str = "input") -> RasterInfo:
@@ -196,46 +265,113 @@ class AlignedPairReader:
     def __enter__(self) -> AlignedPairReader:
         a = self.alignment
         try:
-            self._sources.append(self._stack.enter_context(_rio(a.before.path)))
-            after = self._stack.enter_context(_rio(a.after.path))
-            if a.warp_after:
-                g = a.grid
-                after = self._stack.enter_context(WarpedVRT(
-                    after, crs=CRS.from_wkt(g.crs_wkt), transform=Affine(*g.transform), width=g.width,
-                    height=g.height, resampling=Resampling.bilinear,
-                    # Without a nodata value the VRT needs an alpha band to say where AFTER has no data.
-                    add_alpha=after.nodata is None,
-                ))
-            self._sources.append(after)
-        except RasterioError as exc:
+            for info, role in ((a.before, "BEFORE"), (a.after, "AFTER")):
+                try:
+                    src = self._stack.enter_context(_rio(info.path))
+                    if role == "AFTER" and a.warp_after:
+                        g = a.grid
+                        src = self._stack.enter_context(WarpedVRT(
+                            src, crs=CRS.from_wkt(g.crs_wkt), transform=Affine(*g.transform), width=g.width,
+                            height=g.height, resampling=Resampling.bilinear,
+                            # Without a nodata value the VRT needs an alpha band to say where AFTER has no data.
+                            add_alpha=src.nodata is None,
+                        ))
+                except _READ_ERRORS as exc:
+                    raise _failure(exc, info.path, role) from None
+                self._sources.append(src)
+        except BaseException:
             self._stack.close()
-            raise InputRasterError(f"cannot open the input pair: {storage.scrub(str(exc))}") from None
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
+    def _date(self, i: int, window: RioWindow, data: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """One date's bands (if ``data``) and where it has data (nodata, GDAL mask/alpha, NaN)."""
+        info, role = ((self.alignment.before, "BEFORE"), (self.alignment.after, "AFTER"))[i]
+        src = self._sources[i]
+        try:
+            image = src.read(list(range(1, info.count + 1)), window=window) if data or info.dtype[0] == "f" else None
+            mask = src.dataset_mask(window=window) > 0
+        except _READ_ERRORS as exc:
+            rows, cols = window.toranges()
+            raise _failure(exc, info.path, role, f"rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}") from None
+        if image is not None and image.dtype.kind == "f":
+            mask &= ~np.isnan(image).any(axis=0)
+        return image, mask
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``image (2, bands, h, w)`` in the common dtype and ``valid (h, w)`` (both dates have data)."""
-        a = self.alignment
         window = RioWindow(x0, y0, x1 - x0, y1 - y0)
-        bands = list(range(1, a.before.count + 1))
-        images, valid = [], np.ones((y1 - y0, x1 - x0), dtype=bool)
-        for src, info in zip(self._sources, (a.before, a.after)):
-            try:
-                data = src.read(bands, window=window)
-                mask = src.dataset_mask(window=window) > 0
-            except RasterioError as exc:
-                raise InputRasterError(
-                    f"reading rows {y0}-{y1}, columns {x0}-{x1} of {storage.redact_url(info.path)} failed "
-                    f"({storage.scrub(str(exc).strip()[:200])}); "
-                    "the file is corrupt or truncated: re-download or re-export it"
-                ) from exc
-            if data.dtype.kind == "f":
-                mask &= ~np.isnan(data).any(axis=0)
-            valid &= mask
-            images.append(data.astype(a.dtype, copy=False))
-        return np.stack(images), valid
+        (before, valid_before), (after, valid_after) = (self._date(i, window, data=True) for i in (0, 1))
+        dtype = self.alignment.dtype
+        return np.stack([before.astype(dtype, copy=False), after.astype(dtype, copy=False)]), valid_before & valid_after
+
+    def masks(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where BEFORE and where AFTER have data in a window (bands are read only for float data's NaN)."""
+        window = RioWindow(x0, y0, x1 - x0, y1 - y0)
+        return self._date(0, window, data=False)[1], self._date(1, window, data=False)[1]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Whether BEFORE, AFTER, and both at one pixel, have data where their footprints overlap."""
+
+    before: bool
+    after: bool
+    both: bool
+
+
+_SAMPLES = 8  # the first look: an 8 x 8 grid of small windows spread over the overlap
+_SAMPLE_SIDE = 64
+_SCAN_SIDE = 1024  # the full scan's windows (a multiple of the usual 256/512 blocks)
+
+
+def _overlap_window(a: Alignment) -> tuple[int, int, int, int]:
+    """The output-grid pixels ``(y0, y1, x0, x1)`` AFTER's footprint covers (the whole grid when aligned)."""
+    g = a.grid
+    full = (0, g.height, 0, g.width)
+    if not a.warp_after:
+        return full
+    left, bottom, right, top = bounds_in_crs(a.after, g.crs_wkt)
+    inv = ~Affine(*g.transform)
+    xs, ys = zip(*(inv * corner for corner in ((left, bottom), (left, top), (right, bottom), (right, top))))
+    y0, y1 = max(0, int(np.floor(min(ys)))), min(g.height, int(np.ceil(max(ys))))
+    x0, x1 = max(0, int(np.floor(min(xs)))), min(g.width, int(np.ceil(max(xs))))
+    return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else full
+
+
+def _sample_windows(y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int, int, int]]:
+    def starts(lo: int, hi: int) -> list[int]:
+        side = min(_SAMPLE_SIDE, hi - lo)
+        return sorted({min(hi - side, max(lo, int(lo + (k + 0.5) * (hi - lo) / _SAMPLES) - side // 2))
+                       for k in range(_SAMPLES)})
+
+    hy, hx = min(_SAMPLE_SIDE, y1 - y0), min(_SAMPLE_SIDE, x1 - x0)
+    return [(y, y + hy, x, x + hx) for y in starts(y0, y1) for x in starts(x0, x1)]
+
+
+def overlap_coverage(alignment: Alignment) -> Coverage:
+    """Find out whether the pair has a pixel where both dates have data (what a map needs), cheaply.
+
+    First look: 64 windows of 64 x 64 pixels spread evenly over the overlap, a few dozen block reads
+    whatever the scene size. If they hold a pixel valid in both dates, that settles it. Otherwise a
+    full scan of the overlap's masks in 1024-pixel windows decides (stopping at the first pixel valid
+    in both), so a pair is never judged empty for valid pixels the sample missed; that costs one read
+    of the masks, less than the ingest it saves.
+    """
+    y0, y1, x0, x1 = _overlap_window(alignment)
+    seen_before = seen_after = False
+    scan = [(wy, min(wy + _SCAN_SIDE, y1), wx, min(wx + _SCAN_SIDE, x1))
+            for wy in range(y0, y1, _SCAN_SIDE) for wx in range(x0, x1, _SCAN_SIDE)]
+    with AlignedPairReader(alignment) as reader:
+        for window in [*_sample_windows(y0, y1, x0, x1), *scan]:
+            before, after = reader.masks(*window)
+            seen_before, seen_after = seen_before or bool(before.any()), seen_after or bool(after.any())
+            if (before & after).any():
+                return Coverage(True, True, True)
+    return Coverage(seen_before, seen_after, False)
 
 
 def read_raster(path: str, band: int = 1) -> tuple[np.ndarray, Grid, np.ndarray]:

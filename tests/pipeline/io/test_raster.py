@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline import errors
 from pipeline.checks import plan_grid
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Grid
@@ -112,3 +113,100 @@ def test_rasters_are_read_through_fsspec_for_protocols_gdal_lacks(synthetic):
         mem.rm("/raster-test", recursive=True)
     with pytest.raises(InputRasterError, match="memory://raster-test/gone.tif"):
         raster.read_info("memory://raster-test/gone.tif", "BEFORE")
+
+
+# --- what went wrong, told apart: endpoint, access, missing, server, corrupt -------------------------
+
+@pytest.fixture(scope="module")
+def status_server():
+    """An HTTP server on loopback answering ``GET /<status>/...`` with that status (403, 404, 500, ...)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(int(self.path.strip("/").split("/")[0]))
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("status,error,text", [
+    (403, errors.InputAccessDeniedError, "is not readable with the given credentials (HTTP response code: 403)"),
+    (401, errors.InputAccessDeniedError, "is not readable with the given credentials"),
+    (404, errors.MissingRasterError, "does not exist (HTTP response code: 404); check the URL"),
+    (500, errors.InputStorageError, "the storage answered with a server error"),
+])
+def test_http_answers_are_told_apart(status_server, status, error, text):
+    url = f"{status_server}/{status}/scene.tif"
+    with pytest.raises(error) as exc:
+        raster.read_info(url, "AFTER")
+    assert text in str(exc.value) and url in str(exc.value) and isinstance(exc.value, InputRasterError)
+
+
+def test_an_s3_endpoint_that_refuses_connections_is_not_called_corrupt():
+    import json
+    import socket
+
+    from pipeline import storage
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = {"key": "k", "secret": "s3cr3t-never-shown", "endpoint_url": f"http://127.0.0.1:{port}"}
+    with storage.using(storage.StorageOptions.from_json(json.dumps(options))):
+        with pytest.raises(errors.InputUnreachableError) as exc:
+            raster.read_info("s3://bucket/before.tif", "BEFORE")
+    message = str(exc.value)
+    assert f"the storage endpoint http://127.0.0.1:{port} cannot be reached" in message
+    assert "endpoint_url in --storage-options" in message and "corrupt" not in message
+    assert "s3cr3t" not in message
+
+
+def tiled_with_corrupt_middle(folder) -> tuple[str, str]:
+    """A tiled DEFLATE GeoTIFF (768 x 768, 256-pixel tiles, no nodata) whose middle tile's bytes are zeroed,
+    and a clean copy: the header and the last tile read fine, the middle does not."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    data = np.random.default_rng(5).integers(0, 255, (3, 768, 768), dtype="uint8")
+    profile = {"driver": "GTiff", "width": 768, "height": 768, "count": 3, "dtype": "uint8",
+               "crs": CRS.from_epsg(32614), "transform": from_origin(600000, 3340000, 1, 1), "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    clean, bad = folder / "clean.tif", folder / "middle_corrupt.tif"
+    for path in (clean, bad):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    with rasterio.open(bad) as src:  # where GDAL says tile (1, 1) lies in the file
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    raw = bytearray(bad.read_bytes())
+    raw[offset + 16:offset + size - 16] = bytes(size - 32)
+    bad.write_bytes(bytes(raw))
+    return str(bad), str(clean)
+
+
+def test_a_corrupt_block_in_the_middle_is_named_with_its_window(tmp_path):
+    bad, clean = tiled_with_corrupt_middle(tmp_path)
+    alignment = plan_grid(bad, clean)  # the header and the last block are fine
+    assert raster.overlap_coverage(alignment).both  # no nodata: the masks need no pixel
+    with raster.AlignedPairReader(alignment) as reader:
+        reader.read(0, 256, 0, 256)
+        with pytest.raises(errors.CorruptRasterError) as exc:
+            reader.read(256, 512, 256, 512)
+    message = str(exc.value)
+    assert f"BEFORE raster {bad} cannot be read at rows 256-512, columns 256-512" in message
+    assert "Decoding error" in message and "re-download or re-export it" in message  # GDAL's own words
+
+
+def test_a_folder_is_not_a_raster(tmp_path):
+    with pytest.raises(InputRasterError, match="is a folder; give the raster file inside it"):
+        raster.read_info(str(tmp_path), "BEFORE")
