@@ -2,7 +2,7 @@
 
     python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64] [--statistics scene]
     python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--statistics scene] [--extras]
-                                        [--model NAME] [--keep]
+                                        [--model NAME] [--keep] [--keep-stores]
     python -m pipeline.benchmark models [--size 256 --batch 8 --threads 2]
 
 ``levir`` runs the flow on LEVIR-CD test_1..3 (F1 against the labels, COG checks), compares
@@ -12,7 +12,9 @@ tiles (written block by block, never whole in memory), runs ``changemap run`` on
 child process and samples the resident memory of that process tree (driver, Ray and its
 actors; Linux /proc) to report the peak next to the throughput; ``--extras`` also asks the run
 for polygons, statistics and a quicklook (``--vector --stats --quicklook``), to measure what
-they add in memory and time.
+they add in memory and time. With ``--keep-stores`` the work stores stay, so a second run with
+the same scene and map settings resumes with every tile done: it only exports (with or without
+the extras), which isolates what the extras cost from the inference time.
 """
 from __future__ import annotations
 
@@ -194,6 +196,8 @@ def _large(args: argparse.Namespace) -> None:
               "quicklook": work / f"quicklook_{args.size}.png"} if args.extras else {}
     for key, path in extras.items():
         cmd += [f"--{key}", str(path)]
+    if args.keep_stores:
+        cmd += ["--keep-workdir"]
     code, seconds, (peak_rss, peak_pss), output = run_with_peak_memory(cmd)
     summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
     if code or summary is None:
@@ -210,7 +214,7 @@ def _large(args: argparse.Namespace) -> None:
         sizes = ", ".join(f"{k} {p.stat().st_size / 1e6:.1f} MB" for k, p in extras.items() if p.exists())
         print(f"extras: {change.get('regions')} regions, {change.get('changed_area_km2', 0):.4f} km² changed "
               f"({change.get('changed_percent_of_valid', 0):.2f} %); {sizes}")
-    if not args.keep:
+    if not (args.keep or args.keep_stores):
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -258,13 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     large.add_argument("--size", type=int, default=8192)
     large.add_argument("--workdir", default=None, help="where the mosaics and stores go (default: temporary)")
     large.add_argument("--keep", action="store_true", help="keep the mosaics and outputs")
+    large.add_argument("--keep-stores", action="store_true",
+                       help="keep the work stores: a second run with the same settings only exports")
     large.add_argument("--extras", action="store_true",
                        help="also write polygons (.gpkg), statistics and a quicklook (--vector --stats --quicklook)")
     large.add_argument("--model", default=None,
                        help="registered model (default: tinycd with its weights; others run with --weights none)")
+    from pipeline.throughput import add_parser, throughput
+
+    add_parser(sub)
     args = p.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    {"levir": _levir, "large": _large, "models": _models}[args.which](args)
+    {"levir": _levir, "large": _large, "models": _models, "throughput": throughput}[args.which](args)
 
 
 if __name__ == "__main__":
