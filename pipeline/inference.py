@@ -213,7 +213,9 @@ class PredictorPool:
             self.device = "cuda"
         else:
             self.workers = workers or 1
-            per_actor = max(1, cpus // self.workers)
+            # An actor lives on one node: no more CPUs than the largest node has.
+            largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+            per_actor = max(1, min(cpus // self.workers, int(largest)))
             # Torch uses all the actor's cores, but one logical CPU of each is left to the stream's
             # decode and write tasks, which would otherwise wait for the actors to finish.
             options = {"num_cpus": max(1, per_actor - 1)}

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 
@@ -46,3 +49,32 @@ def shutdown_if_started(started: bool) -> None:
     """Shut Ray down if :func:`ensure_ray` started (or attached) it in this process."""
     if started and ray.is_initialized():
         ray.shutdown()
+
+
+@contextmanager
+def services(address: str | None = None) -> Iterator[None]:
+    """Prefect's API and Ray started at the same time, Ray stopped at the end if started here.
+
+    Each takes seconds to start; started one after the other they are most of a small run's
+    time. Prefect's ephemeral API (no ``PREFECT_API_URL``) starts in a thread while Ray starts
+    here; a flow run inside the block finds both up.
+    """
+    def prefect_api() -> None:
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+        if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            from prefect.server.api.server import SubprocessASGIServer
+
+            try:
+                SubprocessASGIServer().start()
+            except Exception:  # noqa: BLE001 - the flow starts it itself and reports what fails
+                pass
+
+    thread = threading.Thread(target=prefect_api, name="prefect-api", daemon=True)
+    thread.start()
+    started = ensure_ray(address)
+    thread.join()
+    try:
+        yield
+    finally:
+        shutdown_if_started(started)

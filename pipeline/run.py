@@ -1,6 +1,7 @@
 """One scene's map, end to end behind one call: the stores, Ray, the model actors, the stream, the writer."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,8 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
                 stats = stream.run_stream(job, pool, infer_job, writer)
             sinks = ray.get(writer.close.remote())
             workers, device = pool.workers, pool.device
+        if os.environ.get("CHANGEMAP_TIMELINE"):  # the benchmark's per-stage busy time
+            ray.timeline(filename=os.environ["CHANGEMAP_TIMELINE"])
         store.mark_complete(paths.output_store)
         return SceneResult(stats, sinks, workers, device, ray.get_runtime_context().gcs_address, passes)
     finally:

@@ -73,7 +73,7 @@ def decode_chunk(job: SceneStream, t: Tile, write: bool) -> tuple[np.ndarray, np
             with AlignedPairReader(job.alignment) as reader:
                 image, valid = reader.read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
             store.write_input_chunk(job.input_store, t.y0, t.x0, image, valid)
-            Records(job.run_dir).mark("ingest", t.key)
+            Records(job.run_dir).mark("ingest", t.key, ray.get_runtime_context().get_node_id())
         else:  # decoded by an earlier attempt: read back, not decoded again
             image, valid = store.read_input_chunk(job.input_store, t.y0, t.x0, t.height, t.width)
     return np.ascontiguousarray(image[:, np.asarray(job.bands) - 1]), valid
@@ -82,10 +82,10 @@ def decode_chunk(job: SceneStream, t: Tile, write: bool) -> tuple[np.ndarray, np
 def store_tiles(job: SceneStream, results: list[tuple[Tile, np.ndarray, np.ndarray]]) -> int:
     """Write a batch's core probabilities into their own chunks of ``output.zarr``, then record them."""
     with storage.using(job.storage):
-        records = Records(job.run_dir)
+        records, node = Records(job.run_dir), ray.get_runtime_context().get_node_id()
         for t, prob, _ in results:
             store.write_probability(job.output_store, t.y0, t.x0, prob)
-            records.mark("infer", t.key)
+            records.mark("infer", t.key, node)
     return len(results)
 
 
@@ -98,7 +98,8 @@ def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarr
                  valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]) for t in tiles]
 
 
-_decode = ray.remote(num_cpus=0.5)(decode_chunk)
+# Decoding is spread over the cluster's nodes: reads and warps are the stream's heaviest CPU work.
+_decode = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(decode_chunk)
 _store = ray.remote(num_cpus=0.25)(store_tiles)
 _load = ray.remote(num_cpus=0.25)(load_tiles)
 

@@ -77,9 +77,13 @@ class Records:
         """The keys of the finished units of ``stage``."""
         return {storage.basename(p) for p in fs.listdir(storage.join(self.root, stage))}
 
-    def mark(self, stage: str, key: str) -> None:
-        """Record that ``key`` of ``stage`` is finished (call after its data is written)."""
-        fs.touch(storage.join(self.root, stage, key))
+    def mark(self, stage: str, key: str, note: str = "") -> None:
+        """Record that ``key`` of ``stage`` is finished (call after its data is written); ``note`` says by whom."""
+        fs.write_small(storage.join(self.root, stage, key), note)
+
+    def note(self, stage: str, key: str) -> str:
+        """What a record says (the Ray node that did the work)."""
+        return fs.read_text(storage.join(self.root, stage, key))
 
     def clear(self) -> None:
         """Forget every record (the stores they vouch for are being recreated)."""

@@ -186,12 +186,12 @@ def listdir(url: str) -> list[str]:
         return []
 
 
-def touch(url: str) -> None:
-    """Create an empty marker file (its parents as needed)."""
+def write_small(url: str, text: str = "") -> None:
+    """Write a marker file holding ``text`` (its parents as needed); the data it vouches for is already written."""
     if not storage.is_remote(url):
         path = Path(storage.local_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        path.write_text(text)
         return
     fs, path = filesystem(url)
-    fs.pipe_file(path, b"")
+    fs.pipe_file(path, text.encode())

@@ -1,0 +1,209 @@
+"""``python -m pipeline.benchmark throughput``: how fast pixels move through a run, side by side.
+
+One invocation prints, for an N x N 3-band pair (a mosaic of LEVIR-CD tiles): the raw decode
+rate of the pair on all cores (rasterio, no pipeline), the model alone (forward passes on the
+run's window size and batch), the whole run, the run with a negligible-compute model (the data
+path alone), the fixed cost of a run (a tiny run's wall time), the busy seconds of each stream
+stage (Ray's task timeline), the peak memory of the process tree, and the two ratios the data
+path is judged by. ``--marginal M`` also runs an M x M pair so fixed costs cancel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+NULL_MODEL = "benchmark-null"  # a 1x1 convolution: the data path without the model's compute
+
+
+def register_null_model() -> None:
+    """Register the negligible-compute model (benchmark only)."""
+    import torch
+
+    from models.base import ChangeModel
+    from models.registry import _REGISTRY, register_model
+
+    class NullChange(ChangeModel):
+        """One 1x1 convolution over both dates: costs next to nothing."""
+
+        def __init__(self, in_channels: int = 3, num_classes: int = 1) -> None:
+            super().__init__()
+            self.num_classes = num_classes
+            self.mix = torch.nn.Conv2d(2 * in_channels, num_classes, 1)
+
+        def forward_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+            return self.mix(torch.cat([before, after], 1))
+
+    if NULL_MODEL not in _REGISTRY:
+        register_model(NULL_MODEL, "benchmark only: a 1x1 convolution")(NullChange)
+
+
+def decode_rate(before: Path, after: Path, threads: int) -> float:
+    """Megapixels of the pair per second read by rasterio on ``threads`` threads (both dates)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(before) as src:
+        height, width = src.height, src.width
+    rows = [(y, min(512, height - y)) for y in range(0, height, 512)]
+
+    def read(path: Path, y: int, h: int) -> None:
+        with rasterio.open(path) as src:
+            src.read(window=Window(0, y, width, h))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(lambda job: read(*job), [(p, y, h) for p in (before, after) for y, h in rows]))
+    return height * width / 1e6 / (time.perf_counter() - start)
+
+
+def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeats: int = 3) -> float:
+    """Core megapixels per second of forward passes alone on the run's windows (same device)."""
+    import torch
+
+    from pipeline import loader
+    from pipeline.engine import forward_probability
+    from pipeline.tiling import window_size
+
+    net, meta, _ = loader.build(model, None if model != NULL_MODEL else "none")
+    net.to(device)
+    side = window_size(tile, halo, net.size_divisor)
+    x = torch.randn(batch, 2, meta.in_channels, side, side, device=device)
+    forward_probability(net, x)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward_probability(net, x)
+    return repeats * batch * tile * tile / 1e6 / (time.perf_counter() - start)
+
+
+def stage_busy(timeline: Path) -> dict[str, float]:
+    """Busy seconds per stage, summed over Ray's task timeline (Chrome trace events)."""
+    names = {"decode_chunk": "decode+ingest", "predict_chunks": "model", "store_tiles": "output.zarr",
+             "put": "map writer", "load_tiles": "reload"}
+    busy: dict[str, float] = {}
+    for event in json.loads(timeline.read_text()):
+        name = str(event.get("name", ""))
+        for key, stage in names.items():
+            if name.endswith(key) and event.get("ph") == "X":
+                busy[stage] = busy.get(stage, 0.0) + float(event.get("dur", 0)) / 1e6
+    return busy
+
+
+def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespace, work: Path) -> dict:
+    """One ``changemap run`` in a child process (peak memory of its tree sampled); its summary and figures."""
+    from pipeline.benchmark import run_with_peak_memory
+
+    timeline = work / f"timeline-{out.stem}.json"
+    cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(pair[0]), str(pair[1]), "-o", str(out),
+           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--batch-size", str(args.batch),
+           "--model", model, "--json", "--workdir", str(work / "stores")]
+    if model == NULL_MODEL:
+        cmd += ["--weights", "none"]
+    env = {**os.environ, "CHANGEMAP_TIMELINE": str(timeline)}
+    code, seconds, (rss, pss), output = run_with_peak_memory(cmd, env)
+    summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
+    if code or summary is None:
+        print(output[-3000:])
+        raise SystemExit(f"run failed with exit code {code}")
+    busy = stage_busy(timeline) if timeline.exists() else {}
+    return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy}
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """The benchmark (see the module docstring)."""
+    from pipeline.benchmark import make_mosaic
+
+    register_null_model()
+    root = Path(args.data) / "levir-cd-1024" / "geotiff"
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = sorted({args.size, *([args.marginal] if args.marginal else [])})
+    pairs = {}
+    for size in sizes + [256]:
+        before, after = work / f"before_{size}.tif", work / f"after_{size}.tif"
+        for path, date in ((before, "A"), (after, "B")):
+            if not path.exists():
+                make_mosaic(path, size, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)])
+        pairs[size] = (before, after)
+    cores = os.cpu_count() or 1
+    decode = decode_rate(*pairs[args.size], threads=cores)
+    model_only = model_rate(args.model, args.tile, args.halo, args.batch, args.device)
+    tiny = _run(pairs[256], work / "tiny.tif", NULL_MODEL, args, work)
+    null = {s: _run(pairs[s], work / f"null_{s}.tif", NULL_MODEL, args, work) for s in sizes}
+    whole = _run(pairs[args.whole_size or args.size], work / "whole.tif", args.model, args, work) \
+        if not args.skip_model_run else None
+    mp = {s: s * s / 1e6 for s in sizes}
+    n = null[args.size]
+    data_rate = mp[args.size] / n["summary"]["seconds"]
+    lines = [
+        f"machine: {cores} CPU cores; device {args.device}; model {args.model}; tile {args.tile} + halo {args.halo}, "
+        f"batch {args.batch}",
+        f"raw decode of the {args.size}² pair (rasterio, {cores} threads): {decode:.1f} MP/s",
+        f"model alone ({args.model}, forward passes): {model_only:.3f} MP/s",
+        f"fixed cost (a 256² run with the null model, process wall): {tiny['wall']:.1f} s "
+        f"(inside the flow {tiny['summary']['seconds']:.1f} s)",
+    ]
+    for s in sizes:
+        r = null[s]
+        lines.append(f"data path alone (null model), {s}²: {r['summary']['seconds']:.1f} s in the flow = "
+                     f"{mp[s] / r['summary']['seconds']:.2f} MP/s; process wall {r['wall']:.1f} s; "
+                     f"peak PSS {r['pss'] / 2**20:.0f} MiB (RSS {r['rss'] / 2**20:.0f} MiB); "
+                     f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(r['busy'].items()))}")
+    if args.marginal:
+        a, b = null[args.marginal], null[args.size]
+        marginal = (mp[args.size] - mp[args.marginal]) / (b["summary"]["seconds"] - a["summary"]["seconds"])
+        lines.append(f"data path, marginal rate {args.marginal}² -> {args.size}²: {marginal:.2f} MP/s = "
+                     f"{marginal / decode:.3f} x raw decode")
+        lines.append(f"peak PSS {args.size}² / {args.marginal}²: {b['pss'] / a['pss']:.3f}")
+    lines.append(f"data path (null model) / raw decode at {args.size}²: {data_rate / decode:.3f}")
+    if whole is not None:
+        ws = args.whole_size or args.size
+        rate = ws * ws / 1e6 / whole["summary"]["seconds"]
+        lines.append(f"whole run ({args.model}), {ws}²: {whole['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
+                     f"peak PSS {whole['pss'] / 2**20:.0f} MiB; stage busy s: "
+                     f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(whole['busy'].items()))}")
+        lines.append(f"whole run / min(model alone, decode): {rate / min(model_only, decode):.3f}")
+    print("\n".join(lines), flush=True)
+
+
+def add_parser(sub) -> None:
+    """``throughput`` options."""
+    from pipeline.benchmark import DEFAULT_DATA
+
+    t = sub.add_parser("throughput", help="decode, model, data path and whole run rates side by side")
+    t.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
+    t.add_argument("--size", type=int, default=8192)
+    t.add_argument("--marginal", type=int, default=None, help="also this size, for the marginal rate (e.g. 4096)")
+    t.add_argument("--whole-size", type=int, default=None, help="size of the whole run with the model (default --size)")
+    t.add_argument("--skip-model-run", action="store_true", help="do not run the whole pipeline with the model")
+    t.add_argument("--model", default="tinycd")
+    t.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    t.add_argument("--tile", type=int, default=512)
+    t.add_argument("--halo", type=int, default=64)
+    t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--workdir", default=None)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _child(argv: list[str]) -> int:
+    """The measured run: the CLI with the benchmark's null model registered."""
+    register_null_model()
+    from pipeline.cli import main
+
+    return main(argv)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["_run"]:
+    sys.exit(_child(["run", *sys.argv[2:]]))
