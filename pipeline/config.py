@@ -172,6 +172,8 @@ class RunOptions(Frozen):
     output: str | None = option(None, "output change map (Cloud-Optimized GeoTIFF)", short="-o")
     workers: int | None = option(None, "inference actors (default: one per GPU, else 1)")
     batch_size: int = option(4, "windows per forward pass")
+    compile: bool = option(False, "compile the model with torch.compile in each actor (opt-in: slow to start, "
+                                  "for long GPU runs)")
     workdir: str | None = option(None, "folder for intermediate zarr stores (default: temporary)")
     keep_workdir: bool = option(False, "keep the intermediate stores after success")
     overwrite: bool = option(False, "replace an existing output")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from pipeline import storage
+from pipeline.config import MapSettings
 from pipeline.grid import Grid
 from pipeline.io import fs, store
 from pipeline.io.raster import iter_blocks, write_cog
@@ -39,11 +40,25 @@ class BlockSink(Protocol):
 
 @dataclass(frozen=True)
 class MapFormat:
-    """How probabilities become the map's bands."""
+    """How probabilities become the map's bands: the map settings' output options, and the threshold."""
 
-    probability: str = "uint8"  # or float32
-    mask: bool = False  # band 2: the binary change mask
+    settings: MapSettings = MapSettings()
     threshold: float = 0.5
+
+    @classmethod
+    def of(cls, pre: Preflight) -> MapFormat:
+        """The format a run's map spec asks for."""
+        return cls(pre.spec, pre.threshold)
+
+    @property
+    def probability(self) -> str:
+        """Band 1's type: ``uint8`` (probability x 255) or ``float32``."""
+        return self.settings.probability
+
+    @property
+    def mask(self) -> bool:
+        """Whether band 2 holds the binary change mask."""
+        return self.settings.mask
 
     @property
     def descriptions(self) -> tuple[str, ...]:
@@ -95,7 +110,7 @@ def export_cog(output_store: str, input_store: str, dest: str, *, probability: s
     (GDAL internal mask; NaN as well for float32). Every block is also handed to ``sinks``.
     """
     grid = store.read_grid(output_store)
-    fmt = MapFormat(probability, mask, threshold)
+    fmt = MapFormat(MapSettings(probability=probability, mask=mask), threshold)
     prob = store.open_array(output_store, store.PROBABILITY)
     valid = store.open_array(input_store, store.VALID)
     blocks = (fmt.encode((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w], sinks)
@@ -162,5 +177,6 @@ def map_tags(pre: Preflight) -> dict[str, str]:
 
 def export_map(paths: RunPaths, dest: str, pre: Preflight, sinks: Sequence[BlockSink] = ()) -> Grid:
     """The run's output store -> its change-map COG at ``dest``, stamped with the map spec."""
-    return export_cog(paths.output_store, paths.input_store, dest, probability=pre.spec.probability,
-                      mask=pre.spec.mask, threshold=pre.threshold, tags=map_tags(pre), sinks=sinks)
+    fmt = MapFormat.of(pre)
+    return export_cog(paths.output_store, paths.input_store, dest, probability=fmt.probability, mask=fmt.mask,
+                      threshold=fmt.threshold, tags=map_tags(pre), sinks=sinks)

@@ -52,12 +52,14 @@ class TilePredictor:
 
     def __init__(self, model_name: str, weights: LoadedWeights | None, *, batch_size: int = 4,
                  device: str | None = None, threads: int | None = None,
-                 model_args: dict | None = None) -> None:
+                 model_args: dict | None = None, compile: bool = False) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.meta = loader.build_loaded(model_name, weights, model_args)
         self.model.to(self.device)
+        if compile:  # opt-in: minutes of compilation, paid back on long GPU runs
+            self.model = torch.compile(self.model)
         self.batch_size = batch_size
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
@@ -69,8 +71,15 @@ class TilePredictor:
                 "size_divisor": str(self.model.size_divisor)}
 
     def _prepare(self, x: np.ndarray) -> torch.Tensor:
-        """A ``(B, 2, C, h, w)`` raw batch, normalised on the model's device."""
-        return normalize(torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True), self.meta)
+        """A ``(B, 2, C, h, w)`` raw batch, normalised on the model's device.
+
+        On a GPU the raw batch (uint8 imagery: a quarter of float32's bytes) is copied from pinned
+        memory without blocking, and normalised there.
+        """
+        raw = torch.from_numpy(np.ascontiguousarray(x))
+        if self.device.type == "cuda":
+            raw = raw.pin_memory()
+        return normalize(raw.to(self.device, non_blocking=True), self.meta)
 
     def _scene(self, job: InferenceJob) -> tuple[TileEngine, Callable, Callable, zarr.Array, zarr.Array]:
         """The engine and readers of one scene's stores (kept for the next batches of the scene)."""
@@ -196,7 +205,7 @@ class PredictorPool:
     """Model actors placed on the Ray cluster: one per GPU (``num_gpus=1``), else CPU actors."""
 
     def __init__(self, model_name: str, weights: LoadedWeights | None, *, workers: int | None = None,
-                 batch_size: int = 4, model_args: dict | None = None) -> None:
+                 batch_size: int = 4, model_args: dict | None = None, compile: bool = False) -> None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = max(1, int(ray.available_resources().get("CPU", 1)))
         # Actors that cannot be placed would wait forever: refuse instead.
@@ -226,7 +235,8 @@ class PredictorPool:
             options["runtime_env"] = {"env_vars": faults}
         weights_ref = ray.put(weights)  # kept: a lost actor's replacement loads the same weights
         self._spawn = lambda: RemotePredictor.options(**options).remote(
-            model_name, weights_ref, batch_size=batch_size, device=self.device, threads=threads, model_args=model_args)
+            model_name, weights_ref, batch_size=batch_size, device=self.device, threads=threads, model_args=model_args,
+            compile=compile)
         self.actors = [self._spawn() for _ in range(self.workers)]
         self._replaced: dict = {}  # actor id of a lost actor -> its replacement
         self.retried: list[str] = []  # keys of tiles predicted again after a lost actor
@@ -369,18 +379,20 @@ _shared_lock = threading.Lock()
 
 
 def pool_key(model_name: str, weights: LoadedWeights | None, batch_size: int, workers: int | None,
-             model_args: dict | None) -> str:
+             model_args: dict | None, compile: bool = False) -> str:
     """What makes two runs able to share model actors."""
     sha = weights.meta.sha256 if weights is not None else "random"
-    return json.dumps([model_name, sha, batch_size, workers, model_args or {}], sort_keys=True, default=str)
+    return json.dumps([model_name, sha, batch_size, workers, model_args or {}, compile], sort_keys=True, default=str)
 
 
 @contextmanager
 def shared_pool(model_name: str, weights: LoadedWeights | None, *, workers: int | None = None,
-                batch_size: int = 4, model_args: dict | None = None) -> Iterator[PredictorPool]:
+                batch_size: int = 4, model_args: dict | None = None, compile: bool = False
+                ) -> Iterator[PredictorPool]:
     """Create a pool that :func:`borrow_pool` lends to runs in this process until the block ends."""
-    key = pool_key(model_name, weights, batch_size, workers, model_args)
-    pool = PredictorPool(model_name, weights, workers=workers, batch_size=batch_size, model_args=model_args)
+    key = pool_key(model_name, weights, batch_size, workers, model_args, compile)
+    pool = PredictorPool(model_name, weights, workers=workers, batch_size=batch_size, model_args=model_args,
+                         compile=compile)
     with _shared_lock:
         _shared[key] = pool
     try:
@@ -393,14 +405,16 @@ def shared_pool(model_name: str, weights: LoadedWeights | None, *, workers: int 
 
 @contextmanager
 def borrow_pool(model_name: str, weights: LoadedWeights | None, *, workers: int | None = None,
-                batch_size: int = 4, model_args: dict | None = None) -> Iterator[PredictorPool]:
+                batch_size: int = 4, model_args: dict | None = None, compile: bool = False
+                ) -> Iterator[PredictorPool]:
     """The shared pool for this model if one is open, else a pool of our own, closed afterwards."""
     with _shared_lock:
-        pool = _shared.get(pool_key(model_name, weights, batch_size, workers, model_args))
+        pool = _shared.get(pool_key(model_name, weights, batch_size, workers, model_args, compile))
     if pool is not None:
         yield pool
         return
-    own = PredictorPool(model_name, weights, workers=workers, batch_size=batch_size, model_args=model_args)
+    own = PredictorPool(model_name, weights, workers=workers, batch_size=batch_size, model_args=model_args,
+                        compile=compile)
     try:
         yield own
     finally:

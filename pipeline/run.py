@@ -38,8 +38,8 @@ def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
     if not storage.is_remote(run.output):
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=False)
-    fmt = export.MapFormat(pre.spec.probability, pre.spec.mask, pre.threshold)
-    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, fmt, export.map_tags(pre), sinks,
+    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, export.MapFormat.of(pre),
+                                                     export.map_tags(pre), sinks,
                                                      storage.installed())
 
 
@@ -60,7 +60,7 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
     started = ray_runtime.ensure_ray(run.ray_address)
     try:
         with borrow_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
-                         model_args=dict(pre.meta.model_args)) as pool:
+                         model_args=dict(pre.meta.model_args), compile=run.compile) as pool:
             writer = _writer(pre, run, outputs.make_sinks(pre, run))
             passes = 0
             if spec.statistics == "scene":

@@ -78,18 +78,22 @@ def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, 
     assert stats["pixels"]["valid"] == int((~np.isnan(reference)).sum())
 
 
-def _cli(args, env, timeout=600):
-    """``changemap`` in its own process group (a killed run's Ray processes go with it)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
+def _cli(args, env, log: Path, timeout=900):
+    """``changemap`` in its own process group (a killed run's Ray processes go with it).
+
+    Output goes to files, not pipes: the Ray processes of a killed run would hold pipes open.
+    """
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env, stdout=out,
+                                stderr=err, start_new_session=True)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the run left (a killed driver's Ray node)
-        except ProcessLookupError:
-            pass
-    return proc.returncode, out, err
+            proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever the run left (a killed driver's Ray node)
+            except ProcessLookupError:
+                pass
+    return proc.returncode, log.with_suffix(".out").read_text(), log.with_suffix(".err").read_text()
 
 
 def _summary(out: str) -> dict:
@@ -104,16 +108,17 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir):
     opts = ["--tile", "256", "--halo", "32", "--probability", "float32", "--batch-size", "2", "--json"]
     if with_workdir:
         opts += ["--workdir", str(tmp_path / "work")]
-    code, out, err = _cli(["run", *pair, "-o", str(tmp_path / "whole.tif"), *opts], env)
+    code, out, err = _cli(["run", *pair, "-o", str(tmp_path / "whole.tif"), *opts], env, tmp_path / "whole")
     assert code == 0, err[-3000:]
     # Killed (SIGKILL) once 8 of its 16 tiles are recorded, like a preempted node.
     killed = tmp_path / "resumed.tif"
-    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], {**env, "CHANGEMAP_FAULT_RUN_KILL_AFTER": "8"})
+    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], {**env, "CHANGEMAP_FAULT_RUN_KILL_AFTER": "8"},
+                          tmp_path / "killed")
     assert code == -signal.SIGKILL and not killed.exists()
     work_root = tmp_path / "work" if with_workdir else tmp_path / "cache" / "work"
     assert len(list(work_root.glob("changemap-*/records/infer/*"))) >= 8
     # The identical command continues: only unfinished tiles are predicted, no recorded chunk is decoded again.
-    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], env)
+    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], env, tmp_path / "resumed")
     assert code == 0, err[-3000:]
     s = _summary(out)
     assert s["tiles_reused"] >= 8 and s["tiles_predicted"] == 16 - s["tiles_reused"]
