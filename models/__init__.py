@@ -16,20 +16,25 @@ from models import changeformer as _changeformer  # noqa: F401  (registers the m
 from models import changer as _changer  # noqa: F401
 from models import deeplabv3plus as _deeplabv3plus  # noqa: F401
 from models import siamese as _siamese  # noqa: F401
-from models import transunet as _transunet  # noqa: F401
 from models import tinycd as _tinycd  # noqa: F401
-from models.base import ChangeModel
+from models import transunet as _transunet  # noqa: F401
 from models.backbones.base import FeatureInfo
+from models.base import ChangeModel
 from models.registry import (
-    UnknownBackboneError, UnknownModelError, create_backbone, get_entry, list_backbones, register_backbone,
+    UnknownBackboneError,
+    UnknownModelError,
+    create_backbone,
+    get_entry,
+    list_backbones,
+    register_backbone,
     registered_names,
 )
 from models.weights import (
     Fetch,
     LoadedWeights,
-    adapt_input_channels,
     WeightsError,
     WeightsMeta,
+    adapt_input_channels,
     default_meta,
     known_weight_names,
     load_into,

@@ -17,7 +17,8 @@ same dictionary, with ``name: siamese``, can be written to a YAML or JSON file a
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -18,9 +18,9 @@ same module once per date, and each date has statistics of its own.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class Moments:
     mean: np.ndarray  # float64
     m2: np.ndarray  # float64: sum of w * (x - mean)^2
 
-    def __add__(self, other: "Moments") -> "Moments":
+    def __add__(self, other: Moments) -> Moments:
         n = self.n + other.n
         if not n:
             return self

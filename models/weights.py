@@ -17,9 +17,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -79,7 +80,7 @@ class WeightsMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WeightsMeta":
+    def from_dict(cls, d: Mapping[str, Any]) -> WeightsMeta:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
@@ -226,7 +227,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def map_foreign_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """mmsegmentation / open-cd key names -> ours.
+    """Map mmsegmentation / open-cd key names to ours.
 
     Our MiT, SegFormer head, ResNet and Changer modules use mmseg's / open-cd's sub-module
     names (``backbone.layers.{stage}.{0,1,2}``, ``attn.attn.in_proj_weight``,

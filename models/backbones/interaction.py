@@ -8,7 +8,8 @@ as the interaction form of its plain backbone: ``create_backbone(name, interacti
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -10,7 +10,8 @@ every plugin to the block's input instead would not chain them).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ class _PluginMixin:
     def _plug(self, x: torch.Tensor, pos: str) -> torch.Tensor:
         return getattr(self, f"{pos}_plugins")(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = checkpoint(self._inner, x, use_reentrant=False) if self.with_cp and x.requires_grad else self._inner(x)
         return self.relu(out)
 
@@ -204,7 +205,7 @@ class ResNet(Backbone):
             for p in m.parameters():
                 p.requires_grad = False
 
-    def train(self, mode: bool = True) -> "ResNet":
+    def train(self, mode: bool = True) -> ResNet:
         """Keep frozen stages (and all BatchNorms with ``norm_eval``) in eval mode."""
         super().train(mode)
         self._freeze()

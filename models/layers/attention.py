@@ -10,7 +10,8 @@ module (SE with reduction 16 inserted on 3 channels would get ``Linear(3, 0)``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,8 +129,9 @@ def check_fits(plugin: nn.Module, channels: int) -> None:
 
 
 def build_plugin(cfg: str | Mapping[str, Any] | nn.Module, channels: int) -> nn.Module:
-    """A plugin for a ``channels``-wide feature from a name (``"se"``), a config
-    (``{"type": "se", "reduction": 8}``, ``{"type": "cascade", "plugins": [...]}``,
+    """A plugin for a ``channels``-wide feature.
+
+    From a name (``"se"``), a config (``{"type": "se", "reduction": 8}``, ``{"type": "cascade", "plugins": [...]}``,
     ``{"type": "parallel", "plugins": [...], "merge": "concat"}``) or a built module.
     """
     if isinstance(cfg, nn.Module):

@@ -4,7 +4,8 @@ Each takes and returns a pair ``(x1, x2)`` of equally shaped features.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

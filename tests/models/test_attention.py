@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from models.layers.attention import (
-    Cascade, ECAAttention, Parallel, PluginError, SEAttention, build_plugin,
+    Cascade,
+    ECAAttention,
+    Parallel,
+    PluginError,
+    SEAttention,
+    build_plugin,
 )
 
 

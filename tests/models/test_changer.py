@@ -56,7 +56,7 @@ def test_ia_mit_outputs_both_dates():
 
 
 def test_fdaf_with_zero_flow_is_a_plain_difference():
-    x1, x2 = torch.randn(1, 8, 5, 7), torch.randn(1, 8, 5, 7)
+    x1 = torch.randn(1, 8, 5, 7)
     assert torch.allclose(FDAF.warp(x1, torch.zeros(1, 2, 5, 7)), x1, atol=1e-5)
 
 

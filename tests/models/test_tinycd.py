@@ -42,7 +42,7 @@ def test_any_band_count_and_two_class_output():
         out = model(torch.randn(1, 2, 6, 64, 64))
     assert out.shape == (1, 2, 64, 64)
     p = model.change_probability(out)
-    assert p.shape == (1, 64, 64) and float(p.min()) >= 0 and float(p.max()) <= 1  # noqa: PLR2004
+    assert p.shape == (1, 64, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
 
 
 def test_bad_input_shapes_are_rejected_with_the_reason():

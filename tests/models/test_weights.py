@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import models
-from models import WeightsError, weights as W
+from models import WeightsError
+from models import weights as W
 from models.registry import UnknownModelError
 
 
