@@ -2,12 +2,16 @@
 
 Pairs come from a manifest (CSV / JSON lines, path or URL) or two globs paired by a
 rule. Pairs whose output is already a complete map are skipped (checked: readable
-COG with changemap's tags for the same inputs and settings) unless ``overwrite``. The
-rest run as ``detect_changes`` subflows, ``concurrency`` at a time, all borrowing the
-same model actors, so the model is loaded once per actor, not once per pair. A pair
-that fails is reported with its error; the others finish. The summary goes next to
-the outputs (CSV + JSON) and into a Prefect table artifact; the final state's message
-says how many pairs succeeded, failed and were skipped.
+COG with changemap's tags for the same inputs and settings, and every requested extra
+output present) unless ``overwrite``. The rest run as ``detect_changes`` subflows,
+``concurrency`` at a time, all borrowing the same model actors, so the model is loaded
+once per actor, not once per pair. Each pair also writes its statistics and the
+requested polygons, quicklook and STAC Item under the prefix
+(:func:`pipeline.archive.pair_outputs`). A pair that fails is reported with its error;
+the others finish. The summary (with each pair's change statistics and their totals)
+goes next to the outputs (CSV + JSON) and into a Prefect table artifact, and with
+``stac`` a STAC Collection of the pairs' Items; the final state's message says how many
+pairs succeeded, failed and were skipped.
 """
 from __future__ import annotations
 
@@ -38,16 +42,24 @@ def plan_task(options: ArchiveOptions) -> Plan:
 
 
 @task(name="check-outputs", retries=2, retry_delay_seconds=2, **_task)
-def check_task(plan: Plan, specs: dict[str, MapSpec], overwrite: bool
+def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, overwrite: bool
                ) -> tuple[list[archive.Pair], list[PairResult]]:
-    """Split the pairs into those to run and results for those already complete (or not ours)."""
+    """Split the pairs into those to run and results for those already complete (or not ours).
+
+    A complete pair's statistics are read back, so the summary's totals cover it too.
+    """
     todo, done = [], []
+    logger = get_run_logger()
     for pair in plan.pairs:
-        state, reason, mp = archive.existing_output(pair, specs[pair.id])
-        if state == "missing" or overwrite:
+        outputs = archive.pair_outputs(pair, options)
+        state, reason, mp = archive.existing_output(pair, specs[pair.id], outputs)
+        if state in ("missing", "incomplete") or overwrite:
+            if state == "incomplete" and not overwrite:
+                logger.info("pair %s: map complete but %s; running it again", pair.id, reason)
             todo.append(pair)
         elif state == "complete":
-            done.append(PairResult(pair.id, "skipped", megapixels=mp, output=pair.output))
+            done.append(PairResult(pair.id, "skipped", megapixels=mp, output=pair.output,
+                                   change=archive.read_statistics(outputs["stats"])))
         else:
             done.append(PairResult(pair.id, "failed", megapixels=mp, output=pair.output,
                                    error=f"output exists and {reason}; pass --overwrite to replace it"))
@@ -59,23 +71,35 @@ def summary_task(results: list[PairResult], output_prefix: str, extra: dict[str,
     urls = archive.write_summary(results, output_prefix, extra)
     create_table_artifact(
         key="archive-summary", table=[r.row() for r in results],
-        description=f"{archive.summary_message(results)}. Summary files: {', '.join(map(storage.redact_url, urls))}",
+        description=f"{archive.summary_message(results)}; {archive.totals_message(archive.summary_totals(results))}. "
+                    f"Summary files: {', '.join(map(storage.redact_url, urls))}",
     )
     return urls
 
 
-def _one_pair(pair: archive.Pair, spec: MapSpec, run: RunOptions) -> PairResult:
+@task(name="stac-collection", retries=2, retry_delay_seconds=2, **_task)
+def collection_task(results: list[PairResult], pairs: dict[str, archive.Pair], options: ArchiveOptions) -> str | None:
+    items = [(r.id, archive.pair_outputs(pairs[r.id], options)["stac"]) for r in results
+             if r.status in ("succeeded", "skipped")]
+    url = archive.write_collection(items, options.output_prefix)
+    if url is None:
+        get_run_logger().warning("no STAC Item to gather: no collection written")
+    return url
+
+
+def _one_pair(pair: archive.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions) -> PairResult:
     """Run ``detect_changes`` for one pair; any error becomes a failed row, never an exception."""
     start = time.perf_counter()
     try:
         summary = detect_changes.with_options(flow_run_name=f"pair-{pair.id}")(
-            spec, run.model_copy(update={"output": pair.output, "overwrite": True}))
-    except Exception as exc:
+            spec, run.model_copy(update={**archive.pair_outputs(pair, options), "overwrite": True}))
+    except Exception as exc:  # noqa: BLE001 - one failed pair must not stop the others
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return PairResult(pair.id, "failed", seconds=time.perf_counter() - start, output=pair.output,
                           error=f"{type(exc).__name__}: {text}"[:500])
     return PairResult(pair.id, "succeeded", seconds=summary.seconds, megapixels=summary.megapixels,
-                      output=pair.output, tiles=summary.tiles)
+                      output=pair.output, tiles=summary.tiles, change=dict(summary.change),
+                      tiles_predicted=summary.tiles_predicted)
 
 
 @flow(name="process_archive", log_prints=False)
@@ -83,9 +107,10 @@ def process_archive(archive_options: ArchiveOptions, settings: MapSettings = Map
                     run: RunOptions = RunOptions()):
     """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
 
-    Every pair's map is made with ``settings``; ``run`` says how (its ``output`` is each pair's).
-    Returns a Completed state when no pair failed, else a Failed one; both carry the
-    summary (``counts``, ``pairs`` rows, ``summary_csv``/``summary_json`` URLs) as data.
+    Every pair's map is made with ``settings``; ``run`` says how (its output paths are each
+    pair's, :func:`pipeline.archive.pair_outputs`). Returns a Completed state when no pair
+    failed, else a Failed one; both carry the summary (``counts``, ``totals``, ``pairs`` rows,
+    ``summary_csv``/``summary_json`` URLs, ``collection`` URL or ``None``) as data.
     """
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         return _process(archive_options, settings, run)
@@ -101,11 +126,10 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
     # What each pair's map is: an existing output must be this map to be skipped.
     model = loader.choose_model(settings.model, settings.weights)  # a changemap checkpoint names its model
     specs = {p.id: MapSpec.of(p.before, p.after, settings).model_copy(update={"model": model}) for p in plan.pairs}
-    todo, results = check_task(plan, specs, run.overwrite)
+    todo, results = check_task(plan, specs, options, run.overwrite)
     logger.info("%d pairs: %d to run, %d already complete", len(plan.pairs), len(todo),
                 sum(r.status == "skipped" for r in results))
     actors = 0
-    tiles_inferred = 0
     if todo:
         loaded, meta = checks.check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
                                           settings.statistics, settings.tile, settings.halo)
@@ -116,10 +140,9 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
                 actors = pool.workers
                 with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="pair") as ex:
                     # Each pair runs in a copy of this flow's context, so it is this run's subflow.
-                    futures = [ex.submit(contextvars.copy_context().run, _one_pair, p, specs[p.id], run)
+                    futures = [ex.submit(contextvars.copy_context().run, _one_pair, p, specs[p.id], run, options)
                                for p in todo]
                     results += [f.result() for f in futures]
-                tiles_inferred = pool.tiles_done
         finally:
             ray_runtime.shutdown_if_started(started)
     results += [PairResult(storage.basename(url), "unpaired", error=f"{storage.redact_url(url)}: {why}")
@@ -129,13 +152,16 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
     for r in results:
         if r.status == "failed":
             logger.error("pair %s failed: %s", r.id, storage.scrub(r.error))
+    collection = collection_task(results, {p.id: p for p in plan.pairs}, options) if options.stac else None
+    tiles_inferred = sum(r.tiles_predicted for r in results)
     extra = {"seconds": round(time.perf_counter() - start, 3), "tiles_inferred": tiles_inferred,
-             "model_actors": actors, "output_prefix": storage.redact_url(options.output_prefix)}
+             "model_actors": actors, "output_prefix": storage.redact_url(options.output_prefix),
+             "collection": storage.redact_url(collection) if collection else None}
     csv_url, json_url = summary_task(results, options.output_prefix, extra)
     message = archive.summary_message(results)
     counts = archive.summary_counts(results)
-    data = {"message": message, "counts": counts, **extra, "summary_csv": csv_url, "summary_json": json_url,
-            "pairs": [r.row() for r in results]}
+    data = {"message": message, "counts": counts, "totals": archive.summary_totals(results), **extra,
+            "summary_csv": csv_url, "summary_json": json_url, "pairs": [r.row() for r in results]}
     if counts["failed"]:
         return Failed(message=message, data=data)
     return Completed(message=message, data=data)

@@ -70,11 +70,13 @@ class PairResult:
     error: str = ""
     tiles: int = 0
     change: dict[str, Any] = field(default_factory=dict, repr=False)
+    tiles_predicted: int = field(default=0, repr=False)  # by the model in this run (not reused from a resume)
 
     def row(self) -> dict[str, Any]:
         """The summary row (secrets scrubbed, URLs without credentials); change columns blank without statistics."""
         d = asdict(self)
         d.pop("change")
+        d.pop("tiles_predicted")
         d["seconds"] = round(self.seconds, 3)
         d["megapixels"] = round(self.megapixels, 4)
         d["output"] = storage.redact_url(self.output)

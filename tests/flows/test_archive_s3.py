@@ -5,7 +5,9 @@ import csv
 import io
 import json
 
+import pyogrio
 import pytest
+from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
@@ -132,13 +134,57 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
                                    *stored, *artifacts, *logs])
 
 
-def test_glob_form_pairs_by_stem_and_reports_unpaired(s3_archive, tmp_path):
-    state, data = _run(s3_archive, f"{BUCKET}/maps-glob", before=f"{BUCKET}/archive/2019/*.tif",
-                       after=f"{BUCKET}/archive/2023/*.tif", pair_by="stem")
+def test_glob_form_pairs_by_stem_and_reports_unpaired_with_every_output(s3_archive, tmp_path):
+    prefix = f"{BUCKET}/maps-glob"
+    extras = dict(before=f"{BUCKET}/archive/2019/*.tif", after=f"{BUCKET}/archive/2023/*.tif", pair_by="stem",
+                  vector_format="gpkg", quicklooks=True, stac=True)
+    state, data = _run(s3_archive, prefix, **extras)
     assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "unpaired": 1}
     unpaired = [r for r in data["pairs"] if r["status"] == "unpaired"]
     assert unpaired[0]["id"] == "extra_only_after.tif" and "no BEFORE file" in unpaired[0]["error"]
     _check_maps(s3_archive, data, tmp_path)
+
+    # Every succeeded pair's outputs, read back from the bucket; the summary agrees with its statistics.
+    succeeded = [r["id"] for r in data["pairs"] if r["status"] == "succeeded"]
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(fs.read_text(f"{prefix}/archive-summary.csv")))}
+    for pid in succeeded:
+        stats = json.loads(fs.read_text(f"{prefix}/{pid}.stats.json"))
+        fs.download(f"{prefix}/{pid}.gpkg", str(tmp_path / f"{pid}.gpkg"))
+        assert pyogrio.read_info(str(tmp_path / f"{pid}.gpkg"))["features"] == stats["regions"]  # some crops have none
+        fs.download(f"{prefix}/{pid}.png", str(tmp_path / f"{pid}.png"))
+        with Image.open(tmp_path / f"{pid}.png") as png:
+            png.load()
+            assert png.width >= 2 * png.height  # BEFORE | AFTER | changes, side by side
+        row = rows[pid]
+        assert float(row["valid_area_km2"]) == pytest.approx(stats["valid_area_km2"], abs=1e-6)
+        assert float(row["changed_area_km2"]) == pytest.approx(stats["changed_area_km2"], abs=1e-6)
+        assert float(row["changed_percent"]) == pytest.approx(stats["changed_percent_of_valid"], abs=1e-4)
+        assert int(row["regions"]) == stats["regions"]
+        assert float(row["nodata_fraction"]) == pytest.approx(stats["nodata_fraction"], abs=1e-6)
+    assert rows["corrupt_pair"]["valid_area_km2"] == "" and not fs.exists(f"{prefix}/corrupt_pair.stats.json")
+    totals = data["totals"]
+    assert totals["pairs_with_statistics"] == 9 and totals["regions"] > 0
+    assert totals["regions"] == sum(int(rows[p]["regions"]) for p in succeeded)
+    assert totals["changed_area_km2"] == pytest.approx(sum(float(rows[p]["changed_area_km2"]) for p in succeeded),
+                                                       abs=1e-5)
+    assert json.loads(fs.read_text(f"{prefix}/archive-summary.json"))["totals"] == totals
+    # The STAC Collection lists one Item per pair with a map; each Item's assets are that pair's outputs.
+    assert data["collection"] == f"{prefix}/collection.json"
+    collection = json.loads(fs.read_text(f"{prefix}/collection.json"))
+    assert sorted(link["href"] for link in collection["links"] if link["rel"] == "item") == sorted(
+        f"./{p}/{p}.json" for p in succeeded)
+    item = json.loads(fs.read_text(f"{prefix}/{succeeded[0]}/{succeeded[0]}.json"))
+    assert item["id"] == succeeded[0] and item["assets"]["polygons"]["href"] == f"{prefix}/{succeeded[0]}.gpkg"
+    assert {"data", "statistics", "thumbnail"} <= set(item["assets"])
+
+    # A re-run with an output missing redoes only that pair; the skipped pairs' statistics keep the totals whole.
+    s3, _ = fs.filesystem(BUCKET)
+    s3.rm(f"scenes/maps-glob/{succeeded[0]}.png")
+    state2, data2 = _run(s3_archive, prefix, **extras)
+    assert data2["counts"] == {"succeeded": 1, "failed": 1, "skipped": 8, "unpaired": 1}
+    assert [r["id"] for r in data2["pairs"] if r["status"] == "succeeded"] == [succeeded[0]]
+    assert fs.exists(f"{prefix}/{succeeded[0]}.png") and data2["tiles_inferred"] == 1
+    assert data2["totals"] == pytest.approx(totals)
 
 
 def test_http_urls_are_read_in_place(s3_archive):

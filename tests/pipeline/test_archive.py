@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import archive, stac
+from pipeline import archive, cli, stac
 from pipeline.archive import ManifestError, Pair, PairResult
-from pipeline.config import ArchiveOptions, MapSpec
+from pipeline.config import ArchiveOptions, MapSpec, RunOptions
 from pipeline.io import fs, raster
 
 
@@ -105,6 +105,8 @@ def test_pair_outputs_live_under_the_prefix_named_by_the_id():
     plain = archive.pair_outputs(pair, ArchiveOptions(output_prefix="s3://maps/run1"))
     assert plain == {"output": "s3://elsewhere/custom.tif", "stats": "s3://maps/run1/T1.stats.json",
                      "vector": None, "quicklook": None, "stac": None}
+    # Run options of one pair: the CLI takes none of them for a whole archive.
+    assert set(plain) <= set(RunOptions.model_fields) and set(plain) <= set(cli._PER_PAIR)
     every = archive.pair_outputs(pair, ArchiveOptions(output_prefix="s3://maps/run1/", vector_format="gpkg",
                                                       quicklooks=True, stac=True))
     assert (every["vector"], every["quicklook"], every["stac"]) == (
