@@ -119,6 +119,13 @@ def export_cog(output_store: str, input_store: str, dest: str, *, probability: s
     return grid
 
 
+class MapAborted(RuntimeError):
+    """The map writer was stopped before the map was complete."""
+
+
+_ABORT = object()
+
+
 class MapWriter:
     """Writes a change map as its tiles finish (blocks in any order), then the COG at the end.
 
@@ -148,6 +155,8 @@ class MapWriter:
 
     def _items(self):
         while (item := self._queue.get()) is not None:
+            if item is _ABORT:
+                raise MapAborted("the run stopped before its map was complete")
             self.blocks += 1
             yield self.fmt.encode(*item, self.sinks)
 
@@ -157,8 +166,15 @@ class MapWriter:
                 publish_cog(self.dest, self.grid, self.fmt, self._items(), self.tags)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by close()
             self._error = exc
-            while self._queue.get() is not None:  # let blocked puts return
+            if isinstance(exc, MapAborted):
+                return
+            while self._queue.get() not in (None, _ABORT):  # let blocked puts return, until close() or abort()
                 pass
+
+    def abort(self) -> None:
+        """Stop without a map: the temporary files are removed, nothing is published."""
+        self._queue.put(_ABORT)
+        self._thread.join()
 
     def close(self) -> list[BlockSink]:
         """Finish the COG (overviews, COG layout, publish) and return the fed sinks."""

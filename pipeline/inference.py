@@ -105,13 +105,13 @@ class TilePredictor:
         return self._scenes[job.output_store]
 
     def predict_chunks(self, job: InferenceJob, tiles: Sequence[Tile], keys: Sequence[tuple[int, int]],
-                       *chunks: tuple[np.ndarray, np.ndarray]) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+                       *chunks: tuple[np.ndarray, np.ndarray]) -> tuple[int, list[tuple[Tile, np.ndarray, np.ndarray]]]:
         """Predict ``tiles`` from just-decoded chunks (the stream; no zarr round trip).
 
         ``chunks`` are ``(image (2, C, h, w) of the model's bands, valid (h, w))`` of the tile
-        chunks ``keys`` (row, col) that the tiles' windows cover. Returns each tile's core
-        probabilities (NaN where the tile has no valid pixel, which costs no forward pass) and
-        its valid mask.
+        chunks ``keys`` (row, col) that the tiles' windows cover. Returns how many tiles, and each
+        tile's core probabilities (NaN where the tile has no valid pixel, which costs no forward
+        pass) with its valid mask: two results, so the stream's driver fetches the count only.
         """
         fault_point(self)
         height, width, tile = job.shape
@@ -128,8 +128,8 @@ class TilePredictor:
         with_data = [t for t in tiles if valids[(t.row, t.col)].any()]
         engine.predict(with_data, lambda w: assemble(w, tile, images),
                        lambda t, core: found.__setitem__(t, core.astype("float32", copy=False)))
-        return [(t, found[t] if t in found else np.full((t.height, t.width), np.nan, "float32"), valids[(t.row, t.col)])
-                for t in tiles]
+        return len(tiles), [(t, found.get(t, np.full((t.height, t.width), np.nan, "float32")),
+                             valids[(t.row, t.col)]) for t in tiles]
 
     def _with_data(self, job: InferenceJob, tiles: Sequence[Tile]) -> list[Tile]:
         """Tiles without any valid pixel stay NaN (nodata) and cost nothing."""

@@ -62,20 +62,12 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
         with borrow_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
                          model_args=dict(pre.meta.model_args), compile=run.compile) as pool:
             writer = _writer(pre, run, outputs.make_sinks(pre, run))
-            passes = 0
-            if spec.statistics == "scene":
-                decoded, reused = stream.ingest_stream(job)
-                bar = Progress("infer")
-                tiles = make_tiles(g.height, g.width, spec.tile)
-                inferred = pool.run(infer_job, tiles, progress=bar,
-                                    on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
-                passes = inferred.statistics_passes
-                ray.get(stream.feed_from_stores(job, writer, tiles))
-                stats = stream.StreamStats(tiles=len(tiles), predicted=len(tiles), chunks_decoded=decoded,
-                                           chunks_reused=reused, retried=list(pool.retried))
-            else:
-                stats = stream.run_stream(job, pool, infer_job, writer)
-            sinks = ray.get(writer.close.remote())
+            try:
+                stats, passes = _stream(job, infer_job, pool, writer, spec.statistics)
+                sinks = ray.get(writer.close.remote())
+            except BaseException:
+                ray.get(writer.abort.remote())  # nothing half-written at or beside the output
+                raise
             workers, device = pool.workers, pool.device
         if os.environ.get("CHANGEMAP_TIMELINE"):  # the benchmark's per-stage busy time
             ray.timeline(filename=os.environ["CHANGEMAP_TIMELINE"])
@@ -84,3 +76,18 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
     finally:
         ray_runtime.shutdown_if_started(started)
 
+
+def _stream(job: stream.SceneStream, infer_job: InferenceJob, pool, writer, statistics: str
+            ) -> tuple[stream.StreamStats, int]:
+    """The tiles through the model into the writer; returns the stream's figures and the statistics passes."""
+    if statistics == "scene":
+        decoded, reused = stream.ingest_stream(job)
+        bar = Progress("infer")
+        g = job.alignment.grid
+        tiles = make_tiles(g.height, g.width, job.tile)
+        inferred = pool.run(infer_job, tiles, progress=bar,
+                            on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
+        ray.get(stream.feed_from_stores(job, writer, tiles))
+        return stream.StreamStats(tiles=len(tiles), predicted=len(tiles), chunks_decoded=decoded,
+                                  chunks_reused=reused, retried=list(pool.retried)), inferred.statistics_passes
+    return stream.run_stream(job, pool, infer_job, writer), 0

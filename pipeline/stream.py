@@ -171,7 +171,7 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
             chunks.users[key] = chunks.users.get(key, 0) + 1
     batches = deque([todo[i:i + pool.batch_size], 0] for i in range(0, len(todo), pool.batch_size))
     writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
-    predicting: dict = {}  # ref -> (actor, batch, attempt, keys)
+    predicting: dict = {}  # count ref -> (actor, batch, attempt, chunk keys, results ref)
     storing: dict = {}  # ref -> number of tiles
     done = len(finished)
     bar(done, len(tiles))
@@ -191,8 +191,9 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
                 break
             batch, attempt = batches.popleft()
             keys = sorted({k for t in batch for k in needs[t]})
-            ref = actor.predict_chunks.remote(infer_job, batch, keys, *[chunks.need(k) for k in keys])
-            predicting[ref] = (actor, batch, attempt, keys)
+            count, results = actor.predict_chunks.options(num_returns=2).remote(
+                infer_job, batch, keys, *[chunks.need(k) for k in keys])
+            predicting[count] = (actor, batch, attempt, keys, results)
         waiting = list(predicting) + list(storing)
         if not waiting:
             continue
@@ -204,10 +205,10 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
                 bar(done, len(tiles))
                 _kill_point(done - stats.reused)
                 continue
-            actor, batch, attempt, keys = predicting.pop(ref)
+            actor, batch, attempt, keys, results = predicting.pop(ref)
             pool.release(actor)
             try:
-                ray.get(ref)
+                ray.get(ref)  # the count only: the probabilities go from the object store to their writers
             except RayActorError as exc:
                 if attempt + 1 >= ATTEMPTS:
                     raise lost_tiles_error(batch, exc) from None
@@ -221,8 +222,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
             for key in keys:
                 chunks.release(key)
             stats.predicted += len(batch)
-            storing[_store.remote(job, ref)] = len(batch)
-            writes.append(writer.put.remote(ref))
+            storing[_store.remote(job, results)] = len(batch)
+            writes.append(writer.put.remote(results))
     ray.get(writes)
     stats.chunks_decoded, stats.chunks_reused = chunks.decoded, chunks.reused
     return stats

@@ -51,3 +51,35 @@ def test_float32_probability_uses_nan_for_nodata(filled, tmp_path):
         assert src.count == 1 and src.dtypes[0] == "float32" and np.isnan(src.nodata)
     assert np.isnan(p[:, :12]).all()
     np.testing.assert_allclose(p[100:, 20:], ramp[100:, 20:])
+
+
+def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthetic, tmp_path):
+    from pipeline.config import MapSettings
+    from pipeline.mapstats import ChangeStatistics
+    from pipeline.tiling import make_tiles
+
+    grid = raster.read_info(str(synthetic["before"])).grid
+    rng = np.random.default_rng(0)
+    prob = rng.random((grid.height, grid.width)).astype("float32")
+    valid = np.ones((grid.height, grid.width), bool)
+    valid[:, :12] = False
+    fmt = export.MapFormat(MapSettings(probability="float32", mask=True), 0.5)
+    stats = ChangeStatistics(grid, 0.5)
+    writer = export.MapWriter(str(tmp_path / "map.tif"), grid, fmt, {"X": "1"}, [stats])
+    tiles = make_tiles(grid.height, grid.width, 64)[::-1]  # finished out of order
+    for t in tiles:
+        sl = (slice(t.y0, t.y0 + t.height), slice(t.x0, t.x0 + t.width))
+        writer.put([(t, prob[sl], valid[sl])])
+    assert writer.close() == [stats] and writer.blocks == len(tiles)
+    with rasterio.open(tmp_path / "map.tif") as src:
+        band1, band2, mask = src.read(1), src.read(2), src.dataset_mask() > 0
+        assert src.tags()["X"] == "1" and raster.cog_problems(str(tmp_path / "map.tif")) == []
+    np.testing.assert_array_equal(mask, valid)
+    np.testing.assert_allclose(band1[valid], prob[valid])
+    np.testing.assert_array_equal(band2[valid], (prob[valid] > 0.5).astype("float32"))
+    assert stats.result()["pixels"]["changed"] == int((prob[valid] > 0.5).sum())
+    # A run that stops: nothing at or beside the output.
+    aborted = export.MapWriter(str(tmp_path / "sub" / "never.tif"), grid, fmt, {}, [])
+    aborted.put([(tiles[0], prob[:64, :64], valid[:64, :64])])
+    aborted.abort()
+    assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []
