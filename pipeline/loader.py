@@ -5,7 +5,8 @@ models through here, so a weights rule fixed here is fixed everywhere.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import models
 from models import ChangeModel, LoadedWeights, WeightsMeta
@@ -27,8 +28,11 @@ def choose_model(model: str | None, weights: str | None) -> str:
 
 def resolve(model: str, weights: str | None, in_channels: int | None = None
             ) -> tuple[str, dict[str, Any], LoadedWeights | None]:
-    """``--model`` (name or config file) and ``--weights`` (None: the model's default; ``none``: random)
-    -> (registered name, model arguments, loaded weights or None)."""
+    """Resolve ``--model`` and ``--weights`` to (registered name, model arguments, loaded weights or None).
+
+    ``model`` is a registered name or a model config file; ``weights`` None means the model's
+    default weights, ``none`` random initialisation.
+    """
     name, args = models.model_spec(model)
     if in_channels is not None:
         args["in_channels"] = in_channels

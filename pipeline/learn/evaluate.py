@@ -104,8 +104,8 @@ def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split
     import torch
 
     from pipeline.learn.datasets import infer_dataset_label_values, load_dataset, read_labelled, read_pair
-    from pipeline.loader import check_scene_statistics, select_bands
     from pipeline.learn.predict import normalize, predict_image
+    from pipeline.loader import check_scene_statistics, select_bands
 
     samples = load_dataset(data, split)
     net, meta, name = load_model(model, weights, len(bands) if bands else None)

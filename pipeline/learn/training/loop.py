@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 import models
+from models.base import change_probability
 from pipeline.io.fs import download
 from pipeline.learn.augment import Augment
 from pipeline.learn.datasets import read_labelled, read_pair
-from models.base import change_probability
 from pipeline.learn.losses import ChangeLoss
 from pipeline.learn.metrics import Confusion
 from pipeline.learn.predict import normalize, predict_image
@@ -50,7 +51,7 @@ class Workers:
     device: torch.device
 
     @classmethod
-    def detect(cls, device: torch.device) -> "Workers":
+    def detect(cls, device: torch.device) -> Workers:
         """From an initialised torch.distributed process group (Ray Train sets one up), else alone."""
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size(), device)

@@ -7,14 +7,23 @@ resumed run use exactly the same.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import models
 from models import WeightsMeta
 from pipeline.io.fs import download
-from pipeline.learn.datasets import (Sample, available_splits, default_scale, infer_dataset_label_values, load_dataset,
-                               read_pair, scan_dataset, split_samples)
+from pipeline.learn.datasets import (
+    Sample,
+    available_splits,
+    default_scale,
+    infer_dataset_label_values,
+    load_dataset,
+    read_pair,
+    scan_dataset,
+    split_samples,
+)
 from pipeline.learn.labels import LabelValues, parse_label_values
 from pipeline.learn.losses import auto_change_weight
 from pipeline.learn.training.config import TrainConfig, TrainConfigError
@@ -40,7 +49,7 @@ class TrainPlan:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainPlan":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
         """Inverse of :meth:`to_dict`."""
         return cls(model=d["model"], meta=WeightsMeta.from_dict(d["meta"]),
                    train=tuple(Sample(**s) for s in d["train"]), val=tuple(Sample(**s) for s in d["val"]),
