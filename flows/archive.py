@@ -55,7 +55,7 @@ def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, o
         state, reason, mp = archive.existing_output(pair, specs[pair.id], outputs)
         if state in ("missing", "incomplete") or overwrite:
             if state == "incomplete" and not overwrite:
-                logger.info("pair %s: map complete but %s; running it again", pair.id, reason)
+                logger.info("pair %s: its map is complete but %s; running it again", pair.id, reason)
             todo.append(pair)
         elif state == "complete":
             done.append(PairResult(pair.id, "skipped", megapixels=mp, output=pair.output,

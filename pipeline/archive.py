@@ -266,7 +266,7 @@ def existing_output(pair: Pair, spec: MapSpec, extras: dict[str, str | None] | N
         return "foreign", f"it was made with other settings ({', '.join(differ)} differ)", mp
     missing = [kind for kind, url in (extras or {}).items() if kind != "output" and url and not fs.exists(url)]
     if missing:
-        return "incomplete", f"its {', '.join(_OUTPUT_NAMES.get(k, k) for k in missing)} missing", mp
+        return "incomplete", f"it lacks its {', '.join(_OUTPUT_NAMES.get(k, k) for k in missing)}", mp
     return "complete", "", mp
 
 

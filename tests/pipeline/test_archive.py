@@ -120,7 +120,7 @@ def test_a_complete_map_without_a_requested_extra_output_is_incomplete(synthetic
     extras = archive.pair_outputs(pair, ArchiveOptions(output_prefix=str(tmp_path), quicklooks=True))
     (tmp_path / "t1.stats.json").write_text('{"valid_area_km2": 1.0}')
     state, reason, _ = archive.existing_output(pair, cfg, extras)
-    assert (state, reason) == ("incomplete", "its quicklook missing")
+    assert (state, reason) == ("incomplete", "it lacks its quicklook")
     (tmp_path / "t1.png").write_bytes(b"png")
     assert archive.existing_output(pair, cfg, extras)[0] == "complete"
     assert archive.read_statistics(extras["stats"]) == {"valid_area_km2": 1.0}
