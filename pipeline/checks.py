@@ -219,7 +219,7 @@ def check_output(output: str, overwrite: bool, role: str = "output") -> None:
     except Exception as exc:  # noqa: BLE001
         raise _storage_error(exc, output, f"--{role}", "checking whether it exists") from None
     if present and not overwrite:
-        raise OutputExistsError(f"{role} {output} already exists; pass --overwrite to replace it or choose another path")
+        raise OutputExistsError(f"--{role} {output} already exists; pass --overwrite to replace it or choose another path")
     _check_remote_place(output, f"--{role}", probe_write=True)
 
 

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
+import types
 
 import pytest
 import torch
 
+from pipeline import cli
 from pipeline.cli import main
+from pipeline.errors import CorruptRasterError, InputRasterError, MissingRasterError
 
 
 def test_models_lists_tinycd_with_size_and_weights(capsys):
@@ -100,3 +105,63 @@ def test_an_output_under_a_file_is_refused_before_anything_runs(synthetic, tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err
     assert blocker.read_text() == "x"
+
+
+# --- in-flow errors: said once, by the CLI -------------------------------------------------------
+
+def _record(msg: str, exc: BaseException | None = None, level: int = logging.ERROR, name: str = "prefect.task_runs"):
+    return logging.LogRecord(name, level, __file__, 1, msg, None, (type(exc), exc, None) if exc else None)
+
+
+@pytest.mark.parametrize("record,kept", [
+    (_record("Task run failed with exception: X - Retries are exhausted", InputRasterError("gone")), False),
+    (_record("Encountered exception during execution: X", CorruptRasterError("bad block")), False),
+    (_record("Finished in state Failed('Task run encountered an exception CorruptRasterError: AFTER raster ...')"),
+     False),
+    (_record("Finished in state Failed('Task run encountered an exception RayTaskError(MissingRasterError): ...')"),
+     False),
+    (_record("Unhandled error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1'): ray::decode_chunk() (pid=1)\n"
+             "  File ...\npipeline.errors.CorruptRasterError: BEFORE raster ...", name="ray._private.worker"), False),
+    (_record("Finished in state Failed('Task run encountered an exception RuntimeError: boom')"), True),
+    (_record("Task run failed with exception: X", RuntimeError("a bug")), True),
+    (_record("Finished in state Completed()", level=logging.INFO), True),
+])
+def test_engine_logs_about_a_user_error_are_dropped_and_others_kept(record, kept):
+    assert cli._QuietUserErrors().filter(record) is kept
+
+
+def test_the_filter_sits_on_the_engines_loggers():
+    cli._quiet_user_errors()
+    cli._quiet_user_errors()  # once is enough, twice does not stack
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine",
+                 "ray._private.worker"):
+        assert logging.getLogger(name).filters.count(cli._QUIET) == 1
+
+
+def test_a_user_error_wrapped_by_ray_is_told_by_its_own_message():
+    from ray.exceptions import RayTaskError
+
+    cause = MissingRasterError("AFTER raster s3://b/a.tif does not exist")
+    wrapped = RayTaskError("decode_chunk", "Traceback (most recent call last):\n  ...", cause).as_instanceof_cause()
+    assert isinstance(wrapped, MissingRasterError) and str(wrapped) != str(cause)  # Ray's header, not the message
+    assert cli.user_error(wrapped) is cause
+    assert cli.user_error(RuntimeError("a bug")) is None
+
+
+@pytest.mark.parametrize("raised,code", [
+    (CorruptRasterError("BEFORE raster a.tif cannot be read at rows 0-512\n(GDAL: bad block)"), 2),
+    (RuntimeError("a bug keeps its traceback"), None),
+])
+def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypatch, capsys):
+    def detect_changes(spec, run):
+        raise raised
+
+    monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
+    args = ["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(tmp_path / "c.tif")]
+    if code is None:
+        with pytest.raises(RuntimeError, match="a bug"):
+            main(args)
+        return
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert err == "changemap: error: BEFORE raster a.tif cannot be read at rows 0-512 (GDAL: bad block)\n"

@@ -24,11 +24,15 @@ _PER_PAIR = ("output", "keep_workdir", "vector", "stats", "quicklook", "stac")
 _MODEL_ERRORS = ("UnknownModelError", "UnknownBackboneError", "WeightsError")
 
 
+class _UsageError(Exception):
+    """A command line argparse cannot parse (answered like any user error, without the usage text)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, answering a bad command line in one line (``changemap: error: ...``) instead of the usage."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(_USER_ERROR_EXIT, f"changemap: error: {message}; see '{self.prog} --help'\n")
+        raise _UsageError(f"{message}; see '{self.prog} --help'")
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
                    ) -> argparse.Namespace:
@@ -48,13 +52,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _did_you_mean(extra: list[str], parser: argparse.ArgumentParser | None) -> str:
     known = [o for a in parser._actions for o in a.option_strings] if parser else []
-    hints = []
-    for token in extra:
-        if token.startswith("--"):
-            close = difflib.get_close_matches(token.split("=", 1)[0], known, n=1, cutoff=0.6)
-            if close:
-                hints.append(f"{token.split('=', 1)[0]} -> {close[0]}")
-    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+    hints = [close[0] for token in extra if token.startswith("--")
+             for close in [difflib.get_close_matches(token.split("=", 1)[0], known, n=1, cutoff=0.6)] if close]
+    return f" (did you mean {' or '.join(hints)}?)" if hints else ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -282,7 +282,11 @@ def _models(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``changemap`` console script."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"changemap: error: {exc}", file=sys.stderr)
+        return _USER_ERROR_EXIT
     if getattr(args, "ray_address", None):
         import pipeline
 

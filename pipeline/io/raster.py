@@ -137,11 +137,13 @@ def _failure(exc: BaseException, path: str, role: str, where: str = "") -> Input
     if not storage.is_remote(path) and kind not in ("denied", "missing"):
         kind = None  # a local file has no endpoint or server: what fails is its bytes
     what = f"{role} raster {shown}"
+    http = storage.protocol(path) == "http"
     if kind == "unreachable":
         endpoint = storage_endpoint(path) or f"the {storage.protocol(path)}:// endpoint"
+        setting = "the host and port in the URL" if http else "endpoint_url in --storage-options (or AWS_ENDPOINT_URL)"
         return InputUnreachableError(
             f"{what} cannot be read: the storage endpoint {endpoint} cannot be reached ({detail}); check "
-            "endpoint_url in --storage-options (or AWS_ENDPOINT_URL), that the server is up, and the network")
+            f"{setting}, that the server is up, and the network")
     if kind == "denied":
         return InputAccessDeniedError(
             f"{what} is not readable with the given credentials ({detail}); check the credentials (environment, "
@@ -150,8 +152,8 @@ def _failure(exc: BaseException, path: str, role: str, where: str = "") -> Input
         if not storage.is_remote(path):
             return MissingRasterError(f"{what} does not exist; check the path (and the working directory)")
         return MissingRasterError(
-            f"{what} does not exist ({detail}); check the URL (bucket and key); if it existed when the run "
-            "started, something deleted or replaced it meanwhile")
+            f"{what} does not exist ({detail}); check the URL{'' if http else ' (bucket and key)'}; if it existed "
+            "when the run started, something deleted or replaced it meanwhile")
     if kind == "server":
         return InputStorageError(
             f"{what} cannot be read: the storage answered with a server error ({detail}); try again later")
