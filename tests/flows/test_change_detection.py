@@ -8,8 +8,8 @@ import rasterio
 from flows.change_detection import detect_changes
 from pipeline.config import MapSpec, RunOptions
 from pipeline.io import raster
-from pipeline.io.raster import warp_to as reproject_to
 from pipeline.learn.metrics import confusion
+from tests.data.make_data import reproject_to
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
 
