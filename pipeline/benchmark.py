@@ -22,66 +22,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import STATISTICS
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """Resident and proportional (shared pages split between sharers) bytes of a process tree.
-
-    RSS summed over processes counts shared libraries and shared memory once per process;
-    PSS counts them once in all, so it is the fairer total (Linux /proc).
-    """
-    rss = pss = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return rss, pss
-
-
-def run_with_peak_memory(cmd: list[str], env: dict[str, str] | None = None
-                         ) -> tuple[int, float, tuple[int, int], str]:
-    """Run a command; return (exit code, seconds, peak tree (RSS, PSS) in bytes, combined output)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = (0, 0)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            rss, pss = _tree_memory(proc.pid)
-            peak = (max(peak[0], rss), max(peak[1], pss))
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, _ = proc.communicate()
-    done.set()
-    sampler.join()
-    return proc.returncode, time.perf_counter() - start, peak, out
+from pipeline.measure import DEFAULT_DATA, make_mosaic, run_with_peak_memory
 
 
 def _levir(args: argparse.Namespace) -> None:
@@ -150,26 +99,6 @@ def _distance_to_tile_borders(shape: tuple[int, int], tile: int) -> np.ndarray:
             return np.full(n, np.inf)
         return np.min(np.minimum(np.abs(idx[:, None] - borders[None]), np.abs(idx[:, None] + 1 - borders[None])), 1)
     return np.minimum(axis(shape[0])[:, None], axis(shape[1])[None, :])
-
-
-def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0) -> None:
-    """Write a size x size 3-band mosaic of randomly flipped/rotated source tiles, block by block."""
-    from pipeline.io import raster
-
-    rng = np.random.default_rng(seed)
-    tiles = [np.stack([raster.read_raster(p, b)[0] for b in (1, 2, 3)]) for p in sources]
-    first = raster.read_info(sources[0]).grid
-    from pipeline.grid import Grid
-
-    grid = Grid(first.crs_wkt, first.transform, size, size)
-
-    def blocks():
-        for y0, x0, h, w in raster.iter_blocks(size, size, block):
-            t = tiles[rng.integers(len(tiles))]
-            t = np.rot90(t, k=int(rng.integers(4)), axes=(1, 2))
-            yield (y0, x0, h, w), np.ascontiguousarray(t[:, :h, :w]), np.ones((h, w), bool)
-
-    raster.write_cog(str(path), grid, 3, "uint8", blocks())
 
 
 def _large(args: argparse.Namespace) -> None:

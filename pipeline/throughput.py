@@ -98,7 +98,7 @@ def stage_busy(timeline: Path) -> dict[str, float]:
 
 def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespace, work: Path) -> dict:
     """One ``changemap run`` in a child process (peak memory of its tree sampled); its summary and figures."""
-    from pipeline.benchmark import run_with_peak_memory
+    from pipeline.measure import run_with_peak_memory
 
     timeline = work / f"timeline-{out.stem}.json"
     cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(pair[0]), str(pair[1]), "-o", str(out),
@@ -118,7 +118,7 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
 
 def throughput(args: argparse.Namespace) -> None:
     """The benchmark (see the module docstring)."""
-    from pipeline.benchmark import make_mosaic
+    from pipeline.measure import make_mosaic
 
     register_null_model()
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
@@ -175,7 +175,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 def add_parser(sub) -> None:
     """``throughput`` options."""
-    from pipeline.benchmark import DEFAULT_DATA
+    from pipeline.measure import DEFAULT_DATA
 
     t = sub.add_parser("throughput", help="decode, model, data path and whole run rates side by side")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
