@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline import stac, storage
+from pipeline import manifest, stac, storage
 from pipeline.config import ArchiveOptions, MapSpec
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster
@@ -111,13 +111,6 @@ def pair_outputs(pair: Pair, options: ArchiveOptions) -> dict[str, str | None]:
     }
 
 
-def _resolve(path: str, base: str) -> str:
-    """Manifest entries may be relative to the manifest's own folder."""
-    if "://" in path or path.startswith("/"):
-        return path
-    return storage.join(base, path)
-
-
 def _check_ids(pairs: Sequence[Pair], where: str) -> None:
     seen: set[str] = set()
     for p in pairs:
@@ -134,32 +127,14 @@ def _check_ids(pairs: Sequence[Pair], where: str) -> None:
 
 def parse_manifest(text: str, source: str, output_prefix: str) -> Plan:
     """Pairs from a CSV (header ``id,before,after[,output]``) or JSON-lines manifest text."""
-    base = storage.parent(source)
-    stripped = text.lstrip()
-    if not stripped:
-        raise ManifestError(f"manifest {source} is empty; it needs a header id,before,after and one row per pair")
-    records: list[dict[str, Any]] = []
-    if stripped.startswith("{"):
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"manifest {source} line {n} is not JSON ({exc.msg}); "
-                                    "JSON-lines manifests hold one object per line") from None
-            if not isinstance(rec, dict):
-                raise ManifestError(f"manifest {source} line {n} is not a JSON object")
-            records.append(rec)
-    else:
-        reader = csv.DictReader(io.StringIO(text))
-        missing = {"id", "before", "after"} - set(reader.fieldnames or [])
+    records = manifest.parse_rows(text, source, ManifestError)
+    if records and not text.lstrip().startswith("{"):
+        missing = {"id", "before", "after"} - set(records[0])
         if missing:
             raise ManifestError(
                 f"manifest {source} lacks the column(s) {sorted(missing)}; its header must be id,before,after "
-                f"(optionally output), got {reader.fieldnames}"
+                f"(optionally output), got {sorted(records[0])}"
             )
-        records = [dict(r) for r in reader]
     pairs = []
     for n, rec in enumerate(records, start=1):
         for key in ("id", "before", "after"):
@@ -167,8 +142,9 @@ def parse_manifest(text: str, source: str, output_prefix: str) -> Plan:
                 raise ManifestError(f"manifest {source} entry {n} has no {key!r}; every pair needs id, before, after")
         pid = str(rec["id"]).strip()
         out = str(rec.get("output") or "").strip()
-        pairs.append(Pair(pid, _resolve(str(rec["before"]).strip(), base), _resolve(str(rec["after"]).strip(), base),
-                          _resolve(out, base) if out else default_output(output_prefix, pid)))
+        pairs.append(Pair(pid, manifest.resolve(str(rec["before"]).strip(), source),
+                          manifest.resolve(str(rec["after"]).strip(), source),
+                          manifest.resolve(out, source) if out else default_output(output_prefix, pid)))
     if not pairs:
         raise ManifestError(f"manifest {source} lists no pairs")
     _check_ids(pairs, f"manifest {source}")

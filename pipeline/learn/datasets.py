@@ -14,9 +14,6 @@ Reading goes through :mod:`pipeline.io` only (rasterio and fsspec stay there).
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -25,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import manifest
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster
 from pipeline.learn.labels import LabelValues, infer_label_values
@@ -134,33 +132,11 @@ def _from_folder(root: Path, split: str | None) -> list[Sample]:
 
 
 def _manifest_rows(spec: str) -> list[dict[str, str]]:
-    text = fs.read_text(spec)
-    if spec.lower().endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(text)))
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"manifest {spec} line {i} is not JSON: {exc}") from exc
-                if not isinstance(row, dict):
-                    raise DatasetError(f"manifest {spec} line {i} is not a JSON object")
-                rows.append(row)
-    return [{str(k).strip().lower(): str(v).strip() for k, v in r.items() if k is not None and v is not None}
-            for r in rows]
-
-
-def _resolve(path: str, base: str) -> str:
-    if _is_url(path) or path.startswith("/vsi") or Path(path).is_absolute():
-        return path
-    return base + path if _is_url(base) else str(Path(base) / path)
+    return manifest.parse_rows(fs.read_text(spec), spec, DatasetError)
 
 
 def _from_manifest(spec: str, split: str | None) -> list[Sample]:
     rows = _manifest_rows(spec)
-    base = spec.rsplit("/", 1)[0] + "/" if _is_url(spec) else str(Path(spec).resolve().parent)
     samples = []
     for i, row in enumerate(rows, 1):
         if split is not None and row.get("split") != split:
@@ -172,8 +148,8 @@ def _from_manifest(spec: str, split: str | None) -> list[Sample]:
             raise DatasetError(f"manifest {spec} row {i} lacks a before/after path (columns: before, after, label; "
                                f"found {sorted(row)})")
         name = row.get("name") or Path(found["before"].split("?")[0]).stem
-        samples.append(Sample(name, _resolve(found["before"], base), _resolve(found["after"], base),
-                              _resolve(found["label"], base) if found["label"] else None))
+        samples.append(Sample(name, manifest.resolve(found["before"], spec), manifest.resolve(found["after"], spec),
+                              manifest.resolve(found["label"], spec) if found["label"] else None))
     if split is not None and not samples:
         raise DatasetError(f"manifest {spec} has no rows with split {split!r}; its splits: "
                            f"{', '.join(available_splits(spec)) or 'none (no split column)'}")
