@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.config import MapSettings
 from pipeline.grid import Grid
-from pipeline.io import fs, store
+from pipeline.io import store
 from pipeline.io.raster import iter_blocks, write_cog
 
 if TYPE_CHECKING:
@@ -91,14 +89,8 @@ def publish_cog(dest: str, grid: Grid, fmt: MapFormat, blocks: Iterable[tuple[Wi
     paths a rename.
     """
     nodata = float("nan") if fmt.probability == "float32" else None
-    args = dict(nodata=nodata, tags=fmt.tags(tags), descriptions=fmt.descriptions)
-    if storage.is_remote(dest):
-        with tempfile.TemporaryDirectory(prefix="changemap-export-") as tmp:
-            local = os.path.join(tmp, storage.basename(dest))
-            write_cog(local, grid, len(fmt.descriptions), fmt.probability, blocks, **args)
-            fs.upload(local, dest)
-    else:
-        write_cog(storage.local_path(dest), grid, len(fmt.descriptions), fmt.probability, blocks, **args)
+    write_cog(dest, grid, len(fmt.descriptions), fmt.probability, blocks, nodata=nodata, tags=fmt.tags(tags),
+              descriptions=fmt.descriptions)
 
 
 def export_cog(output_store: str, input_store: str, dest: str, *, probability: str = "uint8",

@@ -10,9 +10,6 @@ Layout: a caption strip of :data:`HEADER` pixels, then the three panels left to 
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -88,11 +85,5 @@ def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands
     for i, (panel, caption) in enumerate(zip((rgb_b, rgb_a, tinted), ("BEFORE", "AFTER", "AFTER + change"))):
         canvas.paste(Image.fromarray(panel, "RGB"), (i * (w + GAP), HEADER))
         draw.text((i * (w + GAP) + 2, 2), caption, fill="black")
-    fd, tmp = tempfile.mkstemp(suffix=".png")
-    os.close(fd)
-    try:
-        canvas.save(tmp, format="PNG", optimize=True)
-        fs.upload(tmp, dest_png)
-    finally:
-        os.unlink(tmp)
+    fs.publish(dest_png, lambda path: canvas.save(path, format="PNG", optimize=True))
     return w, h

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import fsspec
 
@@ -28,42 +28,56 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url, **storage.options_for(url))
 
 
-def _replace_atomically(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
-    """Write a local file through ``fill`` under a temporary name beside it, then rename it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fill(out)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def publish(dest: str, write: Callable[[str], None]) -> None:
+    """The one atomic write: ``write(path)`` fills a temporary local file, which is then published at ``dest``.
+
+    The temporary file keeps ``dest``'s extension (drivers choose formats by it). A local
+    ``dest`` gets a rename in its own folder; an object store (S3, GCS, Azure) one upload,
+    which it makes visible only once complete; other filesystems a temporary name and a move.
+    A failure leaves nothing at ``dest`` and no temporary file behind.
+    """
+    name = storage.basename(dest)
+    ext = os.path.splitext(name)[1]
+    if not storage.is_remote(dest):
+        final = Path(storage.local_path(dest))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".part{ext}")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with tempfile.TemporaryDirectory(prefix="changemap-publish-") as folder:
+        tmp = os.path.join(folder, f"part{ext}")
+        write(tmp)
+        _put(tmp, dest)
 
 
-def _copy_from(open_source: Callable[[], Any]) -> Callable[[BinaryIO], None]:
-    def fill(out: BinaryIO) -> None:
-        with open_source() as src:
+def _copy_from(open_source: Callable[[], Any]) -> Callable[[str], None]:
+    def fill(path: str) -> None:
+        with open_source() as src, open(path, "wb") as out:
             shutil.copyfileobj(src, out, length=1 << 20)
     return fill
 
 
 def download(url: str, local_path: str) -> None:
-    """Copy ``url`` (any fsspec URL) to ``local_path`` via a temporary file and a rename."""
+    """Copy ``url`` (any fsspec URL) to ``local_path``, atomically."""
     fs, path = filesystem(url)
-    _replace_atomically(Path(local_path), _copy_from(lambda: fs.open(path, "rb")))
+    publish(local_path, _copy_from(lambda: fs.open(path, "rb")))
 
 
 def upload(local_path: str, url: str) -> None:
-    """Publish a finished local file at ``url`` so that it appears only when complete.
-
-    Local destinations get a rename in the same folder; object stores (S3, GCS, Azure)
-    publish an object only when its upload completes, so it goes straight to the key;
-    other filesystems get a temporary name in the same folder and a move.
-    """
+    """Publish a finished local file at ``url`` so that it appears only when complete (see :func:`publish`)."""
     if not storage.is_remote(url):
-        _replace_atomically(Path(storage.local_path(url)), _copy_from(lambda: open(local_path, "rb")))
-        return
+        publish(url, _copy_from(lambda: open(local_path, "rb")))
+    else:
+        _put(local_path, url)
+
+
+def _put(local_path: str, url: str) -> None:
     fs, path = filesystem(url)
     if storage.protocol(url) in _ATOMIC_PUT:
         fs.put_file(local_path, path)
@@ -80,13 +94,7 @@ def upload(local_path: str, url: str) -> None:
 
 def write_text(url: str, text: str) -> None:
     """Write a small text file (summary, config) atomically at a path or URL."""
-    fd, tmp = tempfile.mkstemp(suffix=".txt")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        upload(tmp, url)
-    finally:
-        os.unlink(tmp)
+    publish(url, lambda path: Path(path).write_text(text, encoding="utf-8"))
 
 
 def read_text(url: str) -> str:

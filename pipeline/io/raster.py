@@ -6,7 +6,6 @@ Everything else in the pipeline sees plain numpy arrays and the value objects of
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -427,18 +426,21 @@ def write_cog(path: str, grid: Grid, count: int, dtype: str,
               blocks: Iterable[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]],
               *, nodata: float | None = None, tags: dict[str, str] | None = None,
               descriptions: tuple[str, ...] = ()) -> None:
-    """Write a Cloud-Optimized GeoTIFF block by block, atomically.
+    """Write a Cloud-Optimized GeoTIFF block by block, atomically, at a path or URL.
 
-    Blocks are ``((y0, x0, h, w), data (count, h, w), valid (h, w))``. They go to a tiled
-    temporary GeoTIFF (with an internal mask for nodata), which GDAL's COG driver turns
-    into the final layout with overviews; only the finished file is moved to ``path``,
-    so a failure never leaves a partial map there. Memory stays at a few blocks.
+    Blocks are ``((y0, x0, h, w), data (count, h, w), valid (h, w))``, in any order. They go
+    to a tiled temporary GeoTIFF (with an internal mask for nodata), which GDAL's COG driver
+    turns into the final layout with overviews; only the finished file is published at
+    ``path`` (:func:`pipeline.io.fs.publish`), so a failure never leaves a partial map there.
+    Memory stays at a few blocks.
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_tif = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.tif")
-    os.close(fd)
-    tmp_cog = tmp_tif[: -len(".tmp.tif")] + ".cog.tif"
+    fs.publish(path, lambda cog: _write_cog(cog, grid, count, dtype, blocks, nodata, tags, descriptions))
+
+
+def _write_cog(cog: str, grid: Grid, count: int, dtype: str,
+               blocks: Iterable[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]],
+               nodata: float | None, tags: dict[str, str] | None, descriptions: tuple[str, ...]) -> None:
+    tmp_tif = cog + ".tiles.tif"  # beside the (temporary) COG: removed whatever happens
     profile = {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
         "crs": CRS.from_wkt(grid.crs_wkt), "transform": Affine(*grid.transform), "nodata": nodata,
@@ -456,12 +458,10 @@ def write_cog(path: str, grid: Grid, count: int, dtype: str,
                     dst.set_band_description(i, text)
                 if tags:
                     dst.update_tags(**tags)
-            rasterio.shutil.copy(tmp_tif, tmp_cog, driver="COG", **_cog_options(dtype))
-        os.replace(tmp_cog, out)
+            rasterio.shutil.copy(tmp_tif, cog, driver="COG", **_cog_options(dtype))
     finally:
-        for leftover in (tmp_tif, tmp_cog):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        if os.path.exists(tmp_tif):
+            os.unlink(tmp_tif)
 
 
 def cog_problems(path: str) -> list[str]:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pyogrio.raw
@@ -64,17 +63,15 @@ def write_vector(dest: str, geometries: Sequence | np.ndarray, attributes: Mappi
     for name, values in columns.items():
         if len(values) != len(geoms):
             raise ValueError(f"attribute {name!r} has {len(values)} values for {len(geoms)} geometries")
-    tmpdir = tempfile.mkdtemp(prefix="changemap-vector-")
-    try:
-        local = os.path.join(tmpdir, f"polygons{ext}")
+    def write(local: str) -> None:
+        Path(local).unlink(missing_ok=True)  # GDAL's drivers create their file; an empty one is no dataset
         if FORMATS[ext] is None:
             _write_geoparquet(local, geoms, columns, crs_wkt)
         else:
             pyogrio.raw.write(local, shapely.to_wkb(geoms), list(columns.values()), list(columns), layer=layer,
                               driver=FORMATS[ext], geometry_type="Polygon", crs=crs_wkt, promote_to_multi=False)
-        fs.upload(local, dest)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    fs.publish(dest, write)
 
 
 def _write_geoparquet(path: str, geoms: np.ndarray, columns: dict[str, np.ndarray], crs_wkt: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from pathlib import Path
+
+from pipeline.io import fs
 
 COLUMNS = ("epoch", "steps", "lr", "seconds", "train_loss", "train_f1", "val_f1", "val_precision", "val_recall",
            "val_iou", "val_overall_accuracy", "val_kappa", "val_threshold", "val_f1_at_0.5")
@@ -12,15 +13,15 @@ COLUMNS = ("epoch", "steps", "lr", "seconds", "train_loss", "train_f1", "val_f1"
 
 def write_metrics(path: str | os.PathLike, history: Sequence[dict]) -> None:
     """Rewrite the whole CSV from the history (so a resumed run's file has each epoch once)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for row in history:
-            w.writerow({k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]))
-                        for k in COLUMNS})
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for row in history:
+                w.writerow({k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
+                                                                else row[k])) for k in COLUMNS})
+
+    fs.publish(str(path), write)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, float | None]]:
@@ -52,7 +53,7 @@ def plot_curves(path: str | os.PathLike, history: Sequence[dict], title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).name + ".part.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fs.publish(str(path), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    finally:
+        plt.close(fig)

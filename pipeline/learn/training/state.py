@@ -10,6 +10,7 @@ import torch
 
 from models import WeightsMeta
 from models.weights import save_checkpoint
+from pipeline.io import fs
 
 CONFIG = "config.json"
 LAST = "last.pt"
@@ -20,9 +21,7 @@ CURVE = "curve.png"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fs.write_text(str(path), text)
 
 
 def write_config(run_dir: str | os.PathLike, config: dict, plan: dict) -> None:
@@ -38,10 +37,7 @@ def read_config(run_dir: str | os.PathLike) -> tuple[dict, dict]:
 
 def save_last(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write the resume state atomically (a kill while writing leaves the previous one)."""
-    path = Path(run_dir) / LAST
-    tmp = path.with_name(path.name + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fs.publish(str(Path(run_dir) / LAST), lambda tmp: torch.save(state, tmp))
 
 
 def load_last(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
