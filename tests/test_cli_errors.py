@@ -10,6 +10,7 @@ that disappears) run the real flow.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def no_flow(monkeypatch):
         raise AssertionError("the flow started: this error was not caught by the checks before Prefect and Ray")
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
+    monkeypatch.setattr("pipeline.ray_runtime.services", lambda address=None: contextlib.nullcontext())
 
 
 def assert_one_paragraph(err: str, text: str) -> str:

@@ -171,12 +171,13 @@ def _quiet_user_errors() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline import checks, ray_runtime, storage
+    from pipeline import checks, storage
 
     spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         checks.preflight(spec, run)  # before Prefect and Ray start: a user error costs seconds, not a cluster
     from flows.change_detection import detect_changes
+    from pipeline import ray_runtime  # imports Ray: only once the checks passed
 
     _quiet_user_errors()
     with ray_runtime.services(run.ray_address):
@@ -189,13 +190,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from pipeline import checks, ray_runtime, storage
+    from pipeline import checks, storage
 
     archive_options = options.take(args, ArchiveOptions)
     settings, run = options.take(args, MapSettings), options.take(args, RunOptions, exclude=_PER_PAIR)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         checks.check_archive(archive_options, settings, run)
     from flows.archive import process_archive
+    from pipeline import ray_runtime  # imports Ray: only once the checks passed
 
     _quiet_user_errors()
     with ray_runtime.services(run.ray_address):

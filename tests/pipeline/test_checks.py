@@ -177,8 +177,11 @@ def test_remote_outputs_need_their_bucket_and_leave_no_probe(s3_server):
         s3.rm("checks-out", recursive=True)
 
 
-def test_the_checks_and_the_cli_import_neither_torch_nor_prefect_nor_ray():
-    code = ("import sys, pipeline.cli, pipeline.checks; "
-            "print(sorted(m for m in ('torch', 'prefect', 'ray', 'models') if m in sys.modules))")
+def test_a_refused_run_imports_neither_torch_nor_prefect_nor_ray(tmp_path):
+    """The CLI's whole way to a user error that needs no model: no torch, no Prefect, no Ray."""
+    code = ("import sys; from pipeline.cli import main; "
+            f"code = main(['run', {str(tmp_path / 'nope.tif')!r}, {str(tmp_path / 'b.tif')!r}, '-o', 'x.tif']); "
+            "print(code, sorted(m for m in ('torch', 'prefect', 'ray', 'models') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert out.stdout.strip() == "2 []", out.stderr
+    assert "does not exist" in out.stderr
