@@ -38,7 +38,6 @@ from pipeline.errors import (
     OutputExistsError,
     OutputLocationError,
     StorageError,
-    UnknownProtocolError,
     one_paragraph,
     storage_failure,
 )
@@ -119,12 +118,7 @@ def check_coverage(alignment: Alignment) -> None:
 
 def check_protocol(url: str, role: str) -> None:
     """Refuse a URL whose protocol fsspec does not know or whose driver is not installed."""
-    try:
-        fs.check_protocol(url, role)
-    except UnknownProtocolError:
-        raise
-    except ChangemapError as exc:
-        raise UnknownProtocolError(str(exc)) from None
+    fs.check_protocol(url, role)
 
 
 def _endpoint_address(url: str) -> tuple[str, str, int] | None:

@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 
 from pipeline import storage
-from pipeline.errors import ChangemapError
+from pipeline.errors import ChangemapError, UnknownProtocolError
 
 # Object stores publish an object only when its upload completes (single PUT or a
 # completed multipart upload), so writing straight to the final key is atomic.
@@ -148,13 +148,13 @@ def check_protocol(url: str, role: str) -> None:
         return
     scheme = url.split("://", 1)[0].lower()
     if scheme not in fsspec.available_protocols():
-        raise ChangemapError(
+        raise UnknownProtocolError(
             f"{role} {storage.redact_url(url)} uses the unknown protocol {scheme}://; use a local path or a URL "
             "of a protocol fsspec knows (s3://, gs://, az://, https://, file://, memory://)")
     try:
         fsspec.get_filesystem_class(scheme)
     except ImportError as exc:
-        raise ChangemapError(
+        raise UnknownProtocolError(
             f"{role} {storage.redact_url(url)} needs the {scheme}:// driver, which is not installed ({exc}); "
             "install it, e.g. pip install -e \".[gcs,azure]\"") from None
 
