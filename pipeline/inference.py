@@ -8,6 +8,7 @@ retried tile just rewrites the same chunk.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -53,6 +54,8 @@ class TilePredictor:
     def __init__(self, model_name: str, weights: LoadedWeights | None, *, batch_size: int = 4,
                  device: str | None = None, threads: int | None = None,
                  model_args: dict | None = None, compile: bool = False) -> None:
+        for module in filter(None, os.environ.get("CHANGEMAP_PLUGINS", "").split(",")):
+            importlib.import_module(module.strip())  # modules that register models of their own
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -184,7 +187,8 @@ def lost_tiles_error(batch: Sequence[Tile], exc: BaseException) -> ChangemapErro
         "command again: finished tiles are kept")
 
 
-_FAULT_VARS = ("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "CHANGEMAP_FAULT_MARKER")
+# Passed on to the actors' processes: fault injection (tests) and modules registering models.
+_FAULT_VARS = ("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "CHANGEMAP_FAULT_MARKER", "CHANGEMAP_PLUGINS")
 
 RemotePredictor = ray.remote(TilePredictor)
 

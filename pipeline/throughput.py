@@ -106,7 +106,7 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
            "--model", model, "--json", "--workdir", str(work / "stores")]
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
-    env = {**os.environ, "CHANGEMAP_TIMELINE": str(timeline)}
+    env = {**os.environ, "CHANGEMAP_TIMELINE": str(timeline), "CHANGEMAP_PLUGINS": "pipeline.throughput"}
     code, seconds, (rss, pss), output = run_with_peak_memory(cmd, env)
     summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
     if code or summary is None:
@@ -204,6 +204,8 @@ def _child(argv: list[str]) -> int:
 
     return main(argv)
 
+
+register_null_model()  # also in the model actors, which import this module (CHANGEMAP_PLUGINS)
 
 if __name__ == "__main__" and sys.argv[1:2] == ["_run"]:
     sys.exit(_child(["run", *sys.argv[2:]]))
