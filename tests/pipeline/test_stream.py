@@ -100,8 +100,23 @@ def _summary(out: str) -> dict:
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
+def test_work_folders_are_found_again_by_the_map_not_by_how_it_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHANGEMAP_CACHE", str(tmp_path / "cache"))
+    spec = MapSpec(before="b.tif", after="a.tif", tile=256)
+    cached = workdir.paths_for(spec, RunOptions(output="o.tif", batch_size=2))
+    assert cached.run_dir.startswith(str(tmp_path / "cache" / "work")) and cached.default_place
+    assert workdir.paths_for(spec, RunOptions(output="other.tif", workers=3)).run_dir == cached.run_dir
+    given = workdir.paths_for(spec, RunOptions(output="o.tif", workdir=str(tmp_path / "w")))
+    assert given.run_dir == str(tmp_path / "w" / f"changemap-{spec.key()}") and not given.default_place
+    assert workdir.paths_for(MapSpec(before="b.tif", after="a.tif"), RunOptions()).run_dir != cached.run_dir
+    records = workdir.Records(given.run_dir)
+    records.mark("infer", "r0c1", "node-a")
+    assert records.done("infer") == {"r0c1"} and records.done("ingest") == set()
+    assert records.note("infer", "r0c1") == "node-a"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("with_workdir", [True, False])
+@pytest.mark.parametrize("with_workdir", [False])  # --workdir only moves the folder (test above)
 def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "CHANGEMAP_CACHE": str(tmp_path / "cache")}
     pair = [str(EXAMPLES / "levir_test_1_A.tif"), str(EXAMPLES / "levir_test_1_B.tif")]

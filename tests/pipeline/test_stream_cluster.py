@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline import checks, workdir
+from pipeline.config import MapSpec, RunOptions
+from pipeline.run import make_map
 from tests.conftest import REPO
 
 
@@ -53,7 +56,7 @@ time.sleep(3600)
 
 
 @pytest.mark.slow
-def test_two_nodes_share_the_cpu_stages_and_make_the_same_map(synthetic, tmp_path):
+def test_two_nodes_share_the_cpu_stages_and_make_the_same_map(synthetic, tmp_path, ray_local):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -81,11 +84,11 @@ def test_two_nodes_share_the_cpu_stages_and_make_the_same_map(synthetic, tmp_pat
     records = list((tmp_path / "w").glob("changemap-*/records/ingest/*"))
     assert len(records) == summary["chunks_decoded"] == 20
     assert len({r.read_text() for r in records}) == 2
-    # The same map as on one local node.
-    local_out = tmp_path / "local.tif"
-    env.pop("RAY_AUTH_MODE")
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args, "-o", str(local_out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with rasterio.open(cluster_out) as a, rasterio.open(local_out) as b:
+    # The same map as on one local node (this process's).
+    spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
+                   probability="float32")
+    run = RunOptions(output=str(tmp_path / "local.tif"), workdir=str(tmp_path / "local"))
+    pre = checks.preflight(spec, run)
+    make_map(pre, workdir.paths_for(pre.spec, run), run)
+    with rasterio.open(cluster_out) as a, rasterio.open(run.output) as b:
         np.testing.assert_array_equal(a.read(), b.read())
