@@ -229,9 +229,9 @@ class PredictorPool:
             # An actor lives on one node: no more CPUs than the largest node has.
             largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
             per_actor = max(1, min(cpus // self.workers, int(largest)))
-            # Torch uses all the actor's cores, but one logical CPU of each is left to the stream's
-            # decode and write tasks, which would otherwise wait for the actors to finish.
-            options = {"num_cpus": max(1, per_actor - 1)}
+            # Torch uses all the actor's cores, but one logical CPU of each (half of a 1-CPU node) is
+            # left to the stream's decode and write tasks, which would otherwise never be placed.
+            options = {"num_cpus": per_actor - 1 if per_actor > 1 else 0.5}
             threads = per_actor
             self.device = "cpu"
         faults = {k: os.environ[k] for k in _FAULT_VARS if k in os.environ}
