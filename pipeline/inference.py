@@ -93,7 +93,7 @@ class TilePredictor:
             image = store.open_array(job.input_store, store.IMAGE)
             valid = store.open_array(job.input_store, store.VALID)
             out = store.open_array(job.output_store, store.PROBABILITY, mode="r+")
-            tile = store.check_tile(job.input_store, image)
+            tile = store.check_layout(job.input_store, image, job.bands)
             band_index = np.asarray(job.bands) - 1
             engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
                                 halo=job.halo, batch_size=self.batch_size, statistics=job.statistics)

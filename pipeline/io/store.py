@@ -21,6 +21,7 @@ from pipeline.grid import Grid
 IMAGE, VALID, PROBABILITY = "image", "valid", "probability"
 _COMPLETE = "changemap_complete"
 _TILE = "changemap_tile"
+_BANDS = "changemap_bands"
 
 
 def _so(path: str) -> dict:
@@ -68,6 +69,7 @@ def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, t
     )
     ds = _georeference(ds, grid)
     ds.attrs[_TILE] = tile
+    ds.attrs[_BANDS] = int(image.shape[1])
     encoding = {
         IMAGE: {"chunks": (2, image.shape[1], tile, tile)},
         VALID: {"chunks": (tile, tile)},
@@ -91,6 +93,7 @@ def create_input_store(path: str, grid: Grid, bands: int, dtype: str, tile: int)
     )
     ds = _georeference(ds, grid)
     ds.attrs[_TILE] = tile
+    ds.attrs[_BANDS] = bands
     ds.attrs[_COMPLETE] = False
     ds.to_zarr(storage.local_path(path), mode="w", compute=False, consolidated=False, zarr_format=2, **_so(path),
                encoding=_encoding(ds, {IMAGE: {"chunks": (2, bands, tile, tile), "compressors": _codec(path)},
@@ -182,10 +185,16 @@ def read_tile(path: str) -> int:
     return int(_group(path, "r").attrs[_TILE])
 
 
-def check_tile(path: str, image: zarr.Array) -> int:
-    """The store's tile side, checked against its chunks (a store written by other code is refused)."""
-    tile = read_tile(path)
-    if tuple(image.chunks[-2:]) != (tile, tile):
-        raise ValueError(f"zarr store {path} says tile {tile} but its chunks are {image.chunks[-2:]}: it was not "
-                         "written by this version of changemap; remove it and run again")
+def check_layout(path: str, image: zarr.Array, bands: tuple[int, ...]) -> int:
+    """The store's tile side and band count read back and checked against its chunks and the bands asked for.
+
+    Returns the tile side; a store written by other code, or without the bands, is refused.
+    """
+    group = _group(path, "r")
+    tile, count = int(group.attrs[_TILE]), int(group.attrs.get(_BANDS, image.shape[1]))
+    if tuple(image.chunks) != (2, count, tile, tile):
+        raise ValueError(f"zarr store {path} says tile {tile} and {count} bands but its chunks are {image.chunks}: "
+                         "it was not written by this version of changemap; remove it and run again")
+    if bands and max(bands) > count:
+        raise ValueError(f"zarr store {path} holds {count} bands, not bands {bands}; remove it and run again")
     return tile

@@ -183,3 +183,11 @@ def test_scene_statistics_count_only_valid_pixels(stores):
     assert first_mix.n == pytest.approx(padded.sum())
     gate = moments["_backbone.1.0.block.1.pool#0"]  # half resolution: a quarter of the weight
     assert gate.n == pytest.approx(padded.sum() / 4)
+
+
+def test_the_store_says_its_tile_and_bands_and_they_are_checked(stores):
+    _, inp, _ = stores
+    image = store.open_array(inp, store.IMAGE)
+    assert store.check_layout(inp, image, (1, 2, 3)) == 64
+    with pytest.raises(ValueError, match="holds 3 bands, not bands \\(1, 2, 5\\)"):
+        store.check_layout(inp, image, (1, 2, 5))
