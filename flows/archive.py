@@ -136,7 +136,7 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
         started = ray_runtime.ensure_ray(run.ray_address)
         try:
             with shared_pool(meta.model, loaded, workers=run.workers, batch_size=run.batch_size,
-                             model_args=dict(meta.model_args)) as pool:
+                             model_args=dict(meta.model_args), compile=run.compile) as pool:
                 actors = pool.workers
                 with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="pair") as ex:
                     # Each pair runs in a copy of this flow's context, so it is this run's subflow.
