@@ -70,31 +70,13 @@ def decode_chunk(job: SceneStream, t: Tile, write: bool) -> tuple[np.ndarray, np
     """
     with storage.using(job.storage):
         if write:
-            image, valid = _reader(job).read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
+            with AlignedPairReader(job.alignment) as reader:
+                image, valid = reader.read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
             store.write_input_chunk(job.input_store, t.y0, t.x0, image, valid)
             Records(job.run_dir).mark("ingest", t.key, ray.get_runtime_context().get_node_id())
         else:  # decoded by an earlier attempt: read back, not decoded again
             image, valid = store.read_input_chunk(job.input_store, t.y0, t.x0, t.height, t.width)
     return np.ascontiguousarray(image[:, np.asarray(job.bands) - 1]), valid
-
-
-_open_readers: dict[Alignment, AlignedPairReader] = {}
-
-
-def _reader(job: SceneStream) -> AlignedPairReader:
-    """This worker's open reader of the scene pair: opening both rasters costs more than reading a chunk.
-
-    A Ray task worker runs one task at a time, so the GDAL handles are never shared between threads;
-    a worker keeps the pairs of its last few scenes open.
-    """
-    reader = _open_readers.get(job.alignment)
-    if reader is None:
-        if len(_open_readers) >= 4:
-            for old in _open_readers.values():
-                old.__exit__(None, None, None)
-            _open_readers.clear()
-        reader = _open_readers[job.alignment] = AlignedPairReader(job.alignment).__enter__()
-    return reader
 
 
 def store_tiles(job: SceneStream, results: list[tuple[Tile, np.ndarray, np.ndarray]]) -> int:
