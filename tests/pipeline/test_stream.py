@@ -117,14 +117,16 @@ def test_work_folders_are_found_again_by_the_map_not_by_how_it_runs(tmp_path, mo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("with_workdir", [False])  # --workdir only moves the folder (test above)
-def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir):
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir, ray_local):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "CHANGEMAP_CACHE": str(tmp_path / "cache")}
     pair = [str(EXAMPLES / "levir_test_1_A.tif"), str(EXAMPLES / "levir_test_1_B.tif")]
     opts = ["--tile", "256", "--halo", "32", "--probability", "float32", "--batch-size", "2", "--json"]
     if with_workdir:
         opts += ["--workdir", str(tmp_path / "work")]
-    code, out, err = _cli(["run", *pair, "-o", str(tmp_path / "whole.tif"), *opts], env, tmp_path / "whole")
-    assert code == 0, err[-3000:]
+    # The uninterrupted map, made in this process (same map settings and batch size).
+    whole = RunOptions(output=str(tmp_path / "whole.tif"), batch_size=2, workdir=str(tmp_path / "ref"))
+    pre = checks.preflight(MapSpec(before=pair[0], after=pair[1], tile=256, halo=32, probability="float32"), whole)
+    make_map(pre, workdir.paths_for(pre.spec, whole), whole)
     # Killed (SIGKILL) once 8 of its 16 tiles are recorded, like a preempted node.
     killed = tmp_path / "resumed.tif"
     code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], {**env, "CHANGEMAP_FAULT_RUN_KILL_AFTER": "8"},
