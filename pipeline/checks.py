@@ -277,12 +277,29 @@ def check_run(run: RunOptions) -> None:
         check_folder(run.workdir, "--workdir")
 
 
-def preflight(spec: MapSpec, run: RunOptions) -> Preflight:
+_remembered: dict[str, Preflight] = {}  # a check the CLI made, for the flow it starts next
+
+
+def preflight(spec: MapSpec, run: RunOptions, *, remember: bool = False) -> Preflight:
     """Check a run end to end without starting anything; raise a user error naming the fix.
 
     Cheapest first (see the module's docstring): places, then the inputs' headers, the pair's
-    coverage, and last the model, whose import and build take the longest.
+    coverage, and last the model, whose import and build take the longest. With ``remember``
+    (the CLI, just before it starts the flow in this process) the result is kept for the next
+    check of the same run, which takes it instead of probing the places and inputs again.
     """
+    key = spec.to_json() + run.to_json()
+    found = _remembered.pop(key, None)
+    if found is not None:
+        return found
+    found = _check(spec, run)
+    if remember:
+        _remembered.clear()
+        _remembered[key] = found
+    return found
+
+
+def _check(spec: MapSpec, run: RunOptions) -> Preflight:
     check_places(spec, run)
     alignment = plan_grid(spec.before, spec.after)
     check_coverage(alignment)

@@ -18,7 +18,6 @@ from pipeline.io.raster import iter_blocks, write_cog
 
 if TYPE_CHECKING:
     from pipeline.checks import Preflight
-    from pipeline.workdir import RunPaths
 
 
 def probability_to_uint8(p: np.ndarray) -> np.ndarray:
@@ -181,10 +180,3 @@ def map_tags(pre: Preflight) -> dict[str, str]:
     """What a map says about itself: its map spec (only what defines it) and the model's provenance."""
     return {"CHANGEMAP_CONFIG": json.dumps(pre.spec.stamp(), sort_keys=True), "CHANGEMAP_MODEL": pre.meta.model,
             "CHANGEMAP_WEIGHTS_SHA256": pre.meta.sha256, "CHANGEMAP_WEIGHTS_LICENSE": pre.meta.license}
-
-
-def export_map(paths: RunPaths, dest: str, pre: Preflight, sinks: Sequence[BlockSink] = ()) -> Grid:
-    """The run's output store -> its change-map COG at ``dest``, stamped with the map spec."""
-    fmt = MapFormat.of(pre)
-    return export_cog(paths.output_store, paths.input_store, dest, probability=fmt.probability, mask=fmt.mask,
-                      threshold=fmt.threshold, tags=map_tags(pre), sinks=sinks)

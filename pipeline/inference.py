@@ -247,7 +247,6 @@ class PredictorPool:
         described = ray.get([a.describe.remote() for a in self.actors])  # fail here if the model cannot load
         self.size_divisor = int(described[0]["size_divisor"])
         self.batch_size = batch_size
-        self.tiles_done = 0
         self._lock = threading.Lock()
         # Two slots per actor: the next batch waits at the actor while the current one runs.
         self.slots = 2 * len(self.actors)
@@ -309,9 +308,7 @@ class PredictorPool:
 
             job = replace(job, scene_stats=measure_levels(levels, measure))
             passes = len(levels)
-        done = sum(self._map("predict", job, tiles, progress=progress))
-        with self._lock:
-            self.tiles_done += done
+        self._map("predict", job, tiles, progress=progress)
         return InferenceStats(len(tiles), time.perf_counter() - start, self.workers, self.device,
                               ray.get_runtime_context().gcs_address, passes)
 

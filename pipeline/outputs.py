@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import export, mapstats, quicklook, stac, storage
+from pipeline import mapstats, quicklook, stac, storage
 from pipeline.checks import Preflight
 from pipeline.config import RunOptions
 from pipeline.io import vector
 from pipeline.progress import Progress
 from pipeline.vectorize import Polygonizer
-from pipeline.workdir import RunPaths
 
 
 def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
@@ -23,13 +22,6 @@ def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
     if run.vector:
         sinks.append(Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify))
     return sinks
-
-
-def write_map_and_outputs(paths: RunPaths, pre: Preflight, run: RunOptions) -> dict[str, Any]:
-    """Write the COG from the run's stores and every requested output (see :func:`finish_outputs`)."""
-    sinks = make_sinks(pre, run)
-    export.export_map(paths, run.output, pre, sinks)
-    return finish_outputs(pre, run, sinks)
 
 
 def finish_outputs(pre: Preflight, run: RunOptions, sinks: list[Any]) -> dict[str, Any]:

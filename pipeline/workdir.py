@@ -84,7 +84,3 @@ class Records:
     def note(self, stage: str, key: str) -> str:
         """What a record says (the Ray node that did the work)."""
         return fs.read_text(storage.join(self.root, stage, key))
-
-    def clear(self) -> None:
-        """Forget every record (the stores they vouch for are being recreated)."""
-        fs.remove_tree(self.root)

@@ -235,16 +235,16 @@ def _no_leftovers_beside(out: Path) -> None:
 @pytest.mark.usefixtures("prefect_harness", "ray_local")
 @pytest.mark.parametrize("deleted_after", ["the CLI's checks", "the flow's checks"])
 def test_an_s3_object_that_disappears_ends_in_one_paragraph(deleted_after, world, tmp_path, monkeypatch, capfd):
-    """AFTER is deleted once the checks passed: the flow's own check (first case) or the stream's reads
-    in Ray tasks (second case) find it gone, and say so once."""
+    """AFTER is deleted once the checks passed: the stream's reads in Ray tasks find it gone (the flow
+    takes the CLI's check, or makes its own first), and say so once."""
     key = f"{BUCKET}/vanishing/{tmp_path.name}.tif"
     options = storage.StorageOptions.from_json(world["s3_options"])
     with storage.using(options):
         fs.upload(world["after"], f"s3://{key}")
     real, calls = checks.preflight, []
 
-    def preflight_then_delete(spec, run):
-        result = real(spec, run)
+    def preflight_then_delete(spec, run, **kw):
+        result = real(spec, run, **kw)
         calls.append(spec)
         if len(calls) == (1 if deleted_after == "the CLI's checks" else 2):
             with storage.using(options):

@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
     spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
-        checks.preflight(spec, run)  # before Prefect and Ray start: a user error costs seconds, not a cluster
+        checks.preflight(spec, run, remember=True)  # before Prefect and Ray start: a user error costs seconds, not a cluster
     from flows.change_detection import detect_changes
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
 
