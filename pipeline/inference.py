@@ -64,6 +64,7 @@ class TilePredictor:
         if compile:  # opt-in: minutes of compilation, paid back on long GPU runs
             self.model = torch.compile(self.model)
         self.batch_size = batch_size
+        self._device = threading.Lock()  # one forward pass at a time; the next batch is prepared meanwhile
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
         self.calls = 0
@@ -96,7 +97,8 @@ class TilePredictor:
             tile = store.check_layout(job.input_store, image, job.bands)
             band_index = np.asarray(job.bands) - 1
             engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
-                                halo=job.halo, batch_size=self.batch_size, statistics=job.statistics)
+                                halo=job.halo, batch_size=self.batch_size, statistics=job.statistics,
+                                lock=self._device)
 
             def read(w: Window) -> np.ndarray:
                 return image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
@@ -108,13 +110,16 @@ class TilePredictor:
         return self._scenes[job.output_store]
 
     def predict_chunks(self, job: InferenceJob, tiles: Sequence[Tile], keys: Sequence[tuple[int, int]],
-                       *chunks: tuple[np.ndarray, np.ndarray]) -> tuple[int, list[tuple[Tile, np.ndarray, np.ndarray]]]:
-        """Predict ``tiles`` from just-decoded chunks (the stream; no zarr round trip).
+                       *segments: tuple[np.ndarray, np.ndarray]) -> tuple[int, list[tuple[Tile, np.ndarray, np.ndarray]]]:
+        """Predict ``tiles`` from just-decoded row segments (the stream; no zarr round trip).
 
-        ``chunks`` are ``(image (2, C, h, w) of the model's bands, valid (h, w))`` of the tile
-        chunks ``keys`` (row, col) that the tiles' windows cover. Returns how many tiles, and each
-        tile's core probabilities (NaN where the tile has no valid pixel, which costs no forward
-        pass) with its valid mask: two results, so the stream's driver fetches the count only.
+        ``segments`` are ``(image (2, C, h, w) of the model's bands, valid (h, w))`` of the row
+        segments keyed ``(row, first col)`` in ``keys`` that the tiles' windows cover (see
+        :func:`pipeline.stream.make_segments`). Returns how many tiles, and each tile's core
+        probabilities (NaN where the tile has no valid pixel, which costs no forward pass) with
+        its valid mask: two results, so the stream's driver fetches the count only. Two calls may
+        run at once (the actor is threaded): one prepares its windows while the other's forward
+        pass holds the device.
         """
         fault_point(self)
         height, width, tile = job.shape
@@ -124,15 +129,19 @@ class TilePredictor:
                 self._engines.clear()
             engine = self._engines[job.output_store] = TileEngine(
                 self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
-                batch_size=self.batch_size, statistics=job.statistics)
-        images = {k: c[0] for k, c in zip(keys, chunks)}
-        valids = {k: c[1] for k, c in zip(keys, chunks)}
+                batch_size=self.batch_size, statistics=job.statistics, lock=self._device)
+        images: dict[tuple[int, int], np.ndarray] = {}
+        valids: dict[tuple[int, int], np.ndarray] = {}
+        for (row, first), (image, valid) in zip(keys, segments):
+            for i in range(-(-valid.shape[1] // tile)):  # the segment's chunks, as views
+                images[(row, first + i)] = image[..., i * tile:(i + 1) * tile]
+                valids[(row, first + i)] = valid[:, i * tile:(i + 1) * tile]
         found: dict[Tile, np.ndarray] = {}
         with_data = [t for t in tiles if valids[(t.row, t.col)].any()]
         engine.predict(with_data, lambda w: assemble(w, tile, images),
-                       lambda t, core: found.__setitem__(t, core.astype("float32", copy=False)))
+                       lambda t, core: found.__setitem__(t, core.astype("float32", copy=True)))
         return len(tiles), [(t, found.get(t, np.full((t.height, t.width), np.nan, "float32")),
-                             valids[(t.row, t.col)]) for t in tiles]
+                             np.ascontiguousarray(valids[(t.row, t.col)])) for t in tiles]
 
     def _with_data(self, job: InferenceJob, tiles: Sequence[Tile]) -> list[Tile]:
         """Tiles without any valid pixel stay NaN (nodata) and cost nothing."""
@@ -190,7 +199,8 @@ def lost_tiles_error(batch: Sequence[Tile], exc: BaseException) -> ChangemapErro
 # Passed on to the actors' processes: fault injection (tests) and modules registering models.
 _FAULT_VARS = ("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "CHANGEMAP_FAULT_MARKER", "CHANGEMAP_PLUGINS")
 
-RemotePredictor = ray.remote(TilePredictor)
+# Threaded: a second call prepares its batch while the first one's forward pass runs (see predict_chunks).
+RemotePredictor = ray.remote(max_concurrency=2)(TilePredictor)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -25,12 +27,14 @@ from ray.exceptions import RayActorError
 
 from pipeline import storage
 from pipeline.grid import Alignment
-from pipeline.inference import ATTEMPTS, InferenceJob, PredictorPool, lost_tiles_error
 from pipeline.io import store
 from pipeline.io.raster import AlignedPairReader
 from pipeline.progress import Progress
 from pipeline.tiling import Tile, chunks_under, make_tiles, tile_window
 from pipeline.workdir import Records
+
+if TYPE_CHECKING:  # torch stays out of the decode and store workers: they start a second faster
+    from pipeline.inference import InferenceJob, PredictorPool
 
 LOOKAHEAD_BATCHES = 2  # batches whose chunks are decoded ahead of the model, per actor slot
 log = logging.getLogger("changemap.stream")
@@ -58,33 +62,79 @@ class StreamStats:
     reused: int = 0  # tiles whose probabilities a previous attempt had recorded
     chunks_decoded: int = 0
     chunks_reused: int = 0
+    peak_segments: int = 0  # most decoded row segments held at once (bounded, whatever the scene's size)
     retried: list[str] = field(default_factory=list)  # keys of tiles predicted again after a lost actor
 
 
 # --- the CPU stages, as plain functions (Ray runs them as tasks anywhere in the cluster) -----------
 
-def decode_chunk(job: SceneStream, t: Tile, write: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Read (and warp) one tile chunk of both dates; store and record it unless it already is.
+SEGMENT_WIDTH = 2048  # pixels of a tile row one decode task reads, stores and hands on as one object
 
-    Returns the model's bands ``(2, C, h, w)`` and the valid mask.
+
+def make_segments(tiles: list[Tile], tile: int) -> dict[tuple[int, int], tuple[Tile, ...]]:
+    """The tiles grouped into row segments of ``SEGMENT_WIDTH // tile`` chunks (at least one), keyed ``(row, first col)``.
+
+    One task per segment amortises opening the pair, Ray's per-task cost and the store's per-write
+    cost over several chunks; one read of a wider window is also cheaper than several narrow ones.
     """
+    per = max(1, SEGMENT_WIDTH // tile)
+    segments: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        segments.setdefault((t.row, t.col - t.col % per), []).append(t)
+    return {k: tuple(v) for k, v in segments.items()}
+
+
+def segment_of(key: tuple[int, int], tile: int) -> tuple[int, int]:
+    """The segment key holding chunk ``(row, col)``."""
+    per = max(1, SEGMENT_WIDTH // tile)
+    return key[0], key[1] - key[1] % per
+
+
+def decode_segment(job: SceneStream, tiles: tuple[Tile, ...], done: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read (and warp) one row segment of both dates; store and record its chunks not yet in ``done``.
+
+    Chunks an earlier attempt recorded are not written again (a rewrite torn by a kill would sit
+    under a valid record); a segment recorded whole is read back from ``input.zarr`` instead of
+    decoded. Returns the model's bands ``(2, C, h, w)`` and the valid mask of the whole segment.
+    """
+    y0, x0 = tiles[0].y0, tiles[0].x0
+    y1, x1 = y0 + tiles[0].height, tiles[-1].x0 + tiles[-1].width
     with storage.using(job.storage):
-        if write:
+        if all(t.key in done for t in tiles):  # decoded by an earlier attempt: read back, not decoded again
+            image, valid = store.read_input_chunk(job.input_store, y0, x0, y1 - y0, x1 - x0)
+        else:
             with AlignedPairReader(job.alignment) as reader:
-                image, valid = reader.read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
-            store.write_input_chunk(job.input_store, t.y0, t.x0, image, valid)
-            Records(job.run_dir).mark("ingest", t.key, ray.get_runtime_context().get_node_id())
-        else:  # decoded by an earlier attempt: read back, not decoded again
-            image, valid = store.read_input_chunk(job.input_store, t.y0, t.x0, t.height, t.width)
+                image, valid = reader.read(y0, y1, x0, x1)
+            todo = [t for t in tiles if t.key not in done]
+            writer = store.InputWriter(job.input_store)
+            for first, last in _runs(todo):  # chunk-aligned runs of unrecorded chunks, one write each
+                a, b = first.x0 - x0, last.x0 + last.width - x0
+                writer.write(y0, first.x0, image[..., a:b], valid[:, a:b])
+            records, node = Records(job.run_dir), ray.get_runtime_context().get_node_id()
+            for t in todo:
+                records.mark("ingest", t.key, node)
+    if len(job.bands) == image.shape[1] and job.bands == tuple(range(1, image.shape[1] + 1)):
+        return image, valid
     return np.ascontiguousarray(image[:, np.asarray(job.bands) - 1]), valid
+
+
+def _runs(tiles: list[Tile]) -> list[tuple[Tile, Tile]]:
+    """Consecutive chunks of one row, as (first, last) pairs."""
+    runs: list[list[Tile]] = []
+    for t in tiles:
+        if runs and runs[-1][-1].col == t.col - 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return [(r[0], r[-1]) for r in runs]
 
 
 def store_tiles(job: SceneStream, results: list[tuple[Tile, np.ndarray, np.ndarray]]) -> int:
     """Write a batch's core probabilities into their own chunks of ``output.zarr``, then record them."""
     with storage.using(job.storage):
+        store.write_probabilities(job.output_store, [(t.y0, t.x0, prob) for t, prob, _ in results])
         records, node = Records(job.run_dir), ray.get_runtime_context().get_node_id()
-        for t, prob, _ in results:
-            store.write_probability(job.output_store, t.y0, t.x0, prob)
+        for t, _, _ in results:
             records.mark("infer", t.key, node)
     return len(results)
 
@@ -99,7 +149,7 @@ def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarr
 
 
 # Decoding is spread over the cluster's nodes: reads and warps are the stream's heaviest CPU work.
-_decode = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(decode_chunk)
+_decode = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(decode_segment)
 _store = ray.remote(num_cpus=0.25)(store_tiles)
 _load = ray.remote(num_cpus=0.25)(load_tiles)
 
@@ -119,22 +169,22 @@ def _kill_point(done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class _Chunks:
-    """Decode tasks of the chunks tiles need, submitted ahead and released once no tile needs them."""
+class _Segments:
+    """Decode tasks of the segments tiles need, submitted ahead and released once no tile needs them."""
 
-    def __init__(self, job: SceneStream, done: set[str], by_key: dict[tuple[int, int], Tile]) -> None:
-        self.job, self.done, self.by_key = job, done, by_key
+    def __init__(self, job: SceneStream, done: set[str], segments: dict[tuple[int, int], tuple[Tile, ...]]) -> None:
+        self.job, self.done, self.segments = job, done, segments
         self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
         self.users: dict[tuple[int, int], int] = {}
-        self.decoded = self.reused = 0
+        self.decoded = self.reused = 0  # chunks
 
     def need(self, key: tuple[int, int]) -> ray.ObjectRef:
         if key not in self.refs:
-            t = self.by_key[key]
-            write = t.key not in self.done
-            self.refs[key] = _decode.remote(self.job, t, write)
-            self.decoded += write
-            self.reused += not write
+            tiles = self.segments[key]
+            done = frozenset(t.key for t in tiles if t.key in self.done)
+            self.refs[key] = _decode.remote(self.job, tiles, done)
+            self.decoded += len(tiles) - len(done)
+            self.reused += len(done)
         return self.refs[key]
 
     def release(self, key: tuple[int, int]) -> None:
@@ -150,26 +200,27 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     ``writer`` is a Ray actor handle with ``put(results)`` (a :class:`pipeline.export.MapWriter`).
     Tiles recorded as predicted by an earlier attempt are read back and written to the map only.
     """
+    from pipeline.inference import ATTEMPTS, lost_tiles_error
+
     g = job.alignment.grid
     tiles = make_tiles(g.height, g.width, job.tile)
     records = Records(job.run_dir)
     done_in, done_out = records.done("ingest"), records.done("infer")
     stats = StreamStats(tiles=len(tiles))
-    by_key = {(t.row, t.col): t for t in tiles}
     todo = [t for t in tiles if t.key not in done_out]
     finished = [t for t in tiles if t.key in done_out]
     stats.reused = len(finished)
     bar = progress or Progress("infer")
     if finished:
         bar.note(f"{len(finished)} of {len(tiles)} tiles reused from an earlier attempt")
-    chunks = _Chunks(job, done_in, by_key)
+    chunks = _Segments(job, done_in, make_segments(tiles, job.tile))
     windows = {t: tile_window(t, job.tile, infer_job.halo, pool.size_divisor, g.height, g.width, clipped=False)
                for t in todo}
-    needs = {t: chunks_under(windows[t], job.tile) for t in todo}
-    for t in todo:
-        for key in needs[t]:
-            chunks.users[key] = chunks.users.get(key, 0) + 1
+    needs = {t: sorted({segment_of(k, job.tile) for k in chunks_under(windows[t], job.tile)}) for t in todo}
     batches = deque([todo[i:i + pool.batch_size], 0] for i in range(0, len(todo), pool.batch_size))
+    for batch, _ in batches:  # a segment is released once every batch that needs it is done
+        for key in {k for t in batch for k in needs[t]}:
+            chunks.users[key] = chunks.users.get(key, 0) + 1
     writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
     predicting: dict = {}  # count ref -> (actor, batch, attempt, chunk keys, results ref)
     storing: dict = {}  # ref -> number of tiles
@@ -178,10 +229,11 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     ahead = LOOKAHEAD_BATCHES * pool.slots
     while batches or predicting or storing:
         # decode ahead: the chunks of the next batches are submitted before an actor is free
-        for batch, _ in list(batches)[:ahead]:
+        for batch, _ in islice(batches, ahead):
             for t in batch:
                 for key in needs[t]:
                     chunks.need(key)
+        stats.peak_segments = max(stats.peak_segments, len(chunks.refs))
         # the map writer bounds the stream too: results wait in the object store, not in memory
         if len(writes) > 4 * pool.slots:
             _, writes = ray.wait(writes, num_returns=len(writes) - 2 * pool.slots)
@@ -229,8 +281,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     return stats
 
 
-def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flight: int = 8) -> tuple[int, int]:
-    """Decode every chunk not yet recorded into ``input.zarr`` with Ray tasks.
+def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flight: int = 4) -> tuple[int, int]:
+    """Decode every chunk not yet recorded into ``input.zarr`` with Ray tasks (a row segment each).
 
     The scene-statistics path needs the whole scene stored before its passes. Returns (chunks
     decoded, chunks reused).
@@ -238,19 +290,22 @@ def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flig
     g = job.alignment.grid
     tiles = make_tiles(g.height, g.width, job.tile)
     done = Records(job.run_dir).done("ingest")
-    todo = [t for t in tiles if t.key not in done]
+    todo = [seg for seg in make_segments(tiles, job.tile).values() if not all(t.key in done for t in seg)]
     bar = progress or Progress("ingest", unit="chunks")
-    pending: list = []
-    finished = len(tiles) - len(todo)
-    for t in todo:
+    pending: dict = {}
+    decoded = 0
+    finished = len(tiles) - sum(len(seg) for seg in todo)
+    for seg in todo:
         if len(pending) >= in_flight:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1)
             ray.get(ready)
-            finished += 1
+            finished += pending.pop(ready[0])
             bar(finished, len(tiles))
-        pending.append(_decode.remote(job, t, True))
-    for ref in pending:
+        seg_done = frozenset(t.key for t in seg if t.key in done)
+        decoded += len(seg) - len(seg_done)
+        pending[_decode.remote(job, seg, seg_done)] = len(seg)
+    for ref, n in pending.items():
         ray.get(ref)
-        finished += 1
+        finished += n
         bar(finished, len(tiles))
-    return len(todo), len(tiles) - len(todo)
+    return decoded, len(tiles) - decoded

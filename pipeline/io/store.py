@@ -7,16 +7,19 @@ grid as CF ``spatial_ref`` (CRS WKT + GeoTransform) and x/y pixel-centre coordin
 """
 from __future__ import annotations
 
-import dask.array as da
+from typing import TYPE_CHECKING
+
 import numpy as np
-import rioxarray  # noqa: F401  (registers the .rio accessor)
-import xarray as xr
 import zarr
 from affine import Affine
 from numcodecs import Zstd
 
 from pipeline import storage
 from pipeline.grid import Grid
+
+if TYPE_CHECKING:
+    import dask.array as da
+    import xarray as xr
 
 IMAGE, VALID, PROBABILITY = "image", "valid", "probability"
 _COMPLETE = "changemap_complete"
@@ -27,6 +30,18 @@ _BANDS = "changemap_bands"
 def _so(path: str) -> dict:
     """``storage_options`` keyword for xarray/zarr: only for URLs (local stores take none)."""
     return {"storage_options": storage.options_for(path)} if storage.is_remote(path) else {}
+
+
+def _xarray():
+    """Xarray with rioxarray's ``.rio`` accessor, imported on first use.
+
+    Creating and describing stores needs them; the Ray tasks that only write and read chunks
+    do not, and start a second faster without them.
+    """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray
+
+    return xarray
 
 
 def _group(path: str, mode: str) -> zarr.Group:
@@ -63,6 +78,7 @@ def _write(ds: xr.Dataset, path: str, encoding: dict) -> None:
 
 def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, tile: int) -> None:
     """Write the aligned pair (dask arrays; computed chunk by chunk) to ``path``."""
+    xr = _xarray()
     ds = xr.Dataset(
         {IMAGE: (("time", "band", "y", "x"), image), VALID: (("y", "x"), valid)},
         coords={"time": ["before", "after"], "band": np.arange(1, image.shape[1] + 1), **_coords(grid)},
@@ -83,6 +99,9 @@ def create_input_store(path: str, grid: Grid, bands: int, dtype: str, tile: int)
     Chunks are written by :func:`write_input_chunk` as their tiles are decoded. An existing
     store of the same layout is kept (a resumed run adds the chunks it lacks).
     """
+    import dask.array as da
+
+    xr = _xarray()
     if _matches(path, IMAGE, (2, bands, grid.height, grid.width), tile):
         return
     image = da.zeros((2, bands, grid.height, grid.width), dtype=dtype, chunks=(2, bands, tile, tile))
@@ -101,7 +120,7 @@ def create_input_store(path: str, grid: Grid, bands: int, dtype: str, tile: int)
 
 
 def _codec(path: str):
-    """The aligned pair's codec: none on local disk, zstd level 1 in object storage.
+    """The work stores' codec: none on local disk, zstd level 1 in object storage.
 
     Measured on LEVIR-CD 512-px chunks of both dates: lz4 (zarr's default) keeps 100 % of the
     bytes of imagery and reads at half the speed of no codec; zstd level 1 keeps 86 %, which
@@ -119,11 +138,23 @@ def _matches(path: str, name: str, shape: tuple[int, ...], tile: int) -> bool:
     return tuple(arr.shape) == shape and tuple(arr.chunks[-2:]) == (tile, tile)
 
 
+class InputWriter:
+    """Writes chunk-aligned regions of the aligned pair, its two arrays opened once."""
+
+    def __init__(self, path: str) -> None:
+        self.image = writable(path, IMAGE)
+        self.valid = writable(path, VALID)
+
+    def write(self, y0: int, x0: int, image: np.ndarray, valid: np.ndarray) -> None:
+        """Write ``image (2, bands, h, w)`` and ``valid (h, w)`` at a chunk corner (no other writer shares them)."""
+        h, w = valid.shape
+        self.image[:, :, y0:y0 + h, x0:x0 + w] = image
+        self.valid[y0:y0 + h, x0:x0 + w] = valid
+
+
 def write_input_chunk(path: str, y0: int, x0: int, image: np.ndarray, valid: np.ndarray) -> None:
-    """Write one tile's chunk of the aligned pair (chunk-aligned: no other writer shares it)."""
-    h, w = valid.shape
-    open_array(path, IMAGE, mode="r+")[:, :, y0:y0 + h, x0:x0 + w] = image
-    open_array(path, VALID, mode="r+")[y0:y0 + h, x0:x0 + w] = valid
+    """Write one tile's chunk (or a chunk-aligned run of chunks) of the aligned pair."""
+    InputWriter(path).write(y0, x0, image, valid)
 
 
 def read_input_chunk(path: str, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +164,14 @@ def read_input_chunk(path: str, y0: int, x0: int, h: int, w: int) -> tuple[np.nd
 
 def write_probability(path: str, y0: int, x0: int, prob: np.ndarray) -> None:
     """Write one tile's core probabilities into its own chunk of ``output.zarr``."""
-    h, w = prob.shape
-    open_array(path, PROBABILITY, mode="r+")[y0:y0 + h, x0:x0 + w] = prob
+    write_probabilities(path, [(y0, x0, prob)])
+
+
+def write_probabilities(path: str, tiles: list[tuple[int, int, np.ndarray]]) -> None:
+    """Write tiles' core probabilities ``(y0, x0, prob)``, each into its own chunk, the array opened once."""
+    out = writable(path, PROBABILITY)
+    for y0, x0, prob in tiles:
+        out[y0:y0 + prob.shape[0], x0:x0 + prob.shape[1]] = prob
 
 
 def create_output_store(path: str, grid: Grid, tile: int) -> None:
@@ -142,13 +179,17 @@ def create_output_store(path: str, grid: Grid, tile: int) -> None:
 
     An existing store of the same layout is kept (a resumed run keeps its finished tiles).
     """
+    import dask.array as da
+
+    xr = _xarray()
     if _matches(path, PROBABILITY, (grid.height, grid.width), tile):
         return
     prob = da.full((grid.height, grid.width), np.nan, dtype="float32", chunks=(tile, tile))
     ds = _georeference(xr.Dataset({PROBABILITY: (("y", "x"), prob)}, coords=_coords(grid)), grid)
     ds.attrs[_COMPLETE] = False
     ds.to_zarr(storage.local_path(path), mode="w", compute=False, consolidated=False, zarr_format=2, **_so(path),
-               encoding=_encoding(ds, {PROBABILITY: {"chunks": (tile, tile), "_FillValue": np.nan}}))
+               encoding=_encoding(ds, {PROBABILITY: {"chunks": (tile, tile), "_FillValue": np.nan,
+                                                     "compressors": _codec(path)}}))
 
 
 def mark_complete(path: str) -> None:
@@ -166,6 +207,7 @@ def is_complete(path: str) -> bool:
 
 def read_grid(path: str) -> Grid:
     """The grid a store was written on, decoded through rioxarray (CRS + transform)."""
+    xr = _xarray()
     ds = xr.open_zarr(storage.local_path(path), consolidated=False, decode_coords="all", mask_and_scale=False,
                       **_so(path))
     crs = ds.rio.crs
@@ -178,6 +220,15 @@ def read_grid(path: str) -> Grid:
 def open_array(path: str, name: str, mode: str = "r") -> zarr.Array:
     """One array of a store, for direct chunk-aligned reads and writes."""
     return _group(path, mode)[name]
+
+
+def writable(path: str, name: str) -> zarr.Array:
+    """One array of a store opened for chunk-aligned writes that write every chunk as given.
+
+    zarr otherwise compares each chunk with the fill value first, to skip empty ones: on the work
+    stores that costs about as much as the write itself.
+    """
+    return open_array(path, name, mode="r+").with_config({"write_empty_chunks": True})
 
 
 def read_tile(path: str) -> int:
