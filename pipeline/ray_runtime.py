@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import ray
 
@@ -48,16 +48,20 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
 def shutdown_if_started(started: bool) -> None:
     """Shut Ray down if :func:`ensure_ray` started (or attached) it in this process."""
     if started and ray.is_initialized():
+        if os.environ.get("CHANGEMAP_TIMELINE"):  # the benchmark's per-stage busy time, outside the timed flow
+            ray.timeline(filename=os.environ["CHANGEMAP_TIMELINE"])
         ray.shutdown()
 
 
 @contextmanager
-def services(address: str | None = None) -> Iterator[None]:
+def services(address: str | None = None,
+             warm: Callable[[], AbstractContextManager] | None = None) -> Iterator[None]:
     """Prefect's API and Ray started at the same time, Ray stopped at the end if started here.
 
     Each takes seconds to start; started one after the other they are most of a small run's
     time. Prefect's ephemeral API (no ``PREFECT_API_URL``) starts in a thread while Ray starts
-    here; a flow run inside the block finds both up.
+    here, and then ``warm`` (e.g. the run's model actors, see :func:`pipeline.run.warm_start`)
+    is entered while the API is still starting; a flow run inside the block finds all of it up.
     """
     def prefect_api() -> None:
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
@@ -72,9 +76,11 @@ def services(address: str | None = None) -> Iterator[None]:
 
     thread = threading.Thread(target=prefect_api, name="prefect-api", daemon=True)
     thread.start()
-    started = ensure_ray(address)
-    thread.join()
+    started = False
     try:
-        yield
+        started = ensure_ray(address)
+        with warm() if warm is not None else nullcontext():
+            thread.join()
+            yield
     finally:
         shutdown_if_started(started)

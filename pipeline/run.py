@@ -1,7 +1,8 @@
 """One scene's map, end to end behind one call: the stores, Ray, the model actors, the stream, the writer."""
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline import export, outputs, ray_runtime, storage, stream
 from pipeline.checks import Preflight
 from pipeline.config import RunOptions
-from pipeline.inference import InferenceJob, borrow_pool
+from pipeline.inference import InferenceJob, borrow_pool, shared_pool
 from pipeline.io import store
 from pipeline.progress import Progress
 from pipeline.tiling import make_tiles
@@ -43,6 +44,19 @@ def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
                                                      storage.installed())
 
 
+@contextmanager
+def warm_start(pre: Preflight, run: RunOptions) -> Iterator[None]:
+    """The run's model actors started and the stream's workers warmed, ahead of the flow.
+
+    :func:`pipeline.ray_runtime.services` enters this while Prefect's API starts; the map
+    borrows the actors (:func:`pipeline.inference.borrow_pool`) instead of starting its own.
+    """
+    with shared_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
+                     model_args=dict(pre.meta.model_args), compile=run.compile):
+        stream.warm_workers()
+        yield
+
+
 def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
     """Stream the scene's tiles into its change map at ``run.output``; the stores keep what a rerun reuses.
 
@@ -69,8 +83,6 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
                 ray.get(writer.abort.remote())  # nothing half-written at or beside the output
                 raise
             workers, device = pool.workers, pool.device
-        if os.environ.get("CHANGEMAP_TIMELINE"):  # the benchmark's per-stage busy time
-            ray.timeline(filename=os.environ["CHANGEMAP_TIMELINE"])
         store.mark_complete(paths.output_store)
         return SceneResult(stats, sinks, workers, device, ray.get_runtime_context().gcs_address, passes)
     finally:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -154,6 +155,25 @@ _store = ray.remote(num_cpus=0.25)(store_tiles)
 _load = ray.remote(num_cpus=0.25)(load_tiles)
 
 
+def _ready() -> int:
+    """Nothing: run once per worker so that its process is started and has this module imported."""
+    import pipeline.export  # noqa: F401  (the map writer's module, for a worker that becomes the writer)
+
+    return os.getpid()
+
+
+_warm = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(_ready)
+
+
+def warm_workers(per_node: int = 2) -> list:
+    """Start the stream's CPU workers (process start and imports, a second or two each) ahead of the stream.
+
+    Returns the tasks' references; nothing needs to wait for them.
+    """
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return [_warm.remote() for _ in range(per_node * max(1, nodes))]
+
+
 def feed_from_stores(job: SceneStream, writer, tiles: list[Tile], group: int = 16) -> list:
     """Send finished tiles, read back from the stores in small groups by Ray tasks, to the map writer."""
     return [writer.put.remote(_load.remote(job, tiles[i:i + group])) for i in range(0, len(tiles), group)]
@@ -172,10 +192,14 @@ def _kill_point(done: int) -> None:
 class _Segments:
     """Decode tasks of the segments tiles need, submitted ahead and released once no tile needs them."""
 
-    def __init__(self, job: SceneStream, done: set[str], segments: dict[tuple[int, int], tuple[Tile, ...]]) -> None:
+    def __init__(self, job: SceneStream, done: set[str], segments: dict[tuple[int, int], tuple[Tile, ...]],
+                 batches: Iterable[list[Tile]], needs: dict[Tile, list[tuple[int, int]]]) -> None:
         self.job, self.done, self.segments = job, done, segments
         self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
-        self.users: dict[tuple[int, int], int] = {}
+        self.users: dict[tuple[int, int], int] = {}  # batches still to finish that need the segment
+        for batch in batches:
+            for key in {k for t in batch for k in needs[t]}:
+                self.users[key] = self.users.get(key, 0) + 1
         self.decoded = self.reused = 0  # chunks
 
     def need(self, key: tuple[int, int]) -> ray.ObjectRef:
@@ -188,6 +212,7 @@ class _Segments:
         return self.refs[key]
 
     def release(self, key: tuple[int, int]) -> None:
+        """One batch needing the segment is done (call once per batch, not per tile)."""
         self.users[key] -= 1
         if self.users[key] == 0:
             del self.refs[key]  # the object store frees it once the batches using it are done
@@ -213,14 +238,11 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     bar = progress or Progress("infer")
     if finished:
         bar.note(f"{len(finished)} of {len(tiles)} tiles reused from an earlier attempt")
-    chunks = _Segments(job, done_in, make_segments(tiles, job.tile))
     windows = {t: tile_window(t, job.tile, infer_job.halo, pool.size_divisor, g.height, g.width, clipped=False)
                for t in todo}
     needs = {t: sorted({segment_of(k, job.tile) for k in chunks_under(windows[t], job.tile)}) for t in todo}
     batches = deque([todo[i:i + pool.batch_size], 0] for i in range(0, len(todo), pool.batch_size))
-    for batch, _ in batches:  # a segment is released once every batch that needs it is done
-        for key in {k for t in batch for k in needs[t]}:
-            chunks.users[key] = chunks.users.get(key, 0) + 1
+    chunks = _Segments(job, done_in, make_segments(tiles, job.tile), (b for b, _ in batches), needs)
     writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
     predicting: dict = {}  # count ref -> (actor, batch, attempt, chunk keys, results ref)
     storing: dict = {}  # ref -> number of tiles

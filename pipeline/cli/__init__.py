@@ -174,13 +174,20 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline import checks, storage
 
     spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
+    import threading
+    def _api():
+        from prefect.server.api.server import SubprocessASGIServer
+        SubprocessASGIServer().start()
+    threading.Thread(target=_api, daemon=True).start()
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
-        checks.preflight(spec, run, remember=True)  # before Prefect and Ray start: a user error costs seconds, not a cluster
+        pre = checks.preflight(spec, run, remember=True)  # before Prefect and Ray: a user error costs seconds
     from flows.change_detection import detect_changes
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
+    from pipeline.run import warm_start
 
     _quiet_user_errors()
-    with ray_runtime.services(run.ray_address):
+    # The model actors start while Prefect's API does: the flow finds them ready.
+    with ray_runtime.services(run.ray_address, warm=lambda: warm_start(pre, run)):
         summary = detect_changes(spec, run)
     if args.json:
         print(summary.model_dump_json())

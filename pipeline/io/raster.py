@@ -41,7 +41,9 @@ from pipeline.io import fs
 
 # Output blocks and overview settings of the COGs we write.
 COG_BLOCKSIZE = 512
-_GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS"}
+# GDAL's block cache defaults to 5 % of RAM: writing a map would fill it with finished blocks, so a
+# map writer's memory would grow with the scene; 64 MiB hold a few rows of 512 px blocks.
+_GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 64}
 
 
 # Protocols GDAL reads itself through its virtual file systems (/vsis3/, /vsigs/, /vsiaz/,

@@ -86,3 +86,36 @@ def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_pat
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+WARM_PROBE = """
+import json, ray
+from contextlib import contextmanager
+import pipeline.ray_runtime as rt
+from pipeline.inference import borrow_pool, shared_pool
+seen = {}
+@contextmanager
+def warm():
+    seen["ray_up_when_warming"] = ray.is_initialized()
+    with shared_pool("tinycd", None, batch_size=2) as pool:
+        seen["pool"] = id(pool)
+        yield
+    seen["ray_up_after_warm"] = ray.is_initialized()
+with rt.services(None, warm=warm):
+    with borrow_pool("tinycd", None, batch_size=2) as p:
+        seen["borrowed_the_warm_pool"] = id(p) == seen["pool"]
+seen["ray_up_at_end"] = ray.is_initialized()
+print(json.dumps(seen))
+"""
+
+
+def test_services_start_the_model_actors_that_the_run_then_borrows():
+    """``services(warm=...)``: actors started while Prefect's API starts are the ones the map uses, closed before Ray."""
+    import json
+
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # a set API: none is started, none contacted
+    out = subprocess.run([sys.executable, "-c", WARM_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    seen = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    assert seen["ray_up_when_warming"] and seen["borrowed_the_warm_pool"]
+    assert seen["ray_up_after_warm"] and not seen["ray_up_at_end"]

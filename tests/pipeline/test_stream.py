@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import checks, export, workdir
+from pipeline import checks, export, stream, workdir
 from pipeline.config import MapSpec, RunOptions
 from pipeline.inference import InferenceJob, PredictorPool
 from pipeline.io import store
@@ -30,6 +30,52 @@ def test_assemble_cuts_a_window_from_its_chunks():
     w = halo_window(tiles[4], 2, 8, 10, 11)  # an inner tile's window, clipped by the scene
     assert chunks_under(w, 4) == [(r, c) for r in range(3) for c in range(3)]
     np.testing.assert_array_equal(assemble(w, 4, pieces), scene[:, w.y0:w.y1, w.x0:w.x1])
+
+
+def test_row_segments_group_chunks_of_one_row():
+    tiles = make_tiles(600, 1100, 256)  # 3 rows of 5 chunks (the last ones smaller)
+    segments = stream.make_segments(tiles, 256)  # 2048 // 256 = 8 chunks per segment: whole rows here
+    assert list(segments) == [(0, 0), (1, 0), (2, 0)]
+    assert [t.col for t in segments[(1, 0)]] == [0, 1, 2, 3, 4]
+    wide = make_tiles(600, 1100, 4096)  # tiles wider than a segment: one chunk each
+    assert list(stream.make_segments(wide, 4096)) == [(t.row, t.col) for t in wide]
+    assert len(stream.make_segments(make_tiles(600, 5000, 1024), 1024)) == 3  # 5 chunks, 2 per segment
+    assert stream.segment_of((2, 11), 256) == (2, 8) and stream.segment_of((2, 7), 256) == (2, 0)
+
+
+def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
+    """The stream holds a few rows of decoded segments, however many rows the scene has.
+
+    Segments are counted per batch and released per batch; counting them per tile kept every
+    decoded segment in Ray's object store until the end of the scene (it spilled to disk).
+    """
+    class FakeDecode:
+        submitted = 0
+
+        def remote(self, *args):
+            FakeDecode.submitted += 1
+            return object()
+
+    monkeypatch.setattr(stream, "_decode", FakeDecode())
+    monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment: 8 per row
+    height = width = 16 * 64
+    tiles = make_tiles(height, width, 64)
+    needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, height, width), 64)})
+             for t in tiles}
+    batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]
+    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs)
+    ahead, peak = 4, 0
+    for i, batch in enumerate(batches):  # in order, decoding the next batches ahead, as the stream does
+        for later in batches[i:i + ahead]:
+            for key in {k for t in later for k in needs[t]}:
+                segments.need(key)
+        peak = max(peak, len(segments.refs))
+        for key in {k for t in batch for k in needs[t]}:
+            segments.release(key)
+    assert segments.refs == {}  # everything released at the end
+    assert FakeDecode.submitted == 16 * 8  # each segment decoded once
+    assert peak <= 4 * 8  # the rows above, at and below the tiles in flight, and the next (of 16 rows)
+    assert segments.decoded == len(tiles) and segments.reused == 0
 
 
 def _read(path) -> np.ndarray:
