@@ -174,11 +174,6 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline import checks, storage
 
     spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
-    import threading
-    def _api():
-        from prefect.server.api.server import SubprocessASGIServer
-        SubprocessASGIServer().start()
-    threading.Thread(target=_api, daemon=True).start()
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         pre = checks.preflight(spec, run, remember=True)  # before Prefect and Ray: a user error costs seconds
     from flows.change_detection import detect_changes
