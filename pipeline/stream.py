@@ -27,6 +27,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from pipeline import storage
+from pipeline.errors import InputRasterError
 from pipeline.grid import Alignment
 from pipeline.io import store
 from pipeline.io.raster import AlignedPairReader
@@ -105,7 +106,12 @@ def decode_segment(job: SceneStream, tiles: tuple[Tile, ...], done: frozenset[st
             image, valid = store.read_input_chunk(job.input_store, y0, x0, y1 - y0, x1 - x0)
         else:
             with AlignedPairReader(job.alignment) as reader:
-                image, valid = reader.read(y0, y1, x0, x1)
+                try:
+                    image, valid = reader.read(y0, y1, x0, x1)
+                except InputRasterError:
+                    for t in tiles:  # name the chunk that cannot be read, not the whole segment
+                        reader.read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
+                    raise
             todo = [t for t in tiles if t.key not in done]
             writer = store.InputWriter(job.input_store)
             for first, last in _runs(todo):  # chunk-aligned runs of unrecorded chunks, one write each

@@ -158,7 +158,7 @@ def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypa
         raise raised
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
-    monkeypatch.setattr("pipeline.ray_runtime.services", lambda address=None: contextlib.nullcontext())
+    monkeypatch.setattr("pipeline.ray_runtime.services", lambda address=None, warm=None: contextlib.nullcontext())
     args = ["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(tmp_path / "c.tif")]
     if code is None:
         with pytest.raises(RuntimeError, match="a bug"):
