@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError
 from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
 from pipeline import loader, storage
-from pipeline.engine import TileEngine, normalize
+from pipeline.engine import Lanes, TileEngine, normalize
 from pipeline.errors import ChangemapError
 from pipeline.io import store
 from pipeline.tiling import Tile, Window, assemble, by_clipped_shape
@@ -52,19 +52,19 @@ class TilePredictor:
     """Loads a model once and predicts batches of tiles of one or more scenes."""
 
     def __init__(self, model_name: str, weights: LoadedWeights | None, *, batch_size: int = 4,
-                 device: str | None = None, threads: int | None = None,
+                 device: str | None = None, threads: int | None = None, lanes: int = 1,
                  model_args: dict | None = None, compile: bool = False) -> None:
         for module in filter(None, os.environ.get("CHANGEMAP_PLUGINS", "").split(",")):
             importlib.import_module(module.strip())  # modules that register models of their own
-        if threads:
-            torch.set_num_threads(threads)
+        if threads:  # the actor's cores, shared by its lanes (forward passes running at once)
+            torch.set_num_threads(max(1, threads // max(1, lanes)))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.meta = loader.build_loaded(model_name, weights, model_args)
         self.model.to(self.device)
         if compile:  # opt-in: minutes of compilation, paid back on long GPU runs
             self.model = torch.compile(self.model)
         self.batch_size = batch_size
-        self._device = threading.Lock()  # one forward pass at a time; the next batch is prepared meanwhile
+        self._lanes = Lanes(lanes)  # forward passes at once; one more batch is prepared meanwhile
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
         self.calls = 0
@@ -98,7 +98,7 @@ class TilePredictor:
             band_index = np.asarray(job.bands) - 1
             engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
                                 halo=job.halo, batch_size=self.batch_size, statistics=job.statistics,
-                                lock=self._device)
+                                lanes=self._lanes)
 
             def read(w: Window) -> np.ndarray:
                 return image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
@@ -129,7 +129,7 @@ class TilePredictor:
                 self._engines.clear()
             engine = self._engines[job.output_store] = TileEngine(
                 self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
-                batch_size=self.batch_size, statistics=job.statistics, lock=self._device)
+                batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes)
         images: dict[tuple[int, int], np.ndarray] = {}
         valids: dict[tuple[int, int], np.ndarray] = {}
         for (row, first), (image, valid) in zip(keys, segments):
@@ -199,8 +199,10 @@ def lost_tiles_error(batch: Sequence[Tile], exc: BaseException) -> ChangemapErro
 # Passed on to the actors' processes: fault injection (tests) and modules registering models.
 _FAULT_VARS = ("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "CHANGEMAP_FAULT_MARKER", "CHANGEMAP_PLUGINS")
 
-# Threaded: a second call prepares its batch while the first one's forward pass runs (see predict_chunks).
-RemotePredictor = ray.remote(max_concurrency=2)(TilePredictor)
+# Threaded: calls run forward passes on the actor's lanes while one more prepares its batch
+# (predict_chunks); the pool sets max_concurrency to lanes + 1.
+RemotePredictor = ray.remote(TilePredictor)
+MAX_CPU_LANES = 4  # forward passes at once on a CPU actor (each holds a batch's activations)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ class PredictorPool:
         if gpus:
             self.workers = workers or gpus
             options = {"num_gpus": 1, "num_cpus": 1}
-            threads = None
+            threads, lanes = None, 1
             self.device = "cuda"
         else:
             self.workers = workers or 1
@@ -242,15 +244,18 @@ class PredictorPool:
             # Torch uses all the actor's cores, but one logical CPU of each (half of a 1-CPU node) is
             # left to the stream's decode and write tasks, which would otherwise never be placed.
             options = {"num_cpus": per_actor - 1 if per_actor > 1 else 0.5}
-            threads = per_actor
+            # Its cores run several single- or few-threaded forward passes at once: more throughput
+            # than one pass over all of them (convolutions do not scale linearly with threads).
+            threads, lanes = per_actor, min(per_actor, MAX_CPU_LANES)
             self.device = "cpu"
+        options["max_concurrency"] = lanes + 1
         faults = {k: os.environ[k] for k in _FAULT_VARS if k in os.environ}
         if faults:  # tests inject faults into the actors' processes
             options["runtime_env"] = {"env_vars": faults}
         weights_ref = ray.put(weights)  # kept: a lost actor's replacement loads the same weights
         self._spawn = lambda: RemotePredictor.options(**options).remote(
-            model_name, weights_ref, batch_size=batch_size, device=self.device, threads=threads, model_args=model_args,
-            compile=compile)
+            model_name, weights_ref, batch_size=batch_size, device=self.device, threads=threads, lanes=lanes,
+            model_args=model_args, compile=compile)
         self.actors = [self._spawn() for _ in range(self.workers)]
         self._replaced: dict = {}  # actor id of a lost actor -> its replacement
         self.retried: list[str] = []  # keys of tiles predicted again after a lost actor
@@ -258,10 +263,10 @@ class PredictorPool:
         self.size_divisor = int(described[0]["size_divisor"])
         self.batch_size = batch_size
         self._lock = threading.Lock()
-        # Two slots per actor: the next batch waits at the actor while the current one runs.
-        self.slots = 2 * len(self.actors)
+        # A slot per lane and one more per actor: the next batch waits at the actor while the others run.
+        self.slots = (lanes + 1) * len(self.actors)
         self._idle: queue.Queue = queue.Queue()
-        for actor in self.actors * 2:
+        for actor in self.actors * (lanes + 1):
             self._idle.put(actor)
 
     def acquire(self, timeout: float = 0.0):

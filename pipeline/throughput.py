@@ -69,30 +69,45 @@ def decode_rate(before: Path, after: Path, threads: int) -> float:
     return height * width / 1e6 / (time.perf_counter() - start)
 
 
-def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeats: int = 3) -> float:
-    """Core megapixels per second of forward passes alone on the run's windows (same device)."""
+def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeats: int = 2) -> float:
+    """Core megapixels per second of forward passes alone on the run's windows, run as the actors run them.
+
+    On a GPU one pass at a time; on the CPU one pass per lane at once, the cores shared between
+    the lanes (:class:`pipeline.engine.Lanes`, ``MAX_CPU_LANES``), as a CPU actor given all the
+    cores would.
+    """
     import torch
 
     from pipeline import loader
     from pipeline.engine import forward_probability
+    from pipeline.inference import MAX_CPU_LANES
     from pipeline.tiling import window_size
 
     net, meta, _ = loader.build(model, None if model != NULL_MODEL else "none")
     net.to(device)
+    cores = os.cpu_count() or 1
+    lanes = 1 if device == "cuda" else min(cores, MAX_CPU_LANES)
+    if device != "cuda":
+        torch.set_num_threads(max(1, cores // lanes))
     side = window_size(tile, halo, net.size_divisor)
     x = torch.randn(batch, 2, meta.in_channels, side, side, device=device)
     forward_probability(net, x)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
+
+    def passes(_: int) -> None:
+        for _ in range(repeats):
+            forward_probability(net, x)
+
     start = time.perf_counter()
-    for _ in range(repeats):
-        forward_probability(net, x)
-    return repeats * batch * tile * tile / 1e6 / (time.perf_counter() - start)
+    with ThreadPoolExecutor(lanes) as ex:
+        list(ex.map(passes, range(lanes)))
+    return lanes * repeats * batch * tile * tile / 1e6 / (time.perf_counter() - start)
 
 
 def stage_busy(timeline: Path) -> dict[str, float]:
     """Busy seconds per stage, summed over Ray's task timeline (Chrome trace events)."""
-    names = {"decode_segment": "decode+ingest", "predict_chunks": "model", "store_tiles": "output.zarr",
+    names = {"decode_segment": "decode+ingest", "predict_chunks": "model (summed over lanes)", "store_tiles": "output.zarr",
              "put": "map writer", "load_tiles": "reload"}
     busy: dict[str, float] = {}
     for event in json.loads(timeline.read_text()):
