@@ -265,6 +265,7 @@ class PredictorPool:
         self._lock = threading.Lock()
         # A slot per lane and one more per actor: the next batch waits at the actor while the others run.
         self.slots = (lanes + 1) * len(self.actors)
+        self.lanes = lanes * len(self.actors)  # forward passes the pool runs at once
         self._idle: queue.Queue = queue.Queue()
         for actor in self.actors * (lanes + 1):
             self._idle.put(actor)
