@@ -1,10 +1,10 @@
-"""Inference: model actors (one per GPU, CPU fallback) predicting tiles from the zarr store.
+"""Inference: model actors (one per GPU, CPU fallback) predicting tiles.
 
-:class:`TilePredictor` is a plain class (tests call it directly); Ray runs it as an
-actor that loads the model once and is fed batches of tiles. Each actor reads its
-halo windows straight from ``input.zarr`` and writes the core of each prediction
-into that tile's own chunk of ``output.zarr``, so no two writers share a chunk and a
-retried tile just rewrites the same chunk.
+:class:`TilePredictor` is a plain class (tests call it directly); Ray runs it as a threaded
+actor that loads the model once and is fed batches of tiles: by the stream, from just-decoded
+segments (:meth:`TilePredictor.predict_chunks`), or, for scene statistics, from halo windows
+read straight from ``input.zarr``, each core written into that tile's own chunk of
+``output.zarr``, so no two writers share a chunk and a retried tile just rewrites the same chunk.
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The tile stream of one scene: decode -> model -> map, every stage overlapping the others on Ray.
 
-Each tile chunk is decoded (read + warp) by a Ray task placed anywhere in the cluster, which
-also writes it to ``input.zarr`` and records it; a tile goes to a model actor as soon as the
-chunks its window covers are decoded, straight from the object store (no zarr round trip); the
-actor's core probabilities go to ``output.zarr`` (a write task, then a record) and to the map
-writer, which writes the COG's blocks as tiles finish. In-flight work is bounded (chunks kept
-alive, batches per actor), so memory stays flat whatever the scene's height.
+Each row segment (a few tile chunks of one row) is decoded (read + warp) by a Ray task placed
+anywhere in the cluster, which also writes its chunks to ``input.zarr`` and records them; a batch
+of tiles goes to a model actor as soon as the segments its windows cover are decoded, straight
+from the object store (no zarr round trip); the actor's core probabilities go to
+``output.zarr`` (a write task, then a record) and to the map writer, which writes the COG's
+blocks as tiles finish. In-flight work is bounded (segments decoded a few batches ahead and
+released once no waiting batch needs them, batches per actor slot), so memory does not grow with
+the scene's height.
 
 Resume: chunks and tiles with a completion record are not redone (a finished tile's
 probabilities are read back from ``output.zarr`` for the map). Lost actors: a batch whose actor
