@@ -90,14 +90,14 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
     if device != "cuda":
         torch.set_num_threads(max(1, cores // lanes))
     side = window_size(tile, halo, net.size_divisor)
-    x = torch.randn(batch, 2, meta.in_channels, side, side, device=device)
-    forward_probability(net, x)  # warm-up
+    xs = [torch.randn(batch, 2, meta.in_channels, side, side, device=device) for _ in range(lanes)]  # one per lane
+    forward_probability(net, xs[0])  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
 
-    def passes(_: int) -> None:
+    def passes(lane: int) -> None:
         for _ in range(repeats):
-            forward_probability(net, x)
+            forward_probability(net, xs[lane])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(lanes) as ex:
