@@ -58,10 +58,6 @@ class TilePredictor:
             importlib.import_module(module.strip())  # modules that register models of their own
         if threads:  # the actor's cores, shared by its lanes (forward passes running at once)
             torch.set_num_threads(max(1, threads // max(1, lanes)))
-        # Real imagery drives some activations into denormal floats, which x86 CPUs compute slowly
-        # (TinyCD on four 640² LEVIR windows: 10.3 s, 7.4 s with them flushed); a probability
-        # cannot show the difference (they are below 1e-38).
-        torch.set_flush_denormal(True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.meta = loader.build_loaded(model_name, weights, model_args)
         self.model.to(self.device)

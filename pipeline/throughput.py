@@ -89,7 +89,6 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
     lanes = 1 if device == "cuda" else min(cores, MAX_CPU_LANES)
     if device != "cuda":
         torch.set_num_threads(max(1, cores // lanes))
-    torch.set_flush_denormal(True)  # as the actors do
     side = window_size(tile, halo, net.size_divisor)
     xs = [torch.randn(batch, 2, meta.in_channels, side, side, device=device) for _ in range(lanes)]  # one per lane
     forward_probability(net, xs[0])  # warm-up
