@@ -117,9 +117,9 @@ class TilePredictor:
         segments keyed ``(row, first col)`` in ``keys`` that the tiles' windows cover (see
         :func:`pipeline.stream.make_segments`). Returns how many tiles, and each tile's core
         probabilities (NaN where the tile has no valid pixel, which costs no forward pass) with
-        its valid mask: two results, so the stream's driver fetches the count only. Two calls may
-        run at once (the actor is threaded): one prepares its windows while the other's forward
-        pass holds the device.
+        its valid mask: two results, so the stream's driver fetches the count only. Calls run at
+        once (the actor is threaded): one forward pass per lane, while another call prepares its
+        windows.
         """
         fault_point(self)
         height, width, tile = job.shape
