@@ -4,8 +4,9 @@ One invocation prints, for an N x N 3-band pair (a mosaic of LEVIR-CD tiles): th
 rate of the pair on all cores (rasterio, no pipeline), the model alone (forward passes on the
 run's window size and batch), the whole run, the run with a negligible-compute model (the data
 path alone), the fixed cost of a run (a tiny run's wall time), the busy seconds of each stream
-stage (Ray's task timeline), the peak memory of the process tree, and the two ratios the data
-path is judged by. ``--marginal M`` also runs an M x M pair so fixed costs cancel.
+stage (Ray's task timeline), the peak memory of the process tree (the data-path runs again,
+sampled: sampling slows what it samples), and the two ratios the data path is judged by.
+``--marginal M`` also runs an M x M pair so fixed costs cancel.
 """
 from __future__ import annotations
 
@@ -119,25 +120,28 @@ def stage_busy(timeline: Path) -> dict[str, float]:
 
 
 def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespace, work: Path,
-         measured: bool = True) -> dict:
+         timeline: bool = True, memory: bool = False) -> dict:
     """One ``changemap run`` in a child process; its summary and figures.
 
-    ``measured``: peak memory of its tree sampled and Ray's task timeline kept (per-stage busy
-    time); without, the run is only timed (the fixed cost, which sampling would inflate).
+    ``timeline``: Ray's task timeline kept (per-stage busy time; written after the flow).
+    ``memory``: the peak memory of its process tree sampled. Sampling reads every process's
+    ``smaps_rollup``, which walks its page tables under its memory lock: it slowed a TinyCD run
+    by 15 % (78.5 s alone, 92-93 s sampled), so runs that are timed are not sampled.
     """
     import subprocess
 
     from pipeline.measure import run_with_peak_memory
 
-    timeline = work / f"timeline-{out.stem}.json"
+    trace = work / f"timeline-{out.stem}.json"
     cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(pair[0]), str(pair[1]), "-o", str(out),
            "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--batch-size", str(args.batch),
            "--model", model, "--json", "--workdir", str(work / "stores")]
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
     env = {**os.environ, "CHANGEMAP_PLUGINS": "pipeline.throughput"}
-    if measured:
-        env["CHANGEMAP_TIMELINE"] = str(timeline)
+    if timeline:
+        env["CHANGEMAP_TIMELINE"] = str(trace)
+    if memory:
         code, seconds, (rss, pss), output = run_with_peak_memory(cmd, env)
     else:
         start = time.perf_counter()
@@ -147,7 +151,7 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
     if code or summary is None:
         print(output[-3000:])
         raise SystemExit(f"run failed with exit code {code}")
-    busy = stage_busy(timeline) if measured and timeline.exists() else {}
+    busy = stage_busy(trace) if timeline and trace.exists() else {}
     return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy}
 
 
@@ -171,9 +175,12 @@ def throughput(args: argparse.Namespace) -> None:
     decode = decode_rate(*pairs[args.size], threads=cores)
     model_only = model_rate(args.model, args.tile, args.halo, args.batch, args.device)
     # The fixed cost: the best of two tiny runs (the first may also create Prefect's database).
-    tiny = min((_run(pairs[256], work / "tiny.tif", NULL_MODEL, args, work, measured=False) for _ in range(2)),
+    tiny = min((_run(pairs[256], work / "tiny.tif", NULL_MODEL, args, work, timeline=False) for _ in range(2)),
                key=lambda r: r["wall"])
     null = {s: _run(pairs[s], work / f"null_{s}.tif", NULL_MODEL, args, work) for s in sizes}
+    for s in sizes:  # the same runs again, sampled for memory only
+        sampled = _run(pairs[s], work / f"null_{s}.tif", NULL_MODEL, args, work, timeline=False, memory=True)
+        null[s].update(pss=sampled["pss"], rss=sampled["rss"])
     whole = _run(pairs[args.whole_size or args.size], work / "whole.tif", args.model, args, work) \
         if not args.skip_model_run else None
     mp = {s: s * s / 1e6 for s in sizes}
@@ -204,7 +211,7 @@ def throughput(args: argparse.Namespace) -> None:
         ws = args.whole_size or args.size
         rate = ws * ws / 1e6 / whole["summary"]["seconds"]
         lines.append(f"whole run ({args.model}), {ws}²: {whole['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
-                     f"peak PSS {whole['pss'] / 2**20:.0f} MiB; stage busy s: "
+                     "stage busy s: "
                      f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(whole['busy'].items()))}")
         lines.append(f"whole run / min(model alone, decode): {rate / min(model_only, decode):.3f}")
     print("\n".join(lines), flush=True)
