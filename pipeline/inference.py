@@ -56,8 +56,8 @@ class TilePredictor:
                  model_args: dict | None = None, compile: bool = False) -> None:
         for module in filter(None, os.environ.get("CHANGEMAP_PLUGINS", "").split(",")):
             importlib.import_module(module.strip())  # modules that register models of their own
-        if threads:  # the actor's cores, shared by its lanes (forward passes running at once)
-            torch.set_num_threads(max(1, threads // max(1, lanes)))
+        if threads:  # torch threads of each lane (forward passes running at once): see cpu_lanes
+            torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.meta = loader.build_loaded(model_name, weights, model_args)
         self.model.to(self.device)
@@ -205,6 +205,16 @@ RemotePredictor = ray.remote(TilePredictor)
 MAX_CPU_LANES = 4  # forward passes at once on a CPU actor (each holds a batch's activations)
 
 
+def cpu_lanes(cores: int) -> tuple[int, int]:
+    """How a CPU actor given ``cores`` runs its model: forward passes at once, and torch threads for each.
+
+    Several single- or few-threaded passes at once do more than one pass over all the cores
+    (convolutions do not scale linearly with threads).
+    """
+    lanes = max(1, min(cores, MAX_CPU_LANES))
+    return lanes, max(1, cores // lanes)
+
+
 @dataclass(frozen=True)
 class InferenceStats:
     """What the inference step did."""
@@ -244,9 +254,7 @@ class PredictorPool:
             # Torch uses all the actor's cores, but one logical CPU of each (half of a 1-CPU node) is
             # left to the stream's decode and write tasks, which would otherwise never be placed.
             options = {"num_cpus": per_actor - 1 if per_actor > 1 else 0.5}
-            # Its cores run several single- or few-threaded forward passes at once: more throughput
-            # than one pass over all of them (convolutions do not scale linearly with threads).
-            threads, lanes = per_actor, min(per_actor, MAX_CPU_LANES)
+            lanes, threads = cpu_lanes(per_actor)
             self.device = "cpu"
         options["max_concurrency"] = lanes + 1
         faults = {k: os.environ[k] for k in _FAULT_VARS if k in os.environ}

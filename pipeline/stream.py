@@ -66,7 +66,6 @@ class StreamStats:
     reused: int = 0  # tiles whose probabilities a previous attempt had recorded
     chunks_decoded: int = 0
     chunks_reused: int = 0
-    peak_segments: int = 0  # most decoded row segments held at once (bounded, whatever the scene's size)
     retried: list[str] = field(default_factory=list)  # keys of tiles predicted again after a lost actor
 
 
@@ -81,10 +80,9 @@ def make_segments(tiles: list[Tile], tile: int) -> dict[tuple[int, int], tuple[T
     One task per segment amortises opening the pair, Ray's per-task cost and the store's per-write
     cost over several chunks; one read of a wider window is also cheaper than several narrow ones.
     """
-    per = max(1, SEGMENT_WIDTH // tile)
     segments: dict[tuple[int, int], list[Tile]] = {}
     for t in tiles:
-        segments.setdefault((t.row, t.col - t.col % per), []).append(t)
+        segments.setdefault(segment_of((t.row, t.col), tile), []).append(t)
     return {k: tuple(v) for k, v in segments.items()}
 
 
@@ -122,9 +120,15 @@ def decode_segment(job: SceneStream, tiles: tuple[Tile, ...], done: frozenset[st
             records, node = Records(job.run_dir), ray.get_runtime_context().get_node_id()
             for t in todo:
                 records.mark("ingest", t.key, node)
-    if len(job.bands) == image.shape[1] and job.bands == tuple(range(1, image.shape[1] + 1)):
+    if job.bands == tuple(range(1, image.shape[1] + 1)):  # all bands, in order: no copy
         return image, valid
     return np.ascontiguousarray(image[:, np.asarray(job.bands) - 1]), valid
+
+
+def _submit_decode(job: SceneStream, tiles: tuple[Tile, ...], recorded: set[str]) -> tuple[ray.ObjectRef, int]:
+    """Start a segment's decode task; returns it and how many of its chunks an earlier attempt recorded."""
+    done = frozenset(t.key for t in tiles if t.key in recorded)
+    return _decode.remote(job, tiles, done), len(done)
 
 
 def _runs(tiles: list[Tile]) -> list[tuple[Tile, Tile]]:
@@ -197,6 +201,11 @@ def _kill_point(done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def batch_segments(batch: list[Tile], needs: dict[Tile, list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    """The segments a batch's windows cover, each once, in order."""
+    return sorted({k for t in batch for k in needs[t]})
+
+
 class _Segments:
     """Decode tasks of the segments tiles need, submitted ahead and released once no tile needs them."""
 
@@ -206,17 +215,16 @@ class _Segments:
         self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
         self.users: dict[tuple[int, int], int] = {}  # batches still to finish that need the segment
         for batch in batches:
-            for key in {k for t in batch for k in needs[t]}:
+            for key in batch_segments(batch, needs):
                 self.users[key] = self.users.get(key, 0) + 1
         self.decoded = self.reused = 0  # chunks
 
     def need(self, key: tuple[int, int]) -> ray.ObjectRef:
         if key not in self.refs:
             tiles = self.segments[key]
-            done = frozenset(t.key for t in tiles if t.key in self.done)
-            self.refs[key] = _decode.remote(self.job, tiles, done)
-            self.decoded += len(tiles) - len(done)
-            self.reused += len(done)
+            self.refs[key], reused = _submit_decode(self.job, tiles, self.done)
+            self.decoded += len(tiles) - reused
+            self.reused += reused
         return self.refs[key]
 
     def release(self, key: tuple[int, int]) -> None:
@@ -263,10 +271,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     while batches or predicting or storing:
         # decode ahead: the chunks of the next batches are submitted before an actor is free
         for batch, _ in islice(batches, ahead):
-            for t in batch:
-                for key in needs[t]:
-                    chunks.need(key)
-        stats.peak_segments = max(stats.peak_segments, len(chunks.refs))
+            for key in batch_segments(batch, needs):
+                chunks.need(key)
         # the map writer bounds the stream too: results wait in the object store, not in memory
         if len(writes) > 4 * pool.slots:
             _, writes = ray.wait(writes, num_returns=len(writes) - 2 * pool.slots)
@@ -275,7 +281,7 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
             if actor is None:
                 break
             batch, attempt = batches.popleft()
-            keys = sorted({k for t in batch for k in needs[t]})
+            keys = batch_segments(batch, needs)
             count, results = actor.predict_chunks.options(num_returns=2).remote(
                 infer_job, batch, keys, *[chunks.need(k) for k in keys])
             predicting[count] = (actor, batch, attempt, keys, results)
@@ -334,9 +340,9 @@ def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flig
             ray.get(ready)
             finished += pending.pop(ready[0])
             bar(finished, len(tiles))
-        seg_done = frozenset(t.key for t in seg if t.key in done)
-        decoded += len(seg) - len(seg_done)
-        pending[_decode.remote(job, seg, seg_done)] = len(seg)
+        ref, reused = _submit_decode(job, seg, done)
+        decoded += len(seg) - reused
+        pending[ref] = len(seg)
     for ref, n in pending.items():
         ray.get(ref)
         finished += n

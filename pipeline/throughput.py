@@ -74,22 +74,22 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
     """Core megapixels per second of forward passes alone on the run's windows, run as the actors run them.
 
     On a GPU one pass at a time; on the CPU one pass per lane at once, the cores shared between
-    the lanes (:class:`pipeline.engine.Lanes`, ``MAX_CPU_LANES``), as a CPU actor given all the
+    the lanes (:func:`pipeline.inference.cpu_lanes`), as a CPU actor given all the
     cores would.
     """
     import torch
 
     from pipeline import loader
     from pipeline.engine import forward_probability
-    from pipeline.inference import MAX_CPU_LANES
+    from pipeline.inference import cpu_lanes
     from pipeline.tiling import window_size
 
     net, meta, _ = loader.build(model, None if model != NULL_MODEL else "none")
     net.to(device)
-    cores = os.cpu_count() or 1
-    lanes = 1 if device == "cuda" else min(cores, MAX_CPU_LANES)
+    lanes = 1
     if device != "cuda":
-        torch.set_num_threads(max(1, cores // lanes))
+        lanes, threads = cpu_lanes(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     side = window_size(tile, halo, net.size_divisor)
     xs = [torch.randn(batch, 2, meta.in_channels, side, side, device=device) for _ in range(lanes)]  # one per lane
     forward_probability(net, xs[0])  # warm-up

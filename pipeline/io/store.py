@@ -96,7 +96,7 @@ def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, t
 def create_input_store(path: str, grid: Grid, bands: int, dtype: str, tile: int) -> None:
     """Create ``image`` and ``valid`` (metadata only, one tile per chunk).
 
-    Chunks are written by :func:`write_input_chunk` as their tiles are decoded. An existing
+    Chunks are written by :class:`InputWriter` as their tiles are decoded. An existing
     store of the same layout is kept (a resumed run adds the chunks it lacks).
     """
     import dask.array as da
@@ -152,19 +152,9 @@ class InputWriter:
         self.valid[y0:y0 + h, x0:x0 + w] = valid
 
 
-def write_input_chunk(path: str, y0: int, x0: int, image: np.ndarray, valid: np.ndarray) -> None:
-    """Write one tile's chunk (or a chunk-aligned run of chunks) of the aligned pair."""
-    InputWriter(path).write(y0, x0, image, valid)
-
-
 def read_input_chunk(path: str, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """One tile's chunk of the aligned pair: ``image (2, bands, h, w)`` and ``valid (h, w)``."""
     return (open_array(path, IMAGE)[:, :, y0:y0 + h, x0:x0 + w], open_array(path, VALID)[y0:y0 + h, x0:x0 + w])
-
-
-def write_probability(path: str, y0: int, x0: int, prob: np.ndarray) -> None:
-    """Write one tile's core probabilities into its own chunk of ``output.zarr``."""
-    write_probabilities(path, [(y0, x0, prob)])
 
 
 def write_probabilities(path: str, tiles: list[tuple[int, int, np.ndarray]]) -> None:

@@ -67,10 +67,10 @@ def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
     ahead, peak = 4, 0
     for i, batch in enumerate(batches):  # in order, decoding the next batches ahead, as the stream does
         for later in batches[i:i + ahead]:
-            for key in {k for t in later for k in needs[t]}:
+            for key in stream.batch_segments(later, needs):
                 segments.need(key)
         peak = max(peak, len(segments.refs))
-        for key in {k for t in batch for k in needs[t]}:
+        for key in stream.batch_segments(batch, needs):
             segments.release(key)
     assert segments.refs == {}  # everything released at the end
     assert FakeDecode.submitted == 16 * 8  # each segment decoded once
