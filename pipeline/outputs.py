@@ -2,17 +2,17 @@
 
 Statistics and polygons are computed from the blocks as the COG is written (no extra pass
 over the pixels); the quicklook reads the finished COG's overviews and decimated inputs.
+The polygon, quicklook and STAC modules (shapely, pyogrio, scipy, PIL, pystac: a third of a
+second) are imported by the runs that ask for them.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline import mapstats, quicklook, stac, storage
+from pipeline import mapstats, storage
 from pipeline.checks import Preflight
 from pipeline.config import RunOptions
-from pipeline.io import vector
 from pipeline.progress import Progress
-from pipeline.vectorize import Polygonizer
 
 
 def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
@@ -20,6 +20,8 @@ def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
     grid = pre.alignment.grid
     sinks: list[Any] = [mapstats.ChangeStatistics(grid, pre.threshold)]
     if run.vector:
+        from pipeline.vectorize import Polygonizer
+
         sinks.append(Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify))
     return sinks
 
@@ -35,6 +37,8 @@ def finish_outputs(pre: Preflight, run: RunOptions, sinks: list[Any]) -> dict[st
     written = {"data": run.output}
     regions = classes = None
     if polygons is not None:
+        from pipeline.io import vector
+
         bar = Progress("vectorize", unit="steps")
         found = polygons.finish()
         vector.write_vector(run.vector, found.geometries, found.attributes, found.crs_wkt)
@@ -47,10 +51,14 @@ def finish_outputs(pre: Preflight, run: RunOptions, sinks: list[Any]) -> dict[st
         mapstats.write_json(change, run.stats)
         written["statistics"] = run.stats
     if run.quicklook:
+        from pipeline import quicklook
+
         quicklook.make_quicklook(pre.spec.before, pre.spec.after, run.output, run.quicklook, bands=pre.bands[:3]
                                  if len(pre.bands) >= 3 else pre.bands[:1], threshold=pre.threshold)
         written["thumbnail"] = run.quicklook
     if run.stac:
+        from pipeline import stac
+
         item = stac.map_item(run.output, grid, before=pre.spec.before, after=pre.spec.after, model=pre.meta.model,
                              weights_sha256=pre.meta.sha256, threshold=pre.threshold, stats=change,
                              assets={k: v for k, v in written.items() if k != "data"},

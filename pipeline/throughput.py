@@ -244,9 +244,9 @@ def _cuda() -> bool:
 def _child(argv: list[str]) -> int:
     """The measured run: the CLI with the benchmark's null model registered."""
     register_null_model()
-    from pipeline.cli import main
+    from pipeline.cli import console
 
-    return main(argv)
+    return console(argv)
 
 
 register_null_model()  # also in the model actors, which import this module (CHANGEMAP_PLUGINS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import json
 import logging
 import os
@@ -310,5 +311,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _USER_ERROR_EXIT
 
 
+def console(argv: Sequence[str] | None = None) -> int:
+    """The ``changemap`` console script: :func:`main`, then an exit without the final garbage collection.
+
+    The interpreter's last collection walks every object a run imported (Prefect, pydantic,
+    torch): 1.8 s of a 12 s run here. Freezing them first leaves it nothing to walk; files and
+    processes are closed by then, and atexit handlers still run.
+    """
+    code = main(argv)
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -1,6 +1,6 @@
 """``python -m pipeline.cli``: the ``changemap`` command."""
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import console
 
-sys.exit(main())
+sys.exit(console())
