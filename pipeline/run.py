@@ -1,6 +1,7 @@
 """One scene's map, end to end behind one call: the stores, Ray, the model actors, the stream, the writer."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,10 +51,14 @@ def warm_start(pre: Preflight, run: RunOptions) -> Iterator[None]:
 
     :func:`pipeline.ray_runtime.services` enters this while Prefect's API starts; the map
     borrows the actors (:func:`pipeline.inference.borrow_pool`) instead of starting its own.
+    The stores' modules are imported meanwhile, in a thread: this one waits for the actors.
     """
+    imports = threading.Thread(target=store.preload, name="store-imports", daemon=True)
+    imports.start()
     with shared_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
                      model_args=dict(pre.meta.model_args), compile=run.compile):
         stream.warm_workers()
+        imports.join()
         yield
 
 

@@ -32,8 +32,9 @@ def register_null_model() -> None:
     class NullChange(ChangeModel):
         """One 1x1 convolution over both dates: costs next to nothing.
 
-        Computed as a weighted sum of the channels (one pass over the input): torch's NCHW
-        1x1 convolution with one output channel costs more than the whole data path around it.
+        Computed as a weighted sum of the channels, one matrix product over the pixels of the
+        batch as it comes: torch's NCHW 1x1 convolution with one output channel took 80 ms per
+        batch of four 640² windows, an einsum per date 9.6 ms, the product 2 ms (one CPU thread).
         """
 
         def __init__(self, in_channels: int = 3, num_classes: int = 1) -> None:
@@ -41,11 +42,14 @@ def register_null_model() -> None:
             self.num_classes = num_classes
             self.mix = torch.nn.Conv2d(2 * in_channels, num_classes, 1)
 
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, _, c, h, w = x.shape  # (B, 2, C, H, W): both dates' channels are one matrix, no copy
+            # detached: a weight that requires grad keeps torch from folding the batch into one product (13x slower)
+            y = torch.matmul(self.mix.weight[:, :, 0, 0].detach(), x.reshape(n, 2 * c, h * w))
+            return y.add_(self.mix.bias.view(1, -1, 1)).view(n, -1, h, w)
+
         def forward_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-            c = before.shape[1]
-            w, b = self.mix.weight[:, :, 0, 0], self.mix.bias
-            return (torch.einsum("kc,bchw->bkhw", w[:, :c], before) + torch.einsum("kc,bchw->bkhw", w[:, c:], after)
-                    + b.view(1, -1, 1, 1))
+            return self.forward(torch.stack([before, after], 1))
 
     if NULL_MODEL not in _REGISTRY:
         register_model(NULL_MODEL, "benchmark only: a 1x1 convolution")(NullChange)

@@ -44,6 +44,13 @@ def _xarray():
     return xarray
 
 
+def preload() -> None:
+    """Import what creating the stores needs (xarray, rioxarray, dask: a second), e.g. while actors start."""
+    import dask.array  # noqa: F401
+
+    _xarray()
+
+
 def _group(path: str, mode: str) -> zarr.Group:
     return zarr.open_group(storage.local_path(path), mode=mode, **_so(path))
 
