@@ -163,7 +163,9 @@ def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarr
 
 # Decoding is spread over the cluster's nodes: reads and warps are the stream's heaviest CPU work.
 _decode = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(decode_segment)
-_store = ray.remote(num_cpus=0.25)(store_tiles)
+# Half a CPU each like the decode: at a quarter, four store tasks ran at once on the CPU the actor
+# leaves free and Ray started a worker process for each (150-220 MiB apiece at 8192²).
+_store = ray.remote(num_cpus=0.5)(store_tiles)
 _load = ray.remote(num_cpus=0.25)(load_tiles)
 
 

@@ -6,7 +6,8 @@ run's window size and batch), the whole run, the run with a negligible-compute m
 path alone), the fixed cost of a run (a tiny run's wall time), the busy seconds of each stream
 stage (Ray's task timeline), the peak memory of the process tree (the data-path runs again,
 sampled: sampling slows what it samples), and the two ratios the data path is judged by.
-``--marginal M`` also runs an M x M pair so fixed costs cancel.
+``--marginal M`` also runs an M x M pair so fixed costs cancel; ``--memory-base B`` also a
+B x B pair, for the growth of the peak memory from B to N.
 """
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def throughput(args: argparse.Namespace) -> None:
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
-    sizes = sorted({args.size, *([args.marginal] if args.marginal else [])})
+    sizes = sorted({args.size, *(s for s in (args.marginal, args.memory_base) if s)})
     pairs = {}
     for size in sizes + [256]:
         before, after = work / f"before_{size}.tif", work / f"after_{size}.tif"
@@ -209,7 +210,8 @@ def throughput(args: argparse.Namespace) -> None:
         marginal = (mp[args.size] - mp[args.marginal]) / (b["summary"]["seconds"] - a["summary"]["seconds"])
         lines.append(f"data path, marginal rate {args.marginal}² -> {args.size}²: {marginal:.2f} MP/s = "
                      f"{marginal / decode:.3f} x raw decode")
-        lines.append(f"peak PSS {args.size}² / {args.marginal}²: {b['pss'] / a['pss']:.3f}")
+    for base in sorted({s for s in (args.marginal, args.memory_base) if s}):
+        lines.append(f"peak PSS {args.size}² / {base}²: {null[args.size]['pss'] / null[base]['pss']:.3f}")
     lines.append(f"data path (null model) / raw decode at {args.size}²: {data_rate / decode:.3f}")
     if whole is not None:
         ws = args.whole_size or args.size
@@ -229,6 +231,8 @@ def add_parser(sub) -> None:
     t.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
     t.add_argument("--size", type=int, default=8192)
     t.add_argument("--marginal", type=int, default=None, help="also this size, for the marginal rate (e.g. 4096)")
+    t.add_argument("--memory-base", type=int, default=None,
+                   help="also this size, for the growth of the peak memory (e.g. 2048)")
     t.add_argument("--whole-size", type=int, default=None, help="size of the whole run with the model (default --size)")
     t.add_argument("--skip-model-run", action="store_true", help="do not run the whole pipeline with the model")
     t.add_argument("--model", default="tinycd")

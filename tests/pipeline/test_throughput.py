@@ -16,6 +16,7 @@ def test_the_null_model_is_a_one_by_one_convolution_over_both_dates():
     with torch.inference_mode():
         expected = net.mix(torch.cat([x[:, 0], x[:, 1]], 1))
         torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.forward_pair(x[:, 0], x[:, 1]), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_stage_busy_sums_each_stage_of_a_ray_timeline(tmp_path):
