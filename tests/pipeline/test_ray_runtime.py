@@ -1,6 +1,7 @@
 """A local pipeline Ray listens on loopback only (checked in a fresh process, as a user runs it)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,18 +11,23 @@ from tests.conftest import REPO
 PROBE = """
 import pipeline.ray_runtime as rt, ray, json
 started = rt.ensure_ray(num_cpus=1, object_store_memory=80 * 1024**2)
+monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+rt._stop_autoscaler_monitor()
 print(json.dumps({"started": started, "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
-                  "ip": ray.util.get_node_ip_address()}))
+                  "ip": ray.util.get_node_ip_address(), "monitor_exit": monitor.poll(),
+                  "task": ray.get(ray.remote(lambda: 1).remote())}))
 rt.shutdown_if_started(started)
 """
 
 
 def test_local_ray_started_by_the_pipeline_is_on_loopback():
+    """On 127.0.0.1 only; its autoscaler monitor can be stopped ahead of the shutdown and Ray still runs tasks."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=180, check=True).stdout
-    line = [x for x in out.splitlines() if x.startswith("{")][-1]
-    assert '"started": true' in line and '"nodes": ["127.0.0.1"]' in line and '"ip": "127.0.0.1"' in line
+    found = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    assert found["started"] is True and found["nodes"] == ["127.0.0.1"] and found["ip"] == "127.0.0.1"
+    assert found["monitor_exit"] is not None and found["task"] == 1
 
 
 def test_an_explicit_cluster_address_is_not_pinned_to_loopback():
@@ -43,7 +49,6 @@ def _free_port() -> int:
 
 def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_path):
     """A head node started here on 127.0.0.1 (stopped by its own process id, never `ray stop`)."""
-    import json
     import signal
     import time
 
@@ -111,7 +116,6 @@ print(json.dumps(seen))
 
 def test_services_start_the_model_actors_that_the_run_then_borrows():
     """``services(warm=...)``: actors started while Prefect's API starts are the ones the map uses, closed before Ray."""
-    import json
 
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # a set API: none is started, none contacted
     out = subprocess.run([sys.executable, "-c", WARM_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
