@@ -82,6 +82,7 @@ def services(address: str | None = None,
     time. Prefect's ephemeral API (no ``PREFECT_API_URL``) starts in a thread while Ray starts
     here, and then ``warm`` (e.g. the run's model actors, see :func:`pipeline.run.warm_start`)
     is entered while the API is still starting; a flow run inside the block finds all of it up.
+    Flow runs on an ephemeral API send no heartbeats (the API ends with this process).
     """
     from prefect.settings import (
         PREFECT_API_URL,

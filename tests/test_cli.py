@@ -167,3 +167,19 @@ def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypa
     assert main(args) == code
     err = capsys.readouterr().err
     assert err == "changemap: error: BEFORE raster a.tif cannot be read at rows 0-512 (GDAL: bad block)\n"
+
+
+def test_the_console_script_answers_like_main_and_leaves_no_final_collection(capsys):
+    """``changemap`` is :func:`main` then ``gc.freeze()``: the exit code is main's, every object is frozen."""
+    import gc
+
+    from pipeline.cli import console
+
+    try:
+        assert console(["models", "--json"]) == 0
+        assert gc.get_freeze_count() > 0
+        assert console(["run", "--no-such-option"]) == 2
+    finally:
+        gc.unfreeze()
+    assert "tinycd" in capsys.readouterr().out
+
