@@ -5,7 +5,8 @@ rate of the pair on all cores (rasterio, no pipeline), the model alone (forward 
 run's window size and batch), the whole run, the run with a negligible-compute model (the data
 path alone), the fixed cost of a run (a tiny run's wall time), the busy seconds of each stream
 stage (Ray's task timeline), the peak memory of the process tree (the data-path runs again,
-sampled: sampling slows what it samples), and the two ratios the data path is judged by.
+sampled: sampling slows what it samples), the two ratios the data path is judged by, and on a
+GPU machine the GPUs' utilisation during the whole run (``nvidia-smi``).
 ``--marginal M`` also runs an M x M pair so fixed costs cancel; ``--memory-base B`` also a
 B x B pair, for the growth of the peak memory from B to N.
 """
@@ -111,6 +112,49 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
     return lanes * repeats * batch * tile * tile / 1e6 / (time.perf_counter() - start)
 
 
+def parse_gpu_samples(text: str) -> dict[int, dict[str, float]]:
+    """Per GPU index: mean and max utilisation (%) and peak memory (MiB) from ``nvidia-smi`` CSV lines.
+
+    Lines are ``index, utilization.gpu, memory.used`` (``--format=csv,noheader,nounits``);
+    anything else (a header, ``[N/A]``) is skipped.
+    """
+    samples: dict[int, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            index, util, mem = int(parts[0]), float(parts[1]), float(parts[2])
+        except (ValueError, IndexError):
+            continue
+        samples.setdefault(index, []).append((util, mem))
+    return {i: {"mean": sum(u for u, _ in v) / len(v), "max": max(u for u, _ in v), "memory": max(m for _, m in v),
+                "samples": len(v)} for i, v in samples.items()}
+
+
+class GpuSampler:
+    """``nvidia-smi``'s utilisation samples while a block runs; :attr:`summary` is None without a GPU."""
+
+    def __init__(self, period_ms: int = 200) -> None:
+        self.period_ms = period_ms
+        self.summary: dict[int, dict[str, float]] | None = None
+        self._proc = None
+
+    def __enter__(self) -> GpuSampler:
+        import shutil
+        import subprocess
+
+        if shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                 "-lms", str(self.period_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            out, _ = self._proc.communicate(timeout=10)
+            self.summary = parse_gpu_samples(out) or None
+
+
 def stage_busy(timeline: Path) -> dict[str, float]:
     """Busy seconds per stage, summed over Ray's task timeline (Chrome trace events)."""
     names = {"decode_segment": "decode+ingest", "predict_chunks": "model (summed over lanes)", "store_tiles": "output.zarr",
@@ -186,8 +230,10 @@ def throughput(args: argparse.Namespace) -> None:
     for s in sizes:  # the same runs again, sampled for memory only
         sampled = _run(pairs[s], work / f"null_{s}.tif", NULL_MODEL, args, work, timeline=False, memory=True)
         null[s].update(pss=sampled["pss"], rss=sampled["rss"])
-    whole = _run(pairs[args.whole_size or args.size], work / "whole.tif", args.model, args, work) \
-        if not args.skip_model_run else None
+    whole, gpu = None, GpuSampler()
+    if not args.skip_model_run:
+        with gpu:  # utilisation of every GPU while the whole run lasts (start-up included)
+            whole = _run(pairs[args.whole_size or args.size], work / "whole.tif", args.model, args, work)
     mp = {s: s * s / 1e6 for s in sizes}
     n = null[args.size]
     data_rate = mp[args.size] / n["summary"]["seconds"]
@@ -220,6 +266,9 @@ def throughput(args: argparse.Namespace) -> None:
                      "stage busy s: "
                      f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(whole['busy'].items()))}")
         lines.append(f"whole run / min(model alone, decode): {rate / min(model_only, decode):.3f}")
+        lines.append("GPU utilisation during the whole run: " + (
+            "; ".join(f"GPU {i}: mean {g['mean']:.0f} %, max {g['max']:.0f} %, peak memory {g['memory']:.0f} MiB"
+                      for i, g in sorted(gpu.summary.items())) if gpu.summary else "no GPU (nvidia-smi not found)"))
     print("\n".join(lines), flush=True)
 
 

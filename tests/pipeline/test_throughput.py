@@ -33,3 +33,35 @@ def test_stage_busy_sums_each_stage_of_a_ray_timeline(tmp_path):
 def test_the_model_rate_runs_one_pass_per_lane():
     rate = throughput.model_rate(throughput.NULL_MODEL, tile=32, halo=0, batch=1, device="cpu", repeats=1)
     assert rate > 0
+
+
+def test_gpu_samples_are_summarised_per_gpu():
+    text = ("0, 35, 1200\n1, 0, 10\n0, 95, 5400\n"
+            "index, utilization.gpu [%], memory.used [MiB]\n0, [N/A], [N/A]\n")
+    found = throughput.parse_gpu_samples(text)
+    assert found == {0: {"mean": 65.0, "max": 95.0, "memory": 5400.0, "samples": 2},
+                     1: {"mean": 0.0, "max": 0.0, "memory": 10.0, "samples": 1}}
+
+
+def test_the_gpu_sampler_says_nothing_without_nvidia_smi(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with throughput.GpuSampler() as gpu:
+        pass
+    assert gpu.summary is None
+
+
+def test_the_gpu_sampler_reads_nvidia_smi_while_the_block_runs(tmp_path, monkeypatch):
+    """A stand-in ``nvidia-smi`` that prints a sample every 50 ms, as ``-lms 50`` does, until stopped."""
+    import os
+    import time
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nwhile true; do echo '0, 40, 2048'; echo '0, 60, 4096'; sleep 0.05; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with throughput.GpuSampler(period_ms=50) as gpu:
+        time.sleep(0.5)
+    assert gpu.summary is not None and set(gpu.summary) == {0}
+    g = gpu.summary[0]
+    assert g["samples"] >= 2 and g["max"] == 60.0 and g["memory"] == 4096.0 and 40.0 <= g["mean"] <= 60.0
+
