@@ -223,6 +223,7 @@ def throughput(args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     decode = decode_rate(*pairs[args.size], threads=cores)
     model_only = model_rate(args.model, args.tile, args.halo, args.batch, args.device)
+    by_batch = {b: model_rate(args.model, args.tile, args.halo, b, args.device) for b in args.batches}
     # The fixed cost: the best of two tiny runs (the first may also create Prefect's database).
     tiny = min((_run(pairs[256], work / "tiny.tif", NULL_MODEL, args, work, timeline=False) for _ in range(2)),
                key=lambda r: r["wall"])
@@ -242,6 +243,8 @@ def throughput(args: argparse.Namespace) -> None:
         f"batch {args.batch}",
         f"raw decode of the {args.size}² pair (rasterio, {cores} threads): {decode:.1f} MP/s",
         f"model alone ({args.model}, forward passes): {model_only:.3f} MP/s",
+        *([f"model alone by batch size: {', '.join(f'{b}: {r:.3f} MP/s' for b, r in by_batch.items())}"]
+          if by_batch else []),
         f"fixed cost (a 256² run with the null model, best of 2, process wall): {tiny['wall']:.1f} s "
         f"(inside the flow {tiny['summary']['seconds']:.1f} s)",
     ]
@@ -289,6 +292,8 @@ def add_parser(sub) -> None:
     t.add_argument("--tile", type=int, default=512)
     t.add_argument("--halo", type=int, default=64)
     t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",") if b], default=[],
+                   help="also the model alone at these batch sizes, e.g. 4,8,16,32 (to choose a GPU's batch size)")
     t.add_argument("--workdir", default=None)
 
 

@@ -65,3 +65,12 @@ def test_the_gpu_sampler_reads_nvidia_smi_while_the_block_runs(tmp_path, monkeyp
     g = gpu.summary[0]
     assert g["samples"] >= 2 and g["max"] == 60.0 and g["memory"] == 4096.0 and 40.0 <= g["mean"] <= 60.0
 
+
+def test_batch_sizes_to_compare_are_one_option():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    throughput.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["throughput", "--batches", "4,8,16"]).batches == [4, 8, 16]
+    assert parser.parse_args(["throughput"]).batches == []
+
