@@ -109,6 +109,8 @@ def warm():
 with rt.services(None, warm=warm):
     with borrow_pool("tinycd", None, batch_size=2) as p:
         seen["borrowed_the_warm_pool"] = id(p) == seen["pool"]
+    from prefect.settings import get_current_settings
+    seen["heartbeat"] = get_current_settings().flows.heartbeat_frequency
 seen["ray_up_at_end"] = ray.is_initialized()
 print(json.dumps(seen))
 """
@@ -123,3 +125,22 @@ def test_services_start_the_model_actors_that_the_run_then_borrows():
     seen = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
     assert seen["ray_up_when_warming"] and seen["borrowed_the_warm_pool"]
     assert seen["ray_up_after_warm"] and not seen["ray_up_at_end"]
+    assert seen["heartbeat"] is not None  # a real API server keeps its flow-run heartbeats
+
+
+EPHEMERAL_PROBE = """
+import json
+import pipeline.ray_runtime as rt
+from prefect.settings import get_current_settings
+with rt.services(None):
+    print(json.dumps({"heartbeat": get_current_settings().flows.heartbeat_frequency}))
+"""
+
+
+def test_flow_runs_on_an_ephemeral_api_send_no_heartbeats(tmp_path):
+    """The API ends with the process: nobody would read the heartbeats, and stopping them cost up to a second."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    out = subprocess.run([sys.executable, "-c", EPHEMERAL_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert json.loads([x for x in out.splitlines() if x.startswith("{")][-1]) == {"heartbeat": None}
