@@ -161,12 +161,14 @@ def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarr
                  valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]) for t in tiles]
 
 
-# Decoding is spread over the cluster's nodes: reads and warps are the stream's heaviest CPU work.
-_decode = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(decode_segment)
-# Half a CPU each like the decode: at a quarter, four store tasks ran at once on the CPU the actor
-# leaves free and Ray started a worker process for each (150-220 MiB apiece at 8192²).
-_store = ray.remote(num_cpus=0.5)(store_tiles)
-_load = ray.remote(num_cpus=0.25)(load_tiles)
+# Every stream task takes half a CPU: Ray starts a worker process for each task it runs at once
+# (150-220 MiB apiece at 8192²), and at a quarter four store tasks ran at once on the CPU a
+# model actor leaves free. Decoding is spread over the cluster's nodes: reads and warps are the
+# stream's heaviest CPU work.
+TASK_CPUS = 0.5
+_decode = ray.remote(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")(decode_segment)
+_store = ray.remote(num_cpus=TASK_CPUS)(store_tiles)
+_load = ray.remote(num_cpus=TASK_CPUS)(load_tiles)
 
 
 def _ready() -> int:
@@ -176,7 +178,7 @@ def _ready() -> int:
     return os.getpid()
 
 
-_warm = ray.remote(num_cpus=0.5, scheduling_strategy="SPREAD")(_ready)
+_warm = ray.remote(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")(_ready)
 
 
 def warm_workers(per_node: int = 2) -> list:

@@ -212,7 +212,8 @@ def throughput(args: argparse.Namespace) -> None:
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
-    sizes = sorted({args.size, *(s for s in (args.marginal, args.memory_base) if s)})
+    bases = sorted({s for s in (args.marginal, args.memory_base) if s})  # sizes the --size run is compared with
+    sizes = sorted({args.size, *bases})
     pairs = {}
     for size in sizes + [256]:
         before, after = work / f"before_{size}.tif", work / f"after_{size}.tif"
@@ -259,7 +260,7 @@ def throughput(args: argparse.Namespace) -> None:
         marginal = (mp[args.size] - mp[args.marginal]) / (b["summary"]["seconds"] - a["summary"]["seconds"])
         lines.append(f"data path, marginal rate {args.marginal}² -> {args.size}²: {marginal:.2f} MP/s = "
                      f"{marginal / decode:.3f} x raw decode")
-    for base in sorted({s for s in (args.marginal, args.memory_base) if s}):
+    for base in bases:
         lines.append(f"peak PSS {args.size}² / {base}²: {null[args.size]['pss'] / null[base]['pss']:.3f}")
     lines.append(f"data path (null model) / raw decode at {args.size}²: {data_rate / decode:.3f}")
     if whole is not None:
