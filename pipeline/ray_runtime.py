@@ -11,6 +11,12 @@ import ray
 
 from pipeline.errors import ChangemapError
 
+# Ray's raylet deletes released objects from the object store in batches, by default once a
+# second: a second of the stream's segments and results then stays in the store after use, and
+# the store's pages touched by the run grew with it (null model, 8192² pair: 300 against 160 MiB
+# of shared memory at 20 ms; the peak of the process tree 2,106-2,153 against 1,927-2,012 MiB).
+FREE_OBJECTS_PERIOD_MS = 20
+
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
                object_store_memory: int = 512 * 1024**2) -> bool:
@@ -39,6 +45,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
         include_dashboard=False,
         object_store_memory=object_store_memory,
         _node_ip_address="127.0.0.1",
+        _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS},
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
