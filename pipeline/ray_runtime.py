@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -16,6 +17,7 @@ from pipeline.errors import ChangemapError
 # the store's pages touched by the run grew with it (null model, 8192² pair: 300 against 160 MiB
 # of shared memory at 20 ms; the peak of the process tree 2,106-2,153 against 1,927-2,012 MiB).
 FREE_OBJECTS_PERIOD_MS = 20
+TASK_EVENTS_REPORT_S = 1.5  # a little over Ray's task_events_report_interval_ms (1000)
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
@@ -56,6 +58,8 @@ def shutdown_if_started(started: bool) -> None:
     """Shut Ray down if :func:`ensure_ray` started (or attached) it in this process."""
     if started and ray.is_initialized():
         if os.environ.get("CHANGEMAP_TIMELINE"):  # the benchmark's per-stage busy time, outside the timed flow
+            # Workers report their task events once a second: a short run's last calls would be missing.
+            time.sleep(TASK_EVENTS_REPORT_S)
             ray.timeline(filename=os.environ["CHANGEMAP_TIMELINE"])
         _stop_autoscaler_monitor()
         ray.shutdown()
