@@ -6,8 +6,8 @@ of tiles goes to a model actor as soon as the segments its windows cover are dec
 from the object store (no zarr round trip); the actor's core probabilities go to
 ``output.zarr`` (a write task, then a record) and to the map writer, which writes the COG's
 blocks as tiles finish. In-flight work is bounded (segments decoded a few batches ahead and
-released once no waiting batch needs them, batches per actor slot), so memory does not grow with
-the scene's height.
+released once no batch needs them soon, read back from ``input.zarr`` for a use further on;
+batches per actor slot), so memory grows with neither the scene's height nor its width.
 
 Resume: chunks and tiles with a completion record are not redone (a finished tile's
 probabilities are read back from ``output.zarr`` for the map). Lost actors: a batch whose actor
@@ -41,6 +41,12 @@ if TYPE_CHECKING:  # torch stays out of the decode and store workers: they start
     from pipeline.inference import InferenceJob, PredictorPool
 
 LOOKAHEAD_BATCHES = 2  # batches whose chunks are decoded ahead of the model, per actor slot
+# A decoded segment is kept for a batch at most this many lookaheads later; one needed further on
+# is read back from input.zarr then. Its uses are a tile row apart: width / (tile x batch size)
+# batches, 4 for an 8192-pixel-wide scene in batches of four 512-pixel tiles. With one CPU actor
+# (a lookahead of 4 batches, so 8 held) scenes up to 16,384 pixels wide keep every segment between
+# its rows as before; wider ones read segments back rather than hold more rows of them.
+HOLD_FACTOR = 2
 log = logging.getLogger("changemap.stream")
 
 
@@ -66,6 +72,7 @@ class StreamStats:
     reused: int = 0  # tiles whose probabilities a previous attempt had recorded
     chunks_decoded: int = 0
     chunks_reused: int = 0
+    chunks_reread: int = 0  # chunks read back from input.zarr for a later batch (scenes wider than the horizon)
     retried: list[str] = field(default_factory=list)  # keys of tiles predicted again after a lost actor
 
 
@@ -211,31 +218,52 @@ def batch_segments(batch: list[Tile], needs: dict[Tile, list[tuple[int, int]]]) 
 
 
 class _Segments:
-    """Decode tasks of the segments tiles need, submitted ahead and released once no tile needs them."""
+    """Decode tasks of the segments tiles need, submitted ahead and released once no batch needs them soon.
+
+    A segment serves the batches of its own tile row and, for their halos, of the rows above and
+    below. On a scene wider than the stream's horizon those uses are far apart: a segment whose
+    next batch is more than ``hold`` batches after the one that just finished is let go, and read
+    back from ``input.zarr`` (where its first decode stored it) when that batch comes. So the
+    stream holds a bounded number of segments whatever the scene's width, as well as its height.
+    """
 
     def __init__(self, job: SceneStream, done: set[str], segments: dict[tuple[int, int], tuple[Tile, ...]],
-                 batches: Iterable[list[Tile]], needs: dict[Tile, list[tuple[int, int]]]) -> None:
-        self.job, self.done, self.segments = job, done, segments
+                 batches: Iterable[list[Tile]], needs: dict[Tile, list[tuple[int, int]]],
+                 hold: int | None = None) -> None:
+        self.job, self.done, self.segments, self.hold = job, done, segments, hold
         self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
-        self.users: dict[tuple[int, int], int] = {}  # batches still to finish that need the segment
-        for batch in batches:
+        self.uses: dict[tuple[int, int], list[int]] = {}  # indices of the batches still to finish that need it
+        for index, batch in enumerate(batches):
             for key in batch_segments(batch, needs):
-                self.users[key] = self.users.get(key, 0) + 1
-        self.decoded = self.reused = 0  # chunks
+                self.uses.setdefault(key, []).append(index)
+        self.stored: set[tuple[int, int]] = set()  # let go with batches to come: read back when needed
+        self.decoded = self.reused = self.reread = 0  # chunks
 
     def need(self, key: tuple[int, int]) -> ray.ObjectRef:
         if key not in self.refs:
             tiles = self.segments[key]
-            self.refs[key], reused = _submit_decode(self.job, tiles, self.done)
-            self.decoded += len(tiles) - reused
-            self.reused += reused
+            if key in self.stored:  # decoded and stored earlier in this run: read back, not decoded again
+                self.refs[key], _ = _submit_decode(self.job, tiles, self.done | {t.key for t in tiles})
+                self.reread += len(tiles)
+            else:
+                self.refs[key], reused = _submit_decode(self.job, tiles, self.done)
+                self.decoded += len(tiles) - reused
+                self.reused += reused
         return self.refs[key]
 
-    def release(self, key: tuple[int, int]) -> None:
-        """One batch needing the segment is done (call once per batch, not per tile)."""
-        self.users[key] -= 1
-        if self.users[key] == 0:
-            del self.refs[key]  # the object store frees it once the batches using it are done
+    def release(self, key: tuple[int, int], index: int) -> None:
+        """Batch ``index``, which needed the segment, is done (call once per batch, not per tile).
+
+        Its decode task has finished (the batch used its result), so its chunks are in
+        ``input.zarr`` and recorded: a segment let go here can be read back.
+        """
+        uses = self.uses[key]
+        uses.remove(index)
+        if not uses:
+            self.refs.pop(key, None)  # the object store frees it once the batches using it are done
+        elif self.hold is not None and uses[0] - index > self.hold and key in self.refs:
+            del self.refs[key]
+            self.stored.add(key)
 
 
 def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, writer, *,
@@ -264,17 +292,18 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     # A small scene is cut into smaller batches rather than leave lanes idle (the example pair's 4
     # tiles: one batch of 4 on one of two CPU lanes took 10.1 s, two batches of 2 on both 4.7 s).
     size = max(1, min(pool.batch_size, -(-len(todo) // pool.lanes)))
-    batches = deque([todo[i:i + size], 0] for i in range(0, len(todo), size))
-    chunks = _Segments(job, done_in, make_segments(tiles, job.tile), (b for b, _ in batches), needs)
+    order = [todo[i:i + size] for i in range(0, len(todo), size)]
+    batches = deque([batch, 0, index] for index, batch in enumerate(order))  # batch, attempt, index
+    ahead = LOOKAHEAD_BATCHES * pool.slots
+    chunks = _Segments(job, done_in, make_segments(tiles, job.tile), order, needs, hold=HOLD_FACTOR * ahead)
     writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
     predicting: dict = {}  # count ref -> (actor, batch, attempt, chunk keys, results ref)
     storing: dict = {}  # ref -> number of tiles
     done = len(finished)
     bar(done, len(tiles))
-    ahead = LOOKAHEAD_BATCHES * pool.slots
     while batches or predicting or storing:
         # decode ahead: the chunks of the next batches are submitted before an actor is free
-        for batch, _ in islice(batches, ahead):
+        for batch, _, _ in islice(batches, ahead):
             for key in batch_segments(batch, needs):
                 chunks.need(key)
         # the map writer bounds the stream too: results wait in the object store, not in memory
@@ -284,11 +313,11 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
             actor = pool.acquire(timeout=0 if predicting or storing else 5.0)
             if actor is None:
                 break
-            batch, attempt = batches.popleft()
+            batch, attempt, index = batches.popleft()
             keys = batch_segments(batch, needs)
             count, results = actor.predict_chunks.options(num_returns=2).remote(
                 infer_job, batch, keys, *[chunks.need(k) for k in keys])
-            predicting[count] = (actor, batch, attempt, keys, results)
+            predicting[count] = (actor, batch, attempt, index, keys, results)
         waiting = list(predicting) + list(storing)
         if not waiting:
             continue
@@ -300,7 +329,7 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
                 bar(done, len(tiles))
                 _kill_point(done - stats.reused)
                 continue
-            actor, batch, attempt, keys, results = predicting.pop(ref)
+            actor, batch, attempt, index, keys, results = predicting.pop(ref)
             pool.release(actor)
             try:
                 ray.get(ref)  # the count only: the probabilities go from the object store to their writers
@@ -312,15 +341,15 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
                 log.warning("a model actor was lost; retrying its %d tile(s) %s (attempt %d of %d)",
                             len(batch), ", ".join(t.key for t in batch), attempt + 2, ATTEMPTS)
                 bar.note(f"a model actor was lost: {len(batch)} tile(s) predicted again")
-                batches.appendleft([batch, attempt + 1])
+                batches.appendleft([batch, attempt + 1, index])
                 continue
             for key in keys:
-                chunks.release(key)
+                chunks.release(key, index)
             stats.predicted += len(batch)
             storing[_store.remote(job, results)] = len(batch)
             writes.append(writer.put.remote(results))
     ray.get(writes)
-    stats.chunks_decoded, stats.chunks_reused = chunks.decoded, chunks.reused
+    stats.chunks_decoded, stats.chunks_reused, stats.chunks_reread = chunks.decoded, chunks.reused, chunks.reread
     return stats
 
 

@@ -71,11 +71,65 @@ def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
                 segments.need(key)
         peak = max(peak, len(segments.refs))
         for key in stream.batch_segments(batch, needs):
-            segments.release(key)
+            segments.release(key, i)
     assert segments.refs == {}  # everything released at the end
     assert FakeDecode.submitted == 16 * 8  # each segment decoded once
     assert peak <= 4 * 8  # the rows above, at and below the tiles in flight, and the next (of 16 rows)
     assert segments.decoded == len(tiles) and segments.reused == 0
+
+
+def _walk(width_tiles: int, hold: int | None, monkeypatch) -> tuple[stream._Segments, int, list]:
+    """The segments of a 6-row scene streamed in order as :func:`stream.run_stream` does; (segments, peak held, submits)."""
+    submits = []
+
+    class FakeDecode:
+        def remote(self, job, tiles, done):
+            submits.append((tuple(t.key for t in tiles), done))
+            return object()
+
+    monkeypatch.setattr(stream, "_decode", FakeDecode())
+    monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment
+    height, width = 6 * 64, width_tiles * 64
+    tiles = make_tiles(height, width, 64)
+    needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, height, width), 64)})
+             for t in tiles}
+    batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]
+    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs, hold=hold)
+    ahead, peak = 4, 0
+    for i, batch in enumerate(batches):
+        for later in batches[i:i + ahead]:
+            for key in stream.batch_segments(later, needs):
+                segments.need(key)
+        peak = max(peak, len(segments.refs))
+        for key in stream.batch_segments(batch, needs):
+            segments.release(key, i)
+    assert segments.refs == {}
+    return segments, peak, submits
+
+
+def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
+    """A segment whose next batch is beyond the horizon is let go and read back from input.zarr for it.
+
+    Without a horizon the stream holds about three rows of segments, as many as the scene is wide.
+    """
+    peaks, unbounded = {}, {}
+    for width_tiles in (64, 128):  # 16 and 32 batches a row: uses of a segment beyond the horizon of 8
+        _, unbounded[width_tiles], _ = _walk(width_tiles, None, monkeypatch)
+        segments, peaks[width_tiles], submits = _walk(width_tiles, 8, monkeypatch)
+        # Every chunk is decoded from the source once; a later use reads its segment back (all chunks done).
+        first = [keys for keys, done in submits if not done]
+        tiles = make_tiles(6 * 64, width_tiles * 64, 64)
+        assert sorted(k for keys in first for k in keys) == sorted(t.key for t in tiles)
+        again = [keys for keys, done in submits if done]
+        assert again and all(set(keys) <= done for keys, done in submits if done)
+        assert segments.decoded == len(tiles) and segments.reread == sum(len(k) for k in again)
+    assert unbounded[128] > 1.8 * unbounded[64] and unbounded[64] > 2 * 32  # over two rows of 32 segments
+    assert peaks[128] == peaks[64] < unbounded[64] / 2
+
+
+def test_a_scene_within_the_horizon_reads_nothing_back(monkeypatch):
+    segments, _, submits = _walk(8, 8, monkeypatch)  # 2 batches per row: uses 2 batches apart
+    assert segments.reread == 0 and all(not done for _, done in submits) and len(submits) == 6 * 4
 
 
 def _read(path) -> np.ndarray:
@@ -122,6 +176,23 @@ def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, 
     np.testing.assert_allclose(stream_map, reference, atol=1e-6, equal_nan=True)
     stats = made.sinks[0].result()
     assert stats["pixels"]["valid"] == int((~np.isnan(reference)).sum())
+
+
+def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_path, ray_local, monkeypatch):
+    """With no horizon every later use of a segment is read back from input.zarr: the map is the same."""
+    spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
+                   probability="float32")
+    maps, made, default = {}, {}, stream.HOLD_FACTOR
+    for hold in (default, 0):
+        monkeypatch.setattr(stream, "HOLD_FACTOR", hold)
+        run = RunOptions(output=str(tmp_path / f"hold{hold}.tif"), workdir=str(tmp_path / f"work{hold}"), batch_size=2)
+        pre = checks.preflight(spec, run)
+        made[hold] = make_map(pre, workdir.paths_for(pre.spec, run), run).stream
+        maps[hold] = _read(run.output)
+    assert made[default].chunks_reread == 0
+    s = made[0]
+    assert s.chunks_decoded == s.tiles == 20 and s.chunks_reread > 0  # each chunk decoded once, then read back
+    np.testing.assert_array_equal(maps[0], maps[default])
 
 
 def _cli(args, env, log: Path, timeout=900):
