@@ -60,8 +60,9 @@ def run_with_peak_memory(cmd: list[str], env: dict[str, str] | None = None
     return proc.returncode, time.perf_counter() - start, peak, out
 
 
-def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0) -> None:
-    """Write a size x size 3-band mosaic of randomly flipped/rotated source tiles, block by block."""
+def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0,
+                width: int | None = None) -> None:
+    """Write a size x size (or size x ``width``) 3-band mosaic of randomly rotated source tiles, block by block."""
     from pipeline.io import raster
 
     rng = np.random.default_rng(seed)
@@ -69,10 +70,10 @@ def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, se
     first = raster.read_info(sources[0]).grid
     from pipeline.grid import Grid
 
-    grid = Grid(first.crs_wkt, first.transform, size, size)
+    grid = Grid(first.crs_wkt, first.transform, width or size, size)
 
     def blocks():
-        for y0, x0, h, w in raster.iter_blocks(size, size, block):
+        for y0, x0, h, w in raster.iter_blocks(size, width or size, block):
             t = tiles[rng.integers(len(tiles))]
             t = np.rot90(t, k=int(rng.integers(4)), axes=(1, 2))
             yield (y0, x0, h, w), np.ascontiguousarray(t[:, :h, :w]), np.ones((h, w), bool)

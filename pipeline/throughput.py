@@ -8,7 +8,8 @@ stage (Ray's task timeline), the peak memory of the process tree (the data-path 
 sampled: sampling slows what it samples), the two ratios the data path is judged by, and on a
 GPU machine the GPUs' utilisation during the whole run (``nvidia-smi``).
 ``--marginal M`` also runs an M x M pair so fixed costs cancel; ``--memory-base B`` also a
-B x B pair, for the growth of the peak memory from B to N.
+B x B pair, for the growth of the peak memory from B to N; ``--wide W`` a 2048 x W pair, for
+the peak memory against the scene's width.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 NULL_MODEL = "benchmark-null"  # a 1x1 convolution: the data path without the model's compute
+WIDE_HEIGHT = 2048  # the height of the --wide pair
 
 
 def register_null_model() -> None:
@@ -221,6 +223,12 @@ def throughput(args: argparse.Namespace) -> None:
             if not path.exists():
                 make_mosaic(path, size, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)])
         pairs[size] = (before, after)
+    wide = None
+    if args.wide:  # a WIDE_HEIGHT x W pair: memory against the scene's width
+        wide = (work / f"before_{WIDE_HEIGHT}x{args.wide}.tif", work / f"after_{WIDE_HEIGHT}x{args.wide}.tif")
+        for path, date in zip(wide, "AB"):
+            if not path.exists():
+                make_mosaic(path, WIDE_HEIGHT, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)], width=args.wide)
     cores = os.cpu_count() or 1
     decode = decode_rate(*pairs[args.size], threads=cores)
     model_only = model_rate(args.model, args.tile, args.halo, args.batch, args.device)
@@ -232,6 +240,10 @@ def throughput(args: argparse.Namespace) -> None:
     for s in sizes:  # the same runs again, sampled for memory only
         sampled = _run(pairs[s], work / f"null_{s}.tif", NULL_MODEL, args, work, timeline=False, memory=True)
         null[s].update(pss=sampled["pss"], rss=sampled["rss"])
+    if wide:
+        wide_run = _run(wide, work / "null_wide.tif", NULL_MODEL, args, work)
+        sampled = _run(wide, work / "null_wide.tif", NULL_MODEL, args, work, timeline=False, memory=True)
+        wide_run.update(pss=sampled["pss"], rss=sampled["rss"])
     whole, gpu = None, GpuSampler()
     if not args.skip_model_run:
         with gpu:  # utilisation of every GPU while the whole run lasts (start-up included)
@@ -262,6 +274,11 @@ def throughput(args: argparse.Namespace) -> None:
                      f"{marginal / decode:.3f} x raw decode")
     for base in bases:
         lines.append(f"peak PSS {args.size}² / {base}²: {null[args.size]['pss'] / null[base]['pss']:.3f}")
+    if wide:
+        r, mp_wide = wide_run, WIDE_HEIGHT * args.wide / 1e6
+        base = f" = {r['pss'] / null[WIDE_HEIGHT]['pss']:.3f} x the {WIDE_HEIGHT}² peak" if WIDE_HEIGHT in null else ""
+        lines.append(f"data path alone (null model), {WIDE_HEIGHT} x {args.wide}: {r['summary']['seconds']:.1f} s in the "
+                     f"flow = {mp_wide / r['summary']['seconds']:.2f} MP/s; peak PSS {r['pss'] / 2**20:.0f} MiB{base}")
     lines.append(f"data path (null model) / raw decode at {args.size}²: {data_rate / decode:.3f}")
     if whole is not None:
         ws = args.whole_size or args.size
@@ -286,6 +303,8 @@ def add_parser(sub) -> None:
     t.add_argument("--marginal", type=int, default=None, help="also this size, for the marginal rate (e.g. 4096)")
     t.add_argument("--memory-base", type=int, default=None,
                    help="also this size, for the growth of the peak memory (e.g. 2048)")
+    t.add_argument("--wide", type=int, default=None,
+                   help=f"also a {WIDE_HEIGHT} x WIDE pair with the null model, for memory against the width (e.g. 65536)")
     t.add_argument("--whole-size", type=int, default=None, help="size of the whole run with the model (default --size)")
     t.add_argument("--skip-model-run", action="store_true", help="do not run the whole pipeline with the model")
     t.add_argument("--model", default="tinycd")

@@ -6,6 +6,7 @@ import json
 import torch
 
 from pipeline import throughput
+from tests.conftest import REPO
 
 
 def test_the_null_model_is_a_one_by_one_convolution_over_both_dates():
@@ -74,3 +75,22 @@ def test_batch_sizes_to_compare_are_one_option():
     assert parser.parse_args(["throughput", "--batches", "4,8,16"]).batches == [4, 8, 16]
     assert parser.parse_args(["throughput"]).batches == []
 
+
+
+def test_a_wide_mosaic_has_the_height_and_width_asked_for(tmp_path):
+    """``--wide W`` measures a 2048 x W pair: the mosaic is size rows by ``width`` columns of the source's pixels."""
+    import numpy as np
+    import rasterio
+
+    from pipeline.measure import make_mosaic
+
+    source = REPO / "examples" / "levir_test_1_A.tif"
+    out = tmp_path / "wide.tif"
+    make_mosaic(out, 256, [str(source)], block=128, width=640)
+    with rasterio.open(out) as dst, rasterio.open(source) as src:
+        assert (dst.count, dst.height, dst.width) == (3, 256, 640)
+        block, whole = dst.read(window=((0, 128), (512, 640))), src.read()
+        assert any(np.array_equal(block, np.rot90(whole, k, axes=(1, 2))[:, :128, :128]) for k in range(4))
+    parser = __import__("argparse").ArgumentParser()
+    throughput.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["throughput", "--wide", "65536"]).wide == 65536
