@@ -8,6 +8,15 @@ import sys
 
 from tests.conftest import REPO
 
+
+def _fresh_process(code: str) -> dict:
+    """Run ``code`` in a new Python process as a user's run would start (no Ray settings inherited); its last JSON line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=180, check=True).stdout
+    return json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+
+
 PROBE = """
 import pipeline.ray_runtime as rt, ray, json
 started = rt.ensure_ray(num_cpus=1, object_store_memory=80 * 1024**2)
@@ -22,10 +31,7 @@ rt.shutdown_if_started(started)
 
 def test_local_ray_started_by_the_pipeline_is_on_loopback():
     """On 127.0.0.1 only; its autoscaler monitor can be stopped ahead of the shutdown and Ray still runs tasks."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=180, check=True).stdout
-    found = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    found = _fresh_process(PROBE)
     assert found["started"] is True and found["nodes"] == ["127.0.0.1"] and found["ip"] == "127.0.0.1"
     assert found["monitor_exit"] is not None and found["task"] == 1
 
@@ -47,10 +53,7 @@ rt.shutdown_if_started(started)
 
 def test_released_objects_leave_the_store_soon_so_its_space_is_reused():
     """With Ray's default (frees flushed once a second) the eight puts touched 191-223 MiB of the store; here 32-63."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
-    out = subprocess.run([sys.executable, "-c", FREED], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=180, check=True).stdout
-    found = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    found = _fresh_process(FREED)
     assert 32 <= found["touched_mib"] <= 4 * 32
 
 

@@ -43,43 +43,11 @@ def test_row_segments_group_chunks_of_one_row():
     assert stream.segment_of((2, 11), 256) == (2, 8) and stream.segment_of((2, 7), 256) == (2, 0)
 
 
-def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
-    """The stream holds a few rows of decoded segments, however many rows the scene has.
+def _walk(rows: int, width_tiles: int, hold: int | None, monkeypatch) -> tuple[stream._Segments, int, list]:
+    """The segments of a scene of 64-pixel tiles streamed in order as :func:`stream.run_stream` does.
 
-    Segments are counted per batch and released per batch; counting them per tile kept every
-    decoded segment in Ray's object store until the end of the scene (it spilled to disk).
+    Batches of 4 tiles, decoding the next 4 batches ahead; returns (segments, peak held, submits).
     """
-    class FakeDecode:
-        submitted = 0
-
-        def remote(self, *args):
-            FakeDecode.submitted += 1
-            return object()
-
-    monkeypatch.setattr(stream, "_decode", FakeDecode())
-    monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment: 8 per row
-    height = width = 16 * 64
-    tiles = make_tiles(height, width, 64)
-    needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, height, width), 64)})
-             for t in tiles}
-    batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]
-    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs)
-    ahead, peak = 4, 0
-    for i, batch in enumerate(batches):  # in order, decoding the next batches ahead, as the stream does
-        for later in batches[i:i + ahead]:
-            for key in stream.batch_segments(later, needs):
-                segments.need(key)
-        peak = max(peak, len(segments.refs))
-        for key in stream.batch_segments(batch, needs):
-            segments.release(key, i)
-    assert segments.refs == {}  # everything released at the end
-    assert FakeDecode.submitted == 16 * 8  # each segment decoded once
-    assert peak <= 4 * 8  # the rows above, at and below the tiles in flight, and the next (of 16 rows)
-    assert segments.decoded == len(tiles) and segments.reused == 0
-
-
-def _walk(width_tiles: int, hold: int | None, monkeypatch) -> tuple[stream._Segments, int, list]:
-    """The segments of a 6-row scene streamed in order as :func:`stream.run_stream` does; (segments, peak held, submits)."""
     submits = []
 
     class FakeDecode:
@@ -89,7 +57,7 @@ def _walk(width_tiles: int, hold: int | None, monkeypatch) -> tuple[stream._Segm
 
     monkeypatch.setattr(stream, "_decode", FakeDecode())
     monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment
-    height, width = 6 * 64, width_tiles * 64
+    height, width = rows * 64, width_tiles * 64
     tiles = make_tiles(height, width, 64)
     needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, height, width), 64)})
              for t in tiles}
@@ -103,8 +71,20 @@ def _walk(width_tiles: int, hold: int | None, monkeypatch) -> tuple[stream._Segm
         peak = max(peak, len(segments.refs))
         for key in stream.batch_segments(batch, needs):
             segments.release(key, i)
-    assert segments.refs == {}
+    assert segments.refs == {}  # everything released at the end
     return segments, peak, submits
+
+
+def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
+    """The stream holds a few rows of decoded segments, however many rows the scene has.
+
+    Segments are counted per batch and released per batch; counting them per tile kept every
+    decoded segment in Ray's object store until the end of the scene (it spilled to disk).
+    """
+    segments, peak, submits = _walk(16, 16, None, monkeypatch)  # 16 rows of 8 segments
+    assert len(submits) == 16 * 8  # each segment decoded once
+    assert peak <= 4 * 8  # the rows above, at and below the tiles in flight, and the next (of 16 rows)
+    assert segments.decoded == 16 * 16 and segments.reused == 0
 
 
 def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
@@ -114,8 +94,8 @@ def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
     """
     peaks, unbounded = {}, {}
     for width_tiles in (64, 128):  # 16 and 32 batches a row: uses of a segment beyond the horizon of 8
-        _, unbounded[width_tiles], _ = _walk(width_tiles, None, monkeypatch)
-        segments, peaks[width_tiles], submits = _walk(width_tiles, 8, monkeypatch)
+        _, unbounded[width_tiles], _ = _walk(6, width_tiles, None, monkeypatch)
+        segments, peaks[width_tiles], submits = _walk(6, width_tiles, 8, monkeypatch)
         # Every chunk is decoded from the source once; a later use reads its segment back (all chunks done).
         first = [keys for keys, done in submits if not done]
         tiles = make_tiles(6 * 64, width_tiles * 64, 64)
@@ -128,7 +108,7 @@ def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
 
 
 def test_a_scene_within_the_horizon_reads_nothing_back(monkeypatch):
-    segments, _, submits = _walk(8, 8, monkeypatch)  # 2 batches per row: uses 2 batches apart
+    segments, _, submits = _walk(6, 8, 8, monkeypatch)  # 2 batches per row: uses 2 batches apart
     assert segments.reread == 0 and all(not done for _, done in submits) and len(submits) == 6 * 4
 
 
