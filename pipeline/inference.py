@@ -261,7 +261,8 @@ class PredictorPool:
             self.device = "cpu"
         # A GPU actor takes one more call than it has lanes: the next batch is read and normalised
         # while the current one runs. A CPU actor's lanes already use its cores, so a batch waiting
-        # there gains nothing and holds its windows: 45-60 MiB more at the peak (null model, 8192²).
+        # there gains nothing and holds its windows: the process tree's peak was 55-65 MiB higher
+        # with it (null model, 8192²), and TinyCD no faster.
         waiting = 1 if gpus else 0
         options["max_concurrency"] = lanes + waiting
         faults = {k: os.environ[k] for k in _FAULT_VARS if k in os.environ}

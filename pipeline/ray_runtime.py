@@ -14,8 +14,8 @@ from pipeline.errors import ChangemapError
 
 # Ray's raylet deletes released objects from the object store in batches, by default once a
 # second: a second of the stream's segments and results then stays in the store after use, and
-# the store's pages touched by the run grew with it (null model, 8192² pair: 300 against 160 MiB
-# of shared memory at 20 ms; the peak of the process tree 2,106-2,153 against 1,927-2,012 MiB).
+# the store's pages touched by the run grew with it (null model, 8192² pair: the peak of the process
+# tree 2,149-2,153 MiB, against 1,957-2,012 MiB at 20 ms; its shared memory 300 against 160 MiB at 50 ms).
 FREE_OBJECTS_PERIOD_MS = 20
 TASK_EVENTS_REPORT_S = 1.5  # a little over Ray's task_events_report_interval_ms (1000)
 

@@ -297,7 +297,7 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     ahead = LOOKAHEAD_BATCHES * pool.slots
     chunks = _Segments(job, done_in, make_segments(tiles, job.tile), order, needs, hold=HOLD_FACTOR * ahead)
     writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
-    predicting: dict = {}  # count ref -> (actor, batch, attempt, chunk keys, results ref)
+    predicting: dict = {}  # count ref -> (actor, batch, attempt, batch index, segment keys, results ref)
     storing: dict = {}  # ref -> number of tiles
     done = len(finished)
     bar(done, len(tiles))
