@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
 from flows.change_detection import detect_changes
-from pipeline import archive, checks, loader, ray_runtime, storage
+from pipeline import archive, checks, loader, ray_runtime, storage, stream
 from pipeline.archive import PairResult, Plan
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
 from pipeline.inference import shared_pool
@@ -133,7 +133,9 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
     if todo:
         loaded, meta = checks.check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
                                           settings.statistics, settings.tile, settings.halo)
-        started = ray_runtime.ensure_ray(run.ray_address)
+        # Room for 4-byte samples: a pair's sample type is known only once it is read.
+        started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=stream.object_store_bytes(
+            meta.in_channels, 4, settings.tile))
         try:
             with shared_pool(meta.model, loaded, workers=run.workers, batch_size=run.batch_size,
                              model_args=dict(meta.model_args), compile=run.compile) as pool:

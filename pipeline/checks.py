@@ -313,8 +313,11 @@ def _check(spec: MapSpec, run: RunOptions) -> Preflight:
     return Preflight(spec, alignment, loaded, meta, bands, threshold)
 
 
-def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions) -> None:
-    """What an archive run can check before Prefect and Ray: the pair source, the places and the model."""
+def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions) -> int:
+    """What an archive run can check before Prefect and Ray: the pair source, the places and the model.
+
+    Returns how many bands the model takes from each scene.
+    """
     if archive.manifest and (archive.before or archive.after):
         raise ManifestError("give either a MANIFEST or --before/--after globs, not both")
     if not archive.manifest and not (archive.before and archive.after):
@@ -330,5 +333,6 @@ def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOption
     from pipeline import loader
 
     model = loader.choose_model(settings.model, settings.weights)
-    check_model(model, settings.weights, len(settings.bands) if settings.bands else None, settings.statistics,
-                settings.tile, settings.halo)
+    _, meta = check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
+                          settings.statistics, settings.tile, settings.halo)
+    return meta.in_channels

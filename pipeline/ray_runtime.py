@@ -17,11 +17,12 @@ from pipeline.errors import ChangemapError
 # the store's pages touched by the run grew with it (null model, 8192² pair: the peak of the process
 # tree 2,149-2,153 MiB, against 1,957-2,012 MiB at 20 ms; its shared memory 300 against 160 MiB at 50 ms).
 FREE_OBJECTS_PERIOD_MS = 20
+DEFAULT_OBJECT_STORE = 512 * 1024**2  # a local runtime's, unless the run sizes it (pipeline.stream.object_store_bytes)
 TASK_EVENTS_REPORT_S = 1.5  # a little over Ray's task_events_report_interval_ms (1000)
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None,
-               object_store_memory: int = 512 * 1024**2) -> bool:
+               object_store_memory: int = DEFAULT_OBJECT_STORE) -> bool:
     """Attach to ``address`` or start a local runtime on loopback; True if this call started it.
 
     A local runtime listens on 127.0.0.1 only: ``pipeline/__init__`` sets
@@ -86,7 +87,8 @@ def _stop_autoscaler_monitor() -> None:
 
 @contextmanager
 def services(address: str | None = None,
-             warm: Callable[[], AbstractContextManager] | None = None) -> Iterator[None]:
+             warm: Callable[[], AbstractContextManager] | None = None,
+             object_store_memory: int = DEFAULT_OBJECT_STORE) -> Iterator[None]:
     """Prefect's API and Ray started at the same time, Ray stopped at the end if started here.
 
     Each takes seconds to start; started one after the other they are most of a small run's
@@ -120,7 +122,7 @@ def services(address: str | None = None,
     # and stopping the heartbeat thread costs up to a second at the end of every flow run.
     quiet = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if ephemeral else nullcontext()
     try:
-        started = ensure_ray(address)
+        started = ensure_ray(address, object_store_memory=object_store_memory)
         with warm() if warm is not None else nullcontext(), quiet:
             thread.join()
             yield

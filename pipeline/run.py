@@ -76,7 +76,8 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
                              storage.installed())
     infer_job = InferenceJob(paths.input_store, paths.output_store, spec.halo, pre.bands, storage.installed(),
                              spec.statistics, shape=(g.height, g.width, spec.tile))
-    started = ray_runtime.ensure_ray(run.ray_address)
+    started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=stream.object_store_bytes(
+        len(pre.bands), pre.alignment.itemsize, spec.tile))
     try:
         with borrow_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
                          model_args=dict(pre.meta.model_args), compile=run.compile) as pool:

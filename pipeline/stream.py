@@ -81,6 +81,28 @@ class StreamStats:
 SEGMENT_WIDTH = 2048  # pixels of a tile row one decode task reads, stores and hands on as one object
 
 
+# Room in a local runtime's object store, in row segments of the scene: the stream holds about
+# three tile rows of them (fewer on scenes wider than the horizon), with its lookahead and results.
+# A 13-band uint16 pair (segments of 56 MiB) in 512 MiB spilled to disk: 2048 x 10980 px with the
+# benchmark's null model took 18.5-25.1 s, against 5.6 s with 2 GiB and 6.2 s with 4 GiB; the peak
+# memory was the same (3,350-3,520 MiB: pages are used only as objects fill them), and an RGB
+# 8192² run's peak did not move with 4 GiB (1,908-1,953 against 1,935-1,945 MiB).
+STORE_SEGMENTS = 48
+
+
+def object_store_bytes(bands: int, itemsize: int, tile: int) -> int:
+    """Object store for a local Ray runtime streaming scenes of ``bands`` samples of ``itemsize`` bytes.
+
+    Room for :data:`STORE_SEGMENTS` row segments, at least the default (512 MiB: an RGB uint8
+    scene's) and at most 30 % of this machine's memory (Ray's own default share).
+    """
+    from pipeline.ray_runtime import DEFAULT_OBJECT_STORE
+
+    segment = tile * max(1, SEGMENT_WIDTH // tile) * tile * (2 * bands * itemsize + 1)  # both dates + valid mask
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(min(max(DEFAULT_OBJECT_STORE, STORE_SEGMENTS * segment), max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
+
+
 def make_segments(tiles: list[Tile], tile: int) -> dict[tuple[int, int], tuple[Tile, ...]]:
     """The tiles grouped into row segments of ``SEGMENT_WIDTH // tile`` chunks (at least one), keyed ``(row, first col)``.
 

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from pipeline import cli
+from pipeline import cli, stream
 from pipeline.cli import main
 from pipeline.errors import CorruptRasterError, InputRasterError, MissingRasterError
 
@@ -158,13 +158,21 @@ def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypa
         raise raised
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
-    monkeypatch.setattr("pipeline.ray_runtime.services", lambda address=None, warm=None: contextlib.nullcontext())
+    asked = {}
+
+    def services(address=None, warm=None, **options):
+        asked.update(options)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr("pipeline.ray_runtime.services", services)
     args = ["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(tmp_path / "c.tif")]
+    store = stream.object_store_bytes(3, 1, 512)  # Ray's object store sized for the pair: 3 uint8 bands, 512² tiles
     if code is None:
         with pytest.raises(RuntimeError, match="a bug"):
             main(args)
         return
     assert main(args) == code
+    assert asked == {"object_store_memory": store}
     err = capsys.readouterr().err
     assert err == "changemap: error: BEFORE raster a.tif cannot be read at rows 0-512 (GDAL: bad block)\n"
 

@@ -180,10 +180,12 @@ def _run(args: argparse.Namespace) -> int:
     from flows.change_detection import detect_changes
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
     from pipeline.run import warm_start
+    from pipeline.stream import object_store_bytes
 
     _quiet_user_errors()
+    store = object_store_bytes(len(pre.bands), pre.alignment.itemsize, pre.spec.tile)
     # The model actors start while Prefect's API does: the flow finds them ready.
-    with ray_runtime.services(run.ray_address, warm=lambda: warm_start(pre, run)):
+    with ray_runtime.services(run.ray_address, warm=lambda: warm_start(pre, run), object_store_memory=store):
         summary = detect_changes(spec, run)
     if args.json:
         print(summary.model_dump_json())
@@ -198,12 +200,15 @@ def _archive(args: argparse.Namespace) -> int:
     archive_options = options.take(args, ArchiveOptions)
     settings, run = options.take(args, MapSettings), options.take(args, RunOptions, exclude=_PER_PAIR)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
-        checks.check_archive(archive_options, settings, run)
+        bands = checks.check_archive(archive_options, settings, run)
     from flows.archive import process_archive
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
+    from pipeline.stream import object_store_bytes
 
     _quiet_user_errors()
-    with ray_runtime.services(run.ray_address):
+    # The pairs' sample type is known only once each is read: room for 4-byte samples (float32).
+    store = object_store_bytes(bands, 4, settings.tile)
+    with ray_runtime.services(run.ray_address, object_store_memory=store):
         state = process_archive(archive_options, settings, run, return_state=True)
     data = state.result(raise_on_failure=False)
     if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)

@@ -75,6 +75,23 @@ def _walk(rows: int, width_tiles: int, hold: int | None, monkeypatch) -> tuple[s
     return segments, peak, submits
 
 
+def test_a_local_object_store_has_room_for_the_scenes_row_segments(monkeypatch):
+    """RGB uint8 keeps the default; a 13-band uint16 scene gets room for its 53 MiB segments, within 30 % of RAM."""
+    def machine(gib):
+        monkeypatch.setattr(stream.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": gib * 2**18}[name])
+
+    machine(64)
+    assert stream.object_store_bytes(3, 1, 512) == 512 * 2**20
+    segment = 512 * 2048 * (2 * 13 * 2 + 1)  # both dates' 13 uint16 bands and the valid mask
+    assert stream.object_store_bytes(13, 2, 512) == stream.STORE_SEGMENTS * segment
+    assert stream.object_store_bytes(13, 2, 1024) == stream.STORE_SEGMENTS * 1024 * 2048 * 53  # 2 chunks a segment
+    assert stream.object_store_bytes(13, 2, 4096) == int(0.3 * 64 * 2**30)  # one chunk of 4096²: 30 % of RAM
+    machine(4)
+    assert stream.object_store_bytes(13, 2, 512) == int(0.3 * 4 * 2**30)
+    machine(1)
+    assert stream.object_store_bytes(13, 2, 512) == 512 * 2**20  # never below the default
+
+
 def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
     """The stream holds a few rows of decoded segments, however many rows the scene has.
 
