@@ -83,7 +83,7 @@ SEGMENT_WIDTH = 2048  # pixels of a tile row one decode task reads, stores and h
 
 # Room in a local runtime's object store, in row segments of the scene: the stream holds about
 # three tile rows of them (fewer on scenes wider than the horizon), with its lookahead and results.
-# A 13-band uint16 pair (segments of 56 MiB) in 512 MiB spilled to disk: 2048 x 10980 px with the
+# A 13-band uint16 pair (segments of 53 MiB) in 512 MiB spilled to disk: 2048 x 10980 px with the
 # benchmark's null model took 18.5-25.1 s, against 5.6 s with 2 GiB and 6.2 s with 4 GiB; the peak
 # memory was the same (3,350-3,520 MiB: pages are used only as objects fill them), and an RGB
 # 8192² run's peak did not move with 4 GiB (1,908-1,953 against 1,935-1,945 MiB).
