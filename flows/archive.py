@@ -133,9 +133,8 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
     if todo:
         loaded, meta = checks.check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
                                           settings.statistics, settings.tile, settings.halo)
-        # Room for 4-byte samples: a pair's sample type is known only once it is read.
         started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=stream.object_store_bytes(
-            meta.in_channels, 4, settings.tile))
+            meta.in_channels, stream.UNREAD_ITEMSIZE, settings.tile))  # the pairs are read later
         try:
             with shared_pool(meta.model, loaded, workers=run.workers, batch_size=run.batch_size,
                              model_args=dict(meta.model_args), compile=run.compile) as pool:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from pipeline.errors import GridError
 
 Bounds = tuple[float, float, float, float]  # left, bottom, right, top
@@ -59,11 +57,6 @@ class Alignment:
     after: RasterInfo
     warp_after: bool
     dtype: str
-
-    @property
-    def itemsize(self) -> int:
-        """Bytes of one sample of the aligned pair."""
-        return np.dtype(self.dtype).itemsize
 
 
 def _intersection(a: Bounds, b: Bounds) -> Bounds | None:

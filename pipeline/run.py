@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -45,6 +46,11 @@ def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
                                                      storage.installed())
 
 
+def object_store_for(pre: Preflight) -> int:
+    """The object store a local Ray runtime needs for this scene's stream (its bands, sample size and tile)."""
+    return stream.object_store_bytes(len(pre.bands), np.dtype(pre.alignment.dtype).itemsize, pre.spec.tile)
+
+
 @contextmanager
 def warm_start(pre: Preflight, run: RunOptions) -> Iterator[None]:
     """The run's model actors started and the stream's workers warmed, ahead of the flow.
@@ -76,8 +82,7 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
                              storage.installed())
     infer_job = InferenceJob(paths.input_store, paths.output_store, spec.halo, pre.bands, storage.installed(),
                              spec.statistics, shape=(g.height, g.width, spec.tile))
-    started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=stream.object_store_bytes(
-        len(pre.bands), pre.alignment.itemsize, spec.tile))
+    started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=object_store_for(pre))
     try:
         with borrow_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
                          model_args=dict(pre.meta.model_args), compile=run.compile) as pool:

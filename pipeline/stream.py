@@ -88,6 +88,7 @@ SEGMENT_WIDTH = 2048  # pixels of a tile row one decode task reads, stores and h
 # memory was the same (3,350-3,520 MiB: pages are used only as objects fill them), and an RGB
 # 8192² run's peak did not move with 4 GiB (1,908-1,953 against 1,935-1,945 MiB).
 STORE_SEGMENTS = 48
+UNREAD_ITEMSIZE = 4  # bytes a sample is assumed to take before the scenes are read (an archive's): float32
 
 
 def object_store_bytes(bands: int, itemsize: int, tile: int) -> int:

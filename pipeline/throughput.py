@@ -226,19 +226,18 @@ def throughput(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     bases = sorted({s for s in (args.marginal, args.memory_base) if s})  # sizes the --size run is compared with
     sizes = sorted({args.size, *bases})
-    pairs = {}
-    for size in sizes + [256]:
-        before, after = work / f"before_{size}.tif", work / f"after_{size}.tif"
-        for path, date in ((before, "A"), (after, "B")):
+
+    def mosaic_pair(height: int, width: int | None = None) -> tuple[Path, Path]:
+        """BEFORE and AFTER mosaics of LEVIR-CD test_1..3, made once in ``work``."""
+        stem = f"{height}" if width is None else f"{height}x{width}"
+        pair = (work / f"before_{stem}.tif", work / f"after_{stem}.tif")
+        for path, date in zip(pair, "AB"):
             if not path.exists():
-                make_mosaic(path, size, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)])
-        pairs[size] = (before, after)
-    wide = None
-    if args.wide:  # a WIDE_HEIGHT x W pair: memory against the scene's width
-        wide = (work / f"before_{WIDE_HEIGHT}x{args.wide}.tif", work / f"after_{WIDE_HEIGHT}x{args.wide}.tif")
-        for path, date in zip(wide, "AB"):
-            if not path.exists():
-                make_mosaic(path, WIDE_HEIGHT, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)], width=args.wide)
+                make_mosaic(path, height, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)], width=width)
+        return pair
+
+    pairs = {size: mosaic_pair(size) for size in sizes + [256]}
+    wide = mosaic_pair(WIDE_HEIGHT, args.wide) if args.wide else None  # memory against the scene's width
     cores = os.cpu_count() or 1
     decode = decode_rate(*pairs[args.size], threads=cores)
     model_only = model_rate(args.model, args.tile, args.halo, args.batch, args.device)

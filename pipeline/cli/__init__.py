@@ -179,13 +179,12 @@ def _run(args: argparse.Namespace) -> int:
         pre = checks.preflight(spec, run, remember=True)  # before Prefect and Ray: a user error costs seconds
     from flows.change_detection import detect_changes
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
-    from pipeline.run import warm_start
-    from pipeline.stream import object_store_bytes
+    from pipeline.run import object_store_for, warm_start
 
     _quiet_user_errors()
-    store = object_store_bytes(len(pre.bands), pre.alignment.itemsize, pre.spec.tile)
     # The model actors start while Prefect's API does: the flow finds them ready.
-    with ray_runtime.services(run.ray_address, warm=lambda: warm_start(pre, run), object_store_memory=store):
+    with ray_runtime.services(run.ray_address, warm=lambda: warm_start(pre, run),
+                              object_store_memory=object_store_for(pre)):
         summary = detect_changes(spec, run)
     if args.json:
         print(summary.model_dump_json())
@@ -203,11 +202,10 @@ def _archive(args: argparse.Namespace) -> int:
         bands = checks.check_archive(archive_options, settings, run)
     from flows.archive import process_archive
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
-    from pipeline.stream import object_store_bytes
+    from pipeline.stream import UNREAD_ITEMSIZE, object_store_bytes
 
     _quiet_user_errors()
-    # The pairs' sample type is known only once each is read: room for 4-byte samples (float32).
-    store = object_store_bytes(bands, 4, settings.tile)
+    store = object_store_bytes(bands, UNREAD_ITEMSIZE, settings.tile)  # the pairs are read later
     with ray_runtime.services(run.ray_address, object_store_memory=store):
         state = process_archive(archive_options, settings, run, return_state=True)
     data = state.result(raise_on_failure=False)
