@@ -14,6 +14,7 @@ the peak memory against the scene's width.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -78,12 +79,13 @@ def decode_rate(before: Path, after: Path, threads: int) -> float:
     return height * width / 1e6 / (time.perf_counter() - start)
 
 
-def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeats: int = 2) -> float:
+def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeats: int = 2,
+               gpu_seconds: float = 2.0) -> float:
     """Core megapixels per second of forward passes alone on the run's windows, run as the actors run them.
 
-    On a GPU one pass at a time; on the CPU one pass per lane at once, the cores shared between
-    the lanes (:func:`pipeline.inference.cpu_lanes`), as a CPU actor given all the
-    cores would.
+    On a GPU one pass at a time, after three warm-up passes (autotuning, allocator), for at least
+    ``gpu_seconds``; on the CPU ``repeats`` passes per lane at once, the cores shared between the
+    lanes (:func:`pipeline.inference.cpu_lanes`), as a CPU actor given all the cores would.
     """
     import torch
 
@@ -100,17 +102,23 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
         torch.set_num_threads(threads)
     side = window_size(tile, halo, net.size_divisor)
     xs = [torch.randn(batch, 2, meta.in_channels, side, side, device=device) for _ in range(lanes)]  # one per lane
-    forward_probability(net, xs[0])  # warm-up
     if device == "cuda":
-        torch.cuda.synchronize()
+        for _ in range(3):
+            forward_probability(net, xs[0])  # each pass ends with its probabilities on the host
+        passes, start = 0, time.perf_counter()
+        while time.perf_counter() - start < gpu_seconds:
+            forward_probability(net, xs[0])
+            passes += 1
+        return passes * batch * tile * tile / 1e6 / (time.perf_counter() - start)
+    forward_probability(net, xs[0])  # warm-up
 
-    def passes(lane: int) -> None:
+    def run(lane: int) -> None:
         for _ in range(repeats):
             forward_probability(net, xs[lane])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(lanes) as ex:
-        list(ex.map(passes, range(lanes)))
+        list(ex.map(run, range(lanes)))
     return lanes * repeats * batch * tile * tile / 1e6 / (time.perf_counter() - start)
 
 
@@ -118,7 +126,8 @@ def parse_gpu_samples(text: str) -> dict[int, dict[str, float]]:
     """Per GPU index: mean and max utilisation (%) and peak memory (MiB) from ``nvidia-smi`` CSV lines.
 
     Lines are ``index, utilization.gpu, memory.used`` (``--format=csv,noheader,nounits``);
-    anything else (a header, ``[N/A]``) is skipped.
+    anything else (a header, ``[N/A]``) is skipped. ``active`` is the mean from the first to the
+    last sample with any utilisation: the stream's stretch, without the run's start-up and end.
     """
     samples: dict[int, list[tuple[float, float]]] = {}
     for line in text.splitlines():
@@ -128,8 +137,14 @@ def parse_gpu_samples(text: str) -> dict[int, dict[str, float]]:
         except (ValueError, IndexError):
             continue
         samples.setdefault(index, []).append((util, mem))
+
+    def active(v: list[tuple[float, float]]) -> float:
+        busy = [i for i, (u, _) in enumerate(v) if u > 0]
+        stretch = v[busy[0]:busy[-1] + 1] if busy else v
+        return sum(u for u, _ in stretch) / len(stretch)
+
     return {i: {"mean": sum(u for u, _ in v) / len(v), "max": max(u for u, _ in v), "memory": max(m for _, m in v),
-                "samples": len(v)} for i, v in samples.items()}
+                "active": active(v), "samples": len(v)} for i, v in samples.items()}
 
 
 class GpuSampler:
@@ -224,8 +239,12 @@ def throughput(args: argparse.Namespace) -> None:
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    data_path = not args.skip_data_path
     bases = sorted({s for s in (args.marginal, args.memory_base) if s})  # sizes the --size run is compared with
     sizes = sorted({args.size, *bases})
+    whole_size = args.whole_size or args.size
+    whole_sizes = [whole_size] + ([args.marginal] if args.whole_marginal and args.marginal else [])
 
     def mosaic_pair(height: int, width: int | None = None) -> tuple[Path, Path]:
         """BEFORE and AFTER mosaics of LEVIR-CD test_1..3, made once in ``work``."""
@@ -236,12 +255,54 @@ def throughput(args: argparse.Namespace) -> None:
                 make_mosaic(path, height, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)], width=width)
         return pair
 
-    pairs = {size: mosaic_pair(size) for size in sizes + [256]}
-    wide = mosaic_pair(WIDE_HEIGHT, args.wide) if args.wide else None  # memory against the scene's width
+    pairs = {size: mosaic_pair(size) for size in sorted({*sizes, *whole_sizes, *([256] if data_path else [])})}
+    wide = mosaic_pair(WIDE_HEIGHT, args.wide) if args.wide and data_path else None  # memory against the width
     cores = os.cpu_count() or 1
+    say = functools.partial(print, flush=True)  # each figure as soon as it is measured
+    say(f"machine: {cores} CPU cores; device {args.device}; tile {args.tile} + halo {args.halo}, batch {args.batch}")
     decode = decode_rate(*pairs[args.size], threads=cores)
-    model_only = model_rate(args.model, args.tile, args.halo, args.batch, args.device)
-    by_batch = {b: model_rate(args.model, args.tile, args.halo, b, args.device) for b in args.batches}
+    say(f"raw decode of the {args.size}² pair (rasterio, {cores} threads): {decode:.1f} MP/s")
+    model_only = {}
+    for m in models:
+        model_only[m] = model_rate(m, args.tile, args.halo, args.batch, args.device)
+        say(f"model alone ({m}, forward passes): {model_only[m]:.3f} MP/s")
+        if args.batches:
+            rates = {b: model_rate(m, args.tile, args.halo, b, args.device) for b in args.batches}
+            say(f"model alone ({m}) by batch size: {', '.join(f'{b}: {r:.3f} MP/s' for b, r in rates.items())}")
+    if data_path:
+        for line in _data_path(args, work, pairs, sizes, bases, wide, decode):
+            say(line)
+    if not args.skip_model_run:
+        for m in models:
+            runs, gpus = {}, {}
+            for size in whole_sizes:
+                gpu = GpuSampler()
+                with gpu:  # utilisation of every GPU while the whole run lasts (start-up included)
+                    runs[size] = _run(pairs[size], work / f"whole_{size}.tif", m, args, work)
+                gpus[size] = gpu.summary
+            run, rate = runs[whole_size], whole_size ** 2 / 1e6 / runs[whole_size]["summary"]["seconds"]
+            say(f"whole run ({m}), {whole_size}²: {run['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
+                f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(run['busy'].items()))}")
+            say(f"whole run / min(model alone, decode) ({m}): {rate / min(model_only[m], decode):.3f}")
+            if len(whole_sizes) > 1:
+                small = runs[args.marginal]["summary"]["seconds"]
+                marginal = (whole_size ** 2 - args.marginal ** 2) / 1e6 / (run["summary"]["seconds"] - small)
+                say(f"whole run ({m}), marginal rate {args.marginal}² -> {whole_size}²: {marginal:.3f} MP/s = "
+                    f"{marginal / model_only[m]:.3f} x model alone")
+            say(f"GPU utilisation during the whole run ({m}, {whole_size}²): " + _gpu_line(gpus[whole_size]))
+
+
+def _gpu_line(summary: dict[int, dict[str, float]] | None) -> str:
+    """One line of :class:`GpuSampler`'s summary."""
+    if not summary:
+        return "no GPU (nvidia-smi not found)"
+    return "; ".join(f"GPU {i}: mean {g['mean']:.0f} % ({g['active']:.0f} % from its first to its last busy sample), "
+                     f"max {g['max']:.0f} %, peak memory {g['memory']:.0f} MiB" for i, g in sorted(summary.items()))
+
+
+def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[int], bases: list[int],
+               wide: tuple[Path, Path] | None, decode: float) -> list[str]:
+    """The fixed cost, the null-model runs (time, stage busy time, peak memory) and their ratios: printed lines."""
     # The fixed cost: the best of two tiny runs (the first may also create Prefect's database).
     tiny = min((_run(pairs[256], work / "tiny.tif", NULL_MODEL, args, work, timeline=False) for _ in range(2)),
                key=lambda r: r["wall"])
@@ -251,23 +312,9 @@ def throughput(args: argparse.Namespace) -> None:
     if wide:
         wide_run = _run(wide, work / "null_wide.tif", NULL_MODEL, args, work)
         wide_run.update(peak_memory(wide, work / "null_wide.tif", args, work))
-    whole, gpu = None, GpuSampler()
-    if not args.skip_model_run:
-        with gpu:  # utilisation of every GPU while the whole run lasts (start-up included)
-            whole = _run(pairs[args.whole_size or args.size], work / "whole.tif", args.model, args, work)
     mp = {s: s * s / 1e6 for s in sizes}
-    n = null[args.size]
-    data_rate = mp[args.size] / n["summary"]["seconds"]
-    lines = [
-        f"machine: {cores} CPU cores; device {args.device}; model {args.model}; tile {args.tile} + halo {args.halo}, "
-        f"batch {args.batch}",
-        f"raw decode of the {args.size}² pair (rasterio, {cores} threads): {decode:.1f} MP/s",
-        f"model alone ({args.model}, forward passes): {model_only:.3f} MP/s",
-        *([f"model alone by batch size: {', '.join(f'{b}: {r:.3f} MP/s' for b, r in by_batch.items())}"]
-          if by_batch else []),
-        f"fixed cost (a 256² run with the null model, best of 2, process wall): {tiny['wall']:.1f} s "
-        f"(inside the flow {tiny['summary']['seconds']:.1f} s)",
-    ]
+    lines = [f"fixed cost (a 256² run with the null model, best of 2, process wall): {tiny['wall']:.1f} s "
+             f"(inside the flow {tiny['summary']['seconds']:.1f} s)"]
     for s in sizes:
         r = null[s]
         lines.append(f"data path alone (null model), {s}²: {r['summary']['seconds']:.1f} s in the flow = "
@@ -286,18 +333,9 @@ def throughput(args: argparse.Namespace) -> None:
         base = f" = {r['pss'] / null[WIDE_HEIGHT]['pss']:.3f} x the {WIDE_HEIGHT}² peak" if WIDE_HEIGHT in null else ""
         lines.append(f"data path alone (null model), {WIDE_HEIGHT} x {args.wide}: {r['summary']['seconds']:.1f} s in the "
                      f"flow = {mp_wide / r['summary']['seconds']:.2f} MP/s; peak PSS {r['pss'] / 2**20:.0f} MiB{base}")
+    data_rate = mp[args.size] / null[args.size]["summary"]["seconds"]
     lines.append(f"data path (null model) / raw decode at {args.size}²: {data_rate / decode:.3f}")
-    if whole is not None:
-        ws = args.whole_size or args.size
-        rate = ws * ws / 1e6 / whole["summary"]["seconds"]
-        lines.append(f"whole run ({args.model}), {ws}²: {whole['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
-                     "stage busy s: "
-                     f"{', '.join(f'{k} {v:.1f}' for k, v in sorted(whole['busy'].items()))}")
-        lines.append(f"whole run / min(model alone, decode): {rate / min(model_only, decode):.3f}")
-        lines.append("GPU utilisation during the whole run: " + (
-            "; ".join(f"GPU {i}: mean {g['mean']:.0f} %, max {g['max']:.0f} %, peak memory {g['memory']:.0f} MiB"
-                      for i, g in sorted(gpu.summary.items())) if gpu.summary else "no GPU (nvidia-smi not found)"))
-    print("\n".join(lines), flush=True)
+    return lines
 
 
 def add_parser(sub) -> None:
@@ -316,7 +354,11 @@ def add_parser(sub) -> None:
                    help=f"also a {WIDE_HEIGHT} x WIDE pair with the null model, for memory against the width (e.g. 65536)")
     t.add_argument("--whole-size", type=int, default=None, help="size of the whole run with the model (default --size)")
     t.add_argument("--skip-model-run", action="store_true", help="do not run the whole pipeline with the model")
-    t.add_argument("--model", default="tinycd")
+    t.add_argument("--skip-data-path", action="store_true",
+                   help="no fixed-cost, null-model or memory runs: the decode, the models alone and their whole runs")
+    t.add_argument("--whole-marginal", action="store_true",
+                   help="also the whole run at --marginal's size, for the model's marginal rate (fixed costs cancel)")
+    t.add_argument("--model", default="tinycd", help="the model, or several separated by commas (e.g. tinycd,changer-mit-b0)")
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t.add_argument("--tile", type=int, default=512)
     t.add_argument("--halo", type=int, default=64)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -40,8 +41,14 @@ def test_gpu_samples_are_summarised_per_gpu():
     text = ("0, 35, 1200\n1, 0, 10\n0, 95, 5400\n"
             "index, utilization.gpu [%], memory.used [MiB]\n0, [N/A], [N/A]\n")
     found = throughput.parse_gpu_samples(text)
-    assert found == {0: {"mean": 65.0, "max": 95.0, "memory": 5400.0, "samples": 2},
-                     1: {"mean": 0.0, "max": 0.0, "memory": 10.0, "samples": 1}}
+    assert found == {0: {"mean": 65.0, "max": 95.0, "memory": 5400.0, "active": 65.0, "samples": 2},
+                     1: {"mean": 0.0, "max": 0.0, "memory": 10.0, "active": 0.0, "samples": 1}}
+
+
+def test_gpu_utilisation_while_active_leaves_out_the_idle_start_and_end():
+    """A run's start-up and end leave its GPU idle: ``active`` averages from the first to the last busy sample."""
+    found = throughput.parse_gpu_samples("0, 0, 10\n0, 0, 10\n0, 50, 900\n0, 0, 900\n0, 70, 900\n0, 0, 10\n")[0]
+    assert found["mean"] == 20.0 and found["active"] == 40.0 and found["max"] == 70.0
 
 
 def test_the_gpu_sampler_says_nothing_without_nvidia_smi(monkeypatch):
@@ -74,6 +81,37 @@ def test_batch_sizes_to_compare_are_one_option():
     throughput.add_parser(parser.add_subparsers())
     assert parser.parse_args(["throughput", "--batches", "4,8,16"]).batches == [4, 8, 16]
     assert parser.parse_args(["throughput"]).batches == []
+
+
+def test_several_models_each_get_their_model_rate_whole_run_and_marginal_rate(tmp_path, monkeypatch, capsys):
+    """``--model a,b --skip-data-path --whole-marginal``: per model, its rate alone, its whole runs at both sizes
+    and the marginal rate between them against the model alone; no null-model run."""
+    import argparse
+
+    runs = []
+
+    def fake_run(pair, out, model, args, work, timeline=True, memory=False):
+        size = int(pair[0].stem.split("_")[1])
+        runs.append((model, size))
+        seconds = {"a": {64: 2.0, 128: 3.0}, "b": {64: 4.0, 128: 8.0}}[model][size]
+        return {"summary": {"seconds": seconds}, "wall": seconds + 1, "pss": 0, "rss": 0, "busy": {}}
+
+    monkeypatch.setattr(throughput, "_run", fake_run)
+    monkeypatch.setattr(throughput, "decode_rate", lambda *a, **k: 100.0)
+    monkeypatch.setattr(throughput, "model_rate", lambda model, *a, **k: {"a": 0.05, "b": 0.02}[model])
+    monkeypatch.setattr("pipeline.measure.make_mosaic", lambda path, *a, **k: Path(path).touch())
+    parser = argparse.ArgumentParser()
+    throughput.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["throughput", "--size", "128", "--marginal", "64", "--model", "a,b", "--skip-data-path",
+                              "--whole-marginal", "--workdir", str(tmp_path), "--device", "cpu"])
+    throughput.throughput(args)
+    out = capsys.readouterr().out
+    assert runs == [("a", 128), ("a", 64), ("b", 128), ("b", 64)]  # no null-model or fixed-cost runs
+    assert "model alone (a, forward passes): 0.050 MP/s" in out and "model alone (b, forward passes): 0.020 MP/s" in out
+    # a: (128² - 64²) px in 1 s = 0.012288 MP/s, 0.246 x its 0.05 MP/s alone; b: the same pixels in 4 s
+    assert "whole run (a), marginal rate 64² -> 128²: 0.012 MP/s = 0.246 x model alone" in out
+    assert "whole run (b), marginal rate 64² -> 128²: 0.003 MP/s = 0.154 x model alone" in out
+    assert "whole run (b), 128²: 8.0 s in the flow = 0.002 MP/s" in out
 
 
 
