@@ -171,7 +171,7 @@ class RunOptions(Frozen):
 
     output: str | None = option(None, "output change map (Cloud-Optimized GeoTIFF)", short="-o")
     workers: int | None = option(None, "inference actors (default: one per GPU, else 1)")
-    batch_size: int = option(4, "windows per forward pass")
+    batch_size: int | None = option(None, "windows per forward pass (default: 16 on a GPU, 4 on the CPU)")
     compile: bool = option(False, "compile the model with torch.compile in each actor (opt-in: slow to start, "
                                   "for long GPU runs)")
     workdir: str | None = option(None, "folder for intermediate zarr stores (default: temporary)")

@@ -200,8 +200,10 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
 
     trace = work / f"timeline-{out.stem}.json"
     cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(pair[0]), str(pair[1]), "-o", str(out),
-           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--batch-size", str(args.batch),
+           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo),
            "--model", model, "--json", "--workdir", str(work / "stores")]
+    if args.batch:  # else the run's own default for its device
+        cmd += ["--batch-size", str(args.batch)]
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
     env = {**os.environ, "CHANGEMAP_PLUGINS": "pipeline.throughput"}
@@ -233,6 +235,7 @@ def peak_memory(pair: tuple[Path, Path], out: Path, args: argparse.Namespace, wo
 
 def throughput(args: argparse.Namespace) -> None:
     """The benchmark (see the module docstring)."""
+    from pipeline.inference import default_batch_size
     from pipeline.measure import make_mosaic
 
     register_null_model()
@@ -259,12 +262,13 @@ def throughput(args: argparse.Namespace) -> None:
     wide = mosaic_pair(WIDE_HEIGHT, args.wide) if args.wide and data_path else None  # memory against the width
     cores = os.cpu_count() or 1
     say = functools.partial(print, flush=True)  # each figure as soon as it is measured
-    say(f"machine: {cores} CPU cores; device {args.device}; tile {args.tile} + halo {args.halo}, batch {args.batch}")
+    batch = args.batch or default_batch_size(gpus=int(args.device == "cuda"))
+    say(f"machine: {cores} CPU cores; device {args.device}; tile {args.tile} + halo {args.halo}, batch {batch}")
     decode = decode_rate(*pairs[args.size], threads=cores)
     say(f"raw decode of the {args.size}² pair (rasterio, {cores} threads): {decode:.1f} MP/s")
     model_only = {}
     for m in models:
-        model_only[m] = model_rate(m, args.tile, args.halo, args.batch, args.device)
+        model_only[m] = model_rate(m, args.tile, args.halo, batch, args.device)
         say(f"model alone ({m}, forward passes): {model_only[m]:.3f} MP/s")
         if args.batches:
             rates = {b: model_rate(m, args.tile, args.halo, b, args.device) for b in args.batches}
@@ -362,7 +366,8 @@ def add_parser(sub) -> None:
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t.add_argument("--tile", type=int, default=512)
     t.add_argument("--halo", type=int, default=64)
-    t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--batch", type=int, default=None,
+                   help="windows per forward pass (default: the run's own, 16 on a GPU and 4 on the CPU)")
     t.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",") if b], default=[],
                    help="also the model alone at these batch sizes, e.g. 4,8,16,32 (to choose a GPU's batch size)")
     t.add_argument("--workdir", default=None)

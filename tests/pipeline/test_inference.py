@@ -13,7 +13,7 @@ from models.registry import _REGISTRY, register_model
 from pipeline import ingest, loader
 from pipeline.checks import plan_grid
 from pipeline.errors import ChangemapError
-from pipeline.inference import InferenceJob, PredictorPool, TilePredictor
+from pipeline.inference import GPU_BATCH_SIZE, InferenceJob, PredictorPool, TilePredictor, default_batch_size
 from pipeline.io import store
 from pipeline.learn.predict import normalize, predict_image
 from pipeline.loader import select_bands
@@ -127,6 +127,20 @@ def test_ray_actor_pool_predicts_all_tiles(stores, ray_local):
     store.create_output_store(ref_out, alignment.grid, 64)
     ref.predict(InferenceJob(inp, ref_out, 16, (1, 2, 3)), tiles)
     np.testing.assert_allclose(prob[valid], store.open_array(ref_out, store.PROBABILITY)[:][valid], atol=1e-5)
+
+
+def test_the_batch_size_is_the_devices_default_unless_one_is_asked_for(ray_local):
+    """No ``--batch-size``: 16 windows per pass on GPUs (the fastest measured), 4 on this GPU-less cluster."""
+    from pipeline.config import RunOptions
+
+    assert RunOptions().batch_size is None
+    assert default_batch_size(gpus=1) == GPU_BATCH_SIZE and default_batch_size(gpus=0) == 4
+    for asked, expected in ((None, 4), (3, 3)):
+        pool = PredictorPool("tinycd", None, workers=1, batch_size=asked)
+        try:
+            assert pool.batch_size == expected and pool.device == "cpu"
+        finally:
+            pool.close()
 
 
 def test_more_workers_than_the_cluster_can_place_is_a_clear_error(ray_local):
