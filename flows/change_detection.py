@@ -89,4 +89,5 @@ def detect_changes(spec: MapSpec, run: RunOptions) -> RunSummary:
                       workdir=kept, statistics=pre.spec.statistics, statistics_passes=made.statistics_passes,
                       tiles_predicted=s.predicted, tiles_reused=s.reused, tiles_retried=len(s.retried),
                       chunks_decoded=s.chunks_decoded, chunks_reused=s.chunks_reused,
+                      model_seconds={k: round(v, 3) for k, v in s.model_seconds.items()},
                       change=extras["change"], outputs={k: storage.redact_url(v) for k, v in extras["outputs"].items()})

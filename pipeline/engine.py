@@ -9,8 +9,9 @@ the scene edge and the window-dependent layers use statistics measured over the 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
@@ -27,6 +28,35 @@ from pipeline.tiling import (
     statistics_weights,
     tile_window,
 )
+
+
+class PhaseClock:
+    """Seconds spent in each phase of prediction, summed over the threads that run them.
+
+    Phases of :meth:`TileEngine.predict`: ``windows`` (cut and stack a batch's windows), ``lane
+    wait`` (wait for a free lane), ``to device`` (normalise, and start the copy to a GPU),
+    ``forward`` (the forward pass and the probabilities back on the host: a GPU's copy and
+    compute end there) and ``results`` (each tile's core handed on).
+    """
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time to ``phase``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._seconds[phase] = self._seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase so far."""
+        with self._lock:
+            return dict(self._seconds)
 
 
 class Lanes:
@@ -107,13 +137,15 @@ class TileEngine:
         statistics: ``window`` (reflect-padded windows, window statistics) or ``scene``.
         lanes: how many callers on several threads may use the model at once (one per GPU);
             windows are read and stacked outside them.
+        clock: where the seconds of each phase of :meth:`predict` are added up.
     """
 
     def __init__(self, model: ChangeModel, prepare: Callable[[np.ndarray], torch.Tensor], *, height: int,
                  width: int, tile: int, halo: int, batch_size: int = 4, statistics: str = "window",
-                 lanes: Lanes | None = None) -> None:
+                 lanes: Lanes | None = None, clock: PhaseClock | None = None) -> None:
         self.model, self.prepare = model, prepare
         self.lanes = lanes or Lanes(1)
+        self.clock = clock or PhaseClock()
         self.height, self.width, self.tile, self.halo = height, width, tile, halo
         self.batch_size, self.statistics = batch_size, statistics
         self._scene: SceneStatistics | None = None
@@ -132,14 +164,26 @@ class TileEngine:
 
     def predict(self, tiles: Sequence[Tile], read: Read, write: Write, scene_stats: Stats | None = None) -> int:
         """Predict ``tiles`` and hand each tile's core probability to ``write``; returns how many."""
-        for batch, wins, x in self.batches(tiles, read):
-            with (self.lanes.exclusive() if scene_stats is not None else self.lanes.shared()), \
-                    (self.scene_statistics().fixed(scene_stats) if scene_stats is not None else nullcontext()):
-                prob = forward_probability(self.model, self.prepare(x))
-            for t, w, p in zip(batch, wins, prob):
-                top, left = core_offset(t, w)
-                write(t, p[top:top + t.height, left:left + t.width])
-        return len(tiles)
+        clock, batches = self.clock, self.batches(tiles, read)
+        while True:
+            with clock.timed("windows"):
+                item = next(batches, None)
+            if item is None:
+                return len(tiles)
+            batch, wins, x = item
+            with ExitStack() as held:
+                with clock.timed("lane wait"):
+                    held.enter_context(self.lanes.exclusive() if scene_stats is not None else self.lanes.shared())
+                if scene_stats is not None:
+                    held.enter_context(self.scene_statistics().fixed(scene_stats))
+                with clock.timed("to device"):
+                    x = self.prepare(x)
+                with clock.timed("forward"):
+                    prob = forward_probability(self.model, x)
+            with clock.timed("results"):
+                for t, w, p in zip(batch, wins, prob):
+                    top, left = core_offset(t, w)
+                    write(t, p[top:top + t.height, left:left + t.width])
 
     def scene_statistics(self) -> SceneStatistics:
         """The model's window-dependent layers (raises ``StatisticsUnsupported`` for attention models)."""

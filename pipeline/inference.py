@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError
 from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
 from pipeline import loader, storage
-from pipeline.engine import Lanes, TileEngine, normalize
+from pipeline.engine import Lanes, PhaseClock, TileEngine, normalize
 from pipeline.errors import ChangemapError
 from pipeline.io import store
 from pipeline.tiling import Tile, Window, assemble, by_clipped_shape
@@ -65,9 +65,14 @@ class TilePredictor:
             self.model = torch.compile(self.model)
         self.batch_size = batch_size
         self._lanes = Lanes(lanes)  # forward passes at once; one more batch is prepared meanwhile
+        self.clock = PhaseClock()  # seconds of each prediction phase, over all scenes and calls
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
         self.calls = 0
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds this predictor has spent in each phase of prediction (:class:`pipeline.engine.PhaseClock`)."""
+        return self.clock.totals()
 
     def describe(self) -> dict[str, str]:
         """Where this predictor runs (for logs and tests)."""
@@ -101,7 +106,7 @@ class TilePredictor:
             band_index = np.asarray(job.bands) - 1
             engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
                                 halo=job.halo, batch_size=self.batch_size, statistics=job.statistics,
-                                lanes=self._lanes)
+                                lanes=self._lanes, clock=self.clock)
 
             def read(w: Window) -> np.ndarray:
                 return image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
@@ -132,7 +137,7 @@ class TilePredictor:
                 self._engines.clear()
             engine = self._engines[job.output_store] = TileEngine(
                 self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
-                batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes)
+                batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes, clock=self.clock)
         images: dict[tuple[int, int], np.ndarray] = {}
         valids: dict[tuple[int, int], np.ndarray] = {}
         for (row, first), (image, valid) in zip(keys, segments):
@@ -323,6 +328,17 @@ class PredictorPool:
     def release(self, actor) -> None:
         """Give a slot back."""
         self._idle.put(actor)
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds the pool's actors have spent in each phase of prediction, summed over actors and lanes.
+
+        An actor answers between calls, as its calls take its slots; a lost actor's seconds are gone.
+        """
+        total: dict[str, float] = {}
+        for seconds in ray.get([a.phase_seconds.remote() for a in self.actors]):
+            for phase, s in seconds.items():
+                total[phase] = total.get(phase, 0.0) + s
+        return total
 
     def run(self, job: InferenceJob, tiles: Sequence[Tile],
             progress: Callable[[int, int], None] | None = None,

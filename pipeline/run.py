@@ -104,6 +104,7 @@ def _stream(job: stream.SceneStream, infer_job: InferenceJob, pool, writer, stat
             ) -> tuple[stream.StreamStats, int]:
     """The tiles through the model into the writer; returns the stream's figures and the statistics passes."""
     if statistics == "scene":
+        clock = pool.phase_seconds()
         decoded, reused = stream.ingest_stream(job)
         bar = Progress("infer")
         g = job.alignment.grid
@@ -112,5 +113,7 @@ def _stream(job: stream.SceneStream, infer_job: InferenceJob, pool, writer, stat
                             on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
         ray.get(stream.feed_from_stores(job, writer, tiles))
         return stream.StreamStats(tiles=len(tiles), predicted=len(tiles), chunks_decoded=decoded,
-                                  chunks_reused=reused, retried=list(pool.retried)), inferred.statistics_passes
+                                  chunks_reused=reused, retried=list(pool.retried),
+                                  model_seconds=stream.seconds_since(clock, pool.phase_seconds())
+                                  ), inferred.statistics_passes
     return stream.run_stream(job, pool, infer_job, writer), 0

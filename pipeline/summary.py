@@ -29,6 +29,9 @@ class RunSummary(BaseModel):
     tiles_retried: int = 0  # tiles predicted again after a lost model actor
     chunks_decoded: int = 0
     chunks_reused: int = 0
+    # Seconds of the model actors' phases (windows, lane wait, to device, forward, results), summed over
+    # actors and lanes: where a GPU's time goes (pipeline.engine.PhaseClock)
+    model_seconds: dict[str, float] = {}
     change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.mapstats)
     outputs: dict[str, str] = {}  # kind (data, polygons, statistics, thumbnail, stac) -> path or URL
 

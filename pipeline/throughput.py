@@ -286,7 +286,8 @@ def throughput(args: argparse.Namespace) -> None:
                 gpus[size] = gpu.summary
             run, rate = runs[whole_size], whole_size ** 2 / 1e6 / runs[whole_size]["summary"]["seconds"]
             say(f"whole run ({m}), {whole_size}²: {run['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
-                f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(run['busy'].items()))}")
+                f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(run['busy'].items()))}; "
+                f"model actor s: {_phases(run['summary'])}")
             say(f"whole run / min(model alone, decode) ({m}): {rate / min(model_only[m], decode):.3f}")
             if len(whole_sizes) > 1:
                 small = runs[args.marginal]["summary"]["seconds"]
@@ -294,6 +295,13 @@ def throughput(args: argparse.Namespace) -> None:
                 say(f"whole run ({m}), marginal rate {args.marginal}² -> {whole_size}²: {marginal:.3f} MP/s = "
                     f"{marginal / model_only[m]:.3f} x model alone")
             say(f"GPU utilisation during the whole run ({m}, {whole_size}²): " + _gpu_line(gpus[whole_size]))
+
+
+def _phases(summary: dict) -> str:
+    """The model actors' phase seconds of a run's summary, in the order they happen."""
+    seconds = summary.get("model_seconds") or {}
+    order = ["windows", "lane wait", "to device", "forward", "results"]
+    return ", ".join(f"{k} {seconds[k]:.1f}" for k in sorted(seconds, key=lambda k: (order + [k]).index(k))) or "-"
 
 
 def _gpu_line(summary: dict[int, dict[str, float]] | None) -> str:
@@ -324,7 +332,8 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
         lines.append(f"data path alone (null model), {s}²: {r['summary']['seconds']:.1f} s in the flow = "
                      f"{mp[s] / r['summary']['seconds']:.2f} MP/s; process wall {r['wall']:.1f} s; "
                      f"peak PSS {r['pss'] / 2**20:.0f} MiB (RSS {r['rss'] / 2**20:.0f} MiB); "
-                     f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(r['busy'].items()))}")
+                     f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(r['busy'].items()))}; "
+                     f"model actor s: {_phases(r['summary'])}")
     if args.marginal:
         a, b = null[args.marginal], null[args.size]
         marginal = (mp[args.size] - mp[args.marginal]) / (b["summary"]["seconds"] - a["summary"]["seconds"])

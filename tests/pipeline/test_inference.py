@@ -63,6 +63,42 @@ def test_read_window_reflects_outside_the_scene():
     np.testing.assert_array_equal(win[0, 0, 0, 2:7], image[0, 0, 2, :5])  # row -2 reflects row 2
 
 
+def test_each_phase_of_prediction_is_timed_where_it_happens():
+    """A forward pass that takes 50 ms lands in ``forward``, a lane held by another caller for 0.5 s in
+    ``lane wait``, a slow window read in ``windows``: the phases say where an actor's time goes."""
+    import threading
+    import time
+
+    from pipeline.engine import Lanes, PhaseClock, TileEngine
+
+    class Slow(LocalDiff):
+        def forward_pair(self, before, after):
+            time.sleep(0.05)
+            return super().forward_pair(before, after)
+
+    def read(w):
+        time.sleep(0.02)
+        return np.zeros((2, 3, w.y1 - w.y0, w.x1 - w.x0), "float32")
+
+    lanes, clock = Lanes(1), PhaseClock()
+    engine = TileEngine(Slow().eval(), torch.from_numpy, height=64, width=64, tile=32, halo=8, batch_size=2,
+                        lanes=lanes, clock=clock)
+    cores, held = [], threading.Event()
+
+    def other_caller() -> None:  # holds the only lane for 0.5 s
+        with lanes.shared():
+            held.set()
+            time.sleep(0.5)
+
+    threading.Thread(target=other_caller).start()
+    held.wait()
+    assert engine.predict(make_tiles(64, 64, 32), read, lambda t, core: cores.append(core.shape)) == 4
+    seconds = clock.totals()
+    assert cores == [(32, 32)] * 4 and set(seconds) == {"windows", "lane wait", "to device", "forward", "results"}
+    assert seconds["forward"] >= 2 * 0.05 and seconds["windows"] >= 4 * 0.02  # two batches of two windows
+    assert 0.3 <= seconds["lane wait"] < 0.5 + 0.5 and seconds["results"] < seconds["forward"]
+
+
 def test_band_selection_is_checked():
     meta = models.default_meta("tinycd")
     assert select_bands(meta, 4, None) == (1, 2, 3)

@@ -187,6 +187,8 @@ def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_pat
         made[hold] = make_map(pre, workdir.paths_for(pre.spec, run), run).stream
         maps[hold] = _read(run.output)
     assert made[default].chunks_reread == 0
+    seconds = made[default].model_seconds  # the actors' phases while this scene ran
+    assert set(seconds) == {"windows", "lane wait", "to device", "forward", "results"} and seconds["forward"] > 0
     s = made[0]
     assert s.chunks_decoded == s.tiles == 20 and s.chunks_reread > 0  # each chunk decoded once, then read back
     np.testing.assert_array_equal(maps[0], maps[default])
