@@ -332,10 +332,15 @@ class PredictorPool:
     def phase_seconds(self) -> dict[str, float]:
         """Seconds the pool's actors have spent in each phase of prediction, summed over actors and lanes.
 
-        An actor answers between calls, as its calls take its slots; a lost actor's seconds are gone.
+        An actor answers between calls, as its calls take its slots; a lost actor's seconds are gone
+        (a figure, not worth failing a run for).
         """
         total: dict[str, float] = {}
-        for seconds in ray.get([a.phase_seconds.remote() for a in self.actors]):
+        for ref in [a.phase_seconds.remote() for a in self.actors]:
+            try:
+                seconds = ray.get(ref)
+            except RayActorError:
+                continue
             for phase, s in seconds.items():
                 total[phase] = total.get(phase, 0.0) + s
         return total

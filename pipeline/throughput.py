@@ -9,7 +9,9 @@ sampled: sampling slows what it samples), the two ratios the data path is judged
 GPU machine the GPUs' utilisation during the whole run (``nvidia-smi``).
 ``--marginal M`` also runs an M x M pair so fixed costs cancel; ``--memory-base B`` also a
 B x B pair, for the growth of the peak memory from B to N; ``--wide W`` a 2048 x W pair, for
-the peak memory against the scene's width.
+the peak memory against the scene's width. ``--model a,b`` measures several models (each alone
+and each one's whole run; ``--whole-marginal`` also at M, for the whole run's marginal rate),
+``--skip-data-path`` leaves out the null-model, fixed-cost and memory runs.
 """
 from __future__ import annotations
 
@@ -109,7 +111,10 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
         while time.perf_counter() - start < gpu_seconds:
             forward_probability(net, xs[0])
             passes += 1
-        return passes * batch * tile * tile / 1e6 / (time.perf_counter() - start)
+        rate = passes * batch * tile * tile / 1e6 / (time.perf_counter() - start)
+        del net, xs
+        torch.cuda.empty_cache()  # the whole runs' GPU memory is read off the whole GPU: hold none here
+        return rate
     forward_probability(net, xs[0])  # warm-up
 
     def run(lane: int) -> None:
