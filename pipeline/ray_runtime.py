@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 import ray
 
@@ -88,7 +88,7 @@ def _stop_autoscaler_monitor() -> None:
 @contextmanager
 def services(address: str | None = None,
              warm: Callable[[], AbstractContextManager] | None = None,
-             object_store_memory: int = DEFAULT_OBJECT_STORE) -> Iterator[None]:
+             object_store_memory: int = DEFAULT_OBJECT_STORE) -> Iterator[dict[str, float]]:
     """Prefect's API and Ray started at the same time, Ray stopped at the end if started here.
 
     Each takes seconds to start; started one after the other they are most of a small run's
@@ -96,6 +96,9 @@ def services(address: str | None = None,
     here, and then ``warm`` (e.g. the run's model actors, see :func:`pipeline.run.warm_start`)
     is entered while the API is still starting; a flow run inside the block finds all of it up.
     Flow runs on an ephemeral API send no heartbeats (the API ends with this process).
+
+    Yields the seconds each took to start: ``ray``, ``model actors`` (``warm``) and ``prefect
+    api`` (the ephemeral API, in its thread, at the same time as the other two).
     """
     from prefect.settings import (
         PREFECT_API_URL,
@@ -105,15 +108,18 @@ def services(address: str | None = None,
     )
 
     ephemeral = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
+    startup: dict[str, float] = {}
 
     def prefect_api() -> None:
         if ephemeral:
             from prefect.server.api.server import SubprocessASGIServer
 
+            begin = time.perf_counter()
             try:
                 SubprocessASGIServer().start()
             except Exception:  # noqa: BLE001 - the flow starts it itself and reports what fails
                 pass
+            startup["prefect api"] = time.perf_counter() - begin
 
     thread = threading.Thread(target=prefect_api, name="prefect-api", daemon=True)
     thread.start()
@@ -122,9 +128,16 @@ def services(address: str | None = None,
     # and stopping the heartbeat thread costs up to a second at the end of every flow run.
     quiet = temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if ephemeral else nullcontext()
     try:
+        begin = time.perf_counter()
         started = ensure_ray(address, object_store_memory=object_store_memory)
-        with warm() if warm is not None else nullcontext(), quiet:
+        startup["ray"] = time.perf_counter() - begin
+        with ExitStack() as stack:
+            if warm is not None:
+                begin = time.perf_counter()
+                stack.enter_context(warm())
+                startup["model actors"] = time.perf_counter() - begin
+            stack.enter_context(quiet)
             thread.join()
-            yield
+            yield startup
     finally:
         shutdown_if_started(started)

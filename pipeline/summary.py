@@ -32,6 +32,9 @@ class RunSummary(BaseModel):
     # Seconds of the model actors' phases (windows, lane wait, to device, forward, results), summed over
     # actors and lanes: where a GPU's time goes (pipeline.engine.PhaseClock)
     model_seconds: dict[str, float] = {}
+    # Set by ``changemap run``: seconds before the flow (the process up to the checks, the checks, then
+    # Ray, the model actors and Prefect's API, the last started at the same time as the other two)
+    startup_seconds: dict[str, float] = {}
     change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.mapstats)
     outputs: dict[str, str] = {}  # kind (data, polygons, statistics, thumbnail, stac) -> path or URL
 

@@ -330,8 +330,9 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
         wide_run = _run(wide, work / "null_wide.tif", NULL_MODEL, args, work)
         wide_run.update(peak_memory(wide, work / "null_wide.tif", args, work))
     mp = {s: s * s / 1e6 for s in sizes}
+    startup = ", ".join(f"{k} {v:.1f}" for k, v in (tiny["summary"].get("startup_seconds") or {}).items()) or "-"
     lines = [f"fixed cost (a 256² run with the null model, best of 2, process wall): {tiny['wall']:.1f} s "
-             f"(inside the flow {tiny['summary']['seconds']:.1f} s)"]
+             f"(inside the flow {tiny['summary']['seconds']:.1f} s; start-up s: {startup})"]
     for s in sizes:
         r = null[s]
         lines.append(f"data path alone (null model), {s}²: {r['summary']['seconds']:.1f} s in the flow = "

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 
 from pipeline.cli import options
@@ -174,9 +175,11 @@ def _quiet_user_errors() -> None:
 def _run(args: argparse.Namespace) -> int:
     from pipeline import checks, storage
 
+    begin = time.time()
     spec, run = options.take(args, MapSpec), options.take(args, RunOptions)
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         pre = checks.preflight(spec, run, remember=True)  # before Prefect and Ray: a user error costs seconds
+    checked = time.time() - begin
     from flows.change_detection import detect_changes
     from pipeline import ray_runtime  # imports Ray: only once the checks passed
     from pipeline.run import object_store_for, warm_start
@@ -184,8 +187,13 @@ def _run(args: argparse.Namespace) -> int:
     _quiet_user_errors()
     # The model actors start while Prefect's API does: the flow finds them ready.
     with ray_runtime.services(run.ray_address, warm=lambda: warm_start(pre, run),
-                              object_store_memory=object_store_for(pre)):
+                              object_store_memory=object_store_for(pre)) as startup:
         summary = detect_changes(spec, run)
+    import psutil  # Ray's dependency
+
+    before = begin - psutil.Process().create_time()  # the interpreter and the imports of this command
+    summary = summary.model_copy(update={"startup_seconds": {
+        k: round(v, 3) for k, v in {"before the checks": before, "checks": checked, **startup}.items()}})
     if args.json:
         print(summary.model_dump_json())
     for line in summary.lines():

@@ -50,6 +50,10 @@ def test_run_writes_polygons_statistics_quicklook_and_stac(tmp_path, capsys):
     assert item["type"] == "Feature" and {"data", "polygons", "statistics", "thumbnail"} <= set(item["assets"])
     assert item["properties"]["changemap:model"] == "tinycd"
     assert "changed:" in printed and f"{count} regions" in printed
+    # What the seconds before the flow went to (the harness's API and Ray are already running: only the actors start).
+    startup = summary["startup_seconds"]
+    assert set(startup) == {"before the checks", "checks", "ray", "model actors"}
+    assert startup["model actors"] > 0 and startup["checks"] > 0 and 0 <= startup["ray"] < 1, startup
 
 
 def test_a_bad_vector_extension_is_refused_before_anything_runs(tmp_path, capsys):

@@ -133,7 +133,8 @@ def warm():
         seen["pool"] = id(pool)
         yield
     seen["ray_up_after_warm"] = ray.is_initialized()
-with rt.services(None, warm=warm):
+with rt.services(None, warm=warm) as startup:
+    seen["startup"] = {k: v > 0 for k, v in startup.items()}
     with borrow_pool("tinycd", None, batch_size=2) as p:
         seen["borrowed_the_warm_pool"] = id(p) == seen["pool"]
     from prefect.settings import get_current_settings
@@ -153,14 +154,16 @@ def test_services_start_the_model_actors_that_the_run_then_borrows():
     assert seen["ray_up_when_warming"] and seen["borrowed_the_warm_pool"]
     assert seen["ray_up_after_warm"] and not seen["ray_up_at_end"]
     assert seen["heartbeat"] is not None  # a real API server keeps its flow-run heartbeats
+    assert seen["startup"] == {"ray": True, "model actors": True}  # seconds to start each; no API was started
 
 
 EPHEMERAL_PROBE = """
 import json
 import pipeline.ray_runtime as rt
 from prefect.settings import get_current_settings
-with rt.services(None):
-    print(json.dumps({"heartbeat": get_current_settings().flows.heartbeat_frequency}))
+with rt.services(None) as startup:
+    print(json.dumps({"heartbeat": get_current_settings().flows.heartbeat_frequency,
+                      "started": sorted(k for k, v in startup.items() if v > 0)}))
 """
 
 
@@ -170,4 +173,5 @@ def test_flow_runs_on_an_ephemeral_api_send_no_heartbeats(tmp_path):
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     out = subprocess.run([sys.executable, "-c", EPHEMERAL_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout
-    assert json.loads([x for x in out.splitlines() if x.startswith("{")][-1]) == {"heartbeat": None}
+    assert json.loads([x for x in out.splitlines() if x.startswith("{")][-1]) == {"heartbeat": None,
+                                                                                "started": ["prefect api", "ray"]}
