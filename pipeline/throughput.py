@@ -225,6 +225,8 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
         print(output[-3000:])
         raise SystemExit(f"run failed with exit code {code}")
     busy = stage_busy(trace) if timeline and trace.exists() else {}
+    # Beside the timeline, for reading later (e.g. copied off a lent GPU machine with the work folder)
+    (work / f"summary-{out.stem}-{model}.json").write_text(json.dumps({**summary, "process_wall": seconds}))
     return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy}
 
 
@@ -247,6 +249,7 @@ def throughput(args: argparse.Namespace) -> None:
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder (mosaics, each run's summary and timeline): {work}", flush=True)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     data_path = not args.skip_data_path
     bases = sorted({s for s in (args.marginal, args.memory_base) if s})  # sizes the --size run is compared with

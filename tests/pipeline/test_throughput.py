@@ -112,6 +112,7 @@ def test_several_models_each_get_their_model_rate_whole_run_and_marginal_rate(tm
     assert "whole run (a), marginal rate 64² -> 128²: 0.012 MP/s = 0.246 x model alone" in out
     assert "whole run (b), marginal rate 64² -> 128²: 0.003 MP/s = 0.154 x model alone" in out
     assert "whole run (b), 128²: 8.0 s in the flow = 0.002 MP/s" in out
+    assert f"work folder (mosaics, each run's summary and timeline): {tmp_path}" in out
 
 
 
@@ -132,3 +133,21 @@ def test_a_wide_mosaic_has_the_height_and_width_asked_for(tmp_path):
     parser = __import__("argparse").ArgumentParser()
     throughput.add_parser(parser.add_subparsers())
     assert parser.parse_args(["throughput", "--wide", "65536"]).wide == 65536
+
+
+def test_each_run_leaves_its_summary_in_the_work_folder(tmp_path, monkeypatch):
+    """A lent machine's figures can be read later: each run's summary (with its process wall) is kept."""
+    import argparse
+    import subprocess
+
+    def fake_run(cmd, **kwargs):
+        assert cmd[cmd.index("--model") + 1] == "tinycd" and "--batch-size" not in cmd  # the run's own default
+        return subprocess.CompletedProcess(cmd, 0, stdout='progress\n{"seconds": 2.5, "model_seconds": {"forward": 1.0}}\n')
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = argparse.Namespace(tile=512, halo=64, batch=None)
+    pair = (tmp_path / "before_256.tif", tmp_path / "after_256.tif")
+    result = throughput._run(pair, tmp_path / "whole_256.tif", "tinycd", args, tmp_path, timeline=False)
+    kept = json.loads((tmp_path / "summary-whole_256-tinycd.json").read_text())
+    assert result["summary"]["seconds"] == kept["seconds"] == 2.5 and kept["model_seconds"] == {"forward": 1.0}
+    assert kept["process_wall"] == result["wall"] >= 0
