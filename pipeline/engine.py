@@ -147,6 +147,7 @@ class TileEngine:
         self.model, self.prepare = model, prepare
         self.lanes = lanes or Lanes(1)
         self.clock = clock or PhaseClock()
+        self._buffers = threading.local()  # each calling thread's reused batch (see batches)
         self.height, self.width, self.tile, self.halo = height, width, tile, halo
         self.batch_size, self.statistics = batch_size, statistics
         self._scene: SceneStatistics | None = None
@@ -157,11 +158,26 @@ class TileEngine:
                            clipped=self.statistics == "scene")
 
     def batches(self, tiles: Sequence[Tile], read: Read) -> Iterator[tuple[list[Tile], list[Window], np.ndarray]]:
-        """``(tiles, windows, raw (B, 2, C, h, w))`` in batches of one padded window shape."""
+        """``(tiles, windows, raw (B, 2, C, h, w))`` in batches of one padded window shape.
+
+        A batch is stacked into this thread's buffer, reused while the shape holds: the caller is
+        done with it when it asks for the next. A GPU's batch of sixteen 640² RGB pairs is 39 MiB,
+        over glibc's largest threshold for reusing freed heap (32 MiB): a new one would be mapped
+        and faulted in page by page every time. Null model, 8192², batches of 16 on 2 CPU lanes:
+        the actor's ``windows`` took 0.49-0.52 s instead of 0.72-1.15 s (two runs each).
+        """
         windows = {t: self.window(t) for t in tiles}
         for batch in batch_by_shape(list(tiles), lambda t: padded_shape(windows[t]), self.batch_size):
             wins = [windows[t] for t in batch]
-            yield batch, wins, np.stack([pad_window(read(w), w) for w in wins])
+            raws = [pad_window(read(w), w) for w in wins]
+            yield batch, wins, np.stack(raws, out=self._stacked((len(raws), *raws[0].shape), raws[0].dtype))
+
+    def _stacked(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """This thread's batch buffer of ``shape`` and ``dtype``."""
+        held = getattr(self._buffers, "stack", None)
+        if held is None or held.shape != shape or held.dtype != dtype:
+            held = self._buffers.stack = np.empty(shape, dtype)
+        return held
 
     def predict(self, tiles: Sequence[Tile], read: Read, write: Write, scene_stats: Stats | None = None) -> int:
         """Predict ``tiles`` and hand each tile's core probability to ``write``; returns how many."""
