@@ -139,15 +139,18 @@ class TileEngine:
         lanes: how many callers on several threads may use the model at once (one per GPU);
             windows are read and stacked outside them.
         clock: where the seconds of each phase of :meth:`predict` are added up.
+        buffers: where each calling thread keeps its batch buffer (shared by the engines of one
+            predictor, so a thread holds one whatever the number of scenes).
     """
 
     def __init__(self, model: ChangeModel, prepare: Callable[[np.ndarray], torch.Tensor], *, height: int,
                  width: int, tile: int, halo: int, batch_size: int = 4, statistics: str = "window",
-                 lanes: Lanes | None = None, clock: PhaseClock | None = None) -> None:
+                 lanes: Lanes | None = None, clock: PhaseClock | None = None,
+                 buffers: threading.local | None = None) -> None:
         self.model, self.prepare = model, prepare
         self.lanes = lanes or Lanes(1)
         self.clock = clock or PhaseClock()
-        self._buffers = threading.local()  # each calling thread's reused batch (see batches)
+        self._buffers = buffers or threading.local()  # each calling thread's reused batch (see batches)
         self.height, self.width, self.tile, self.halo = height, width, tile, halo
         self.batch_size, self.statistics = batch_size, statistics
         self._scene: SceneStatistics | None = None

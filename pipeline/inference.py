@@ -66,7 +66,7 @@ class TilePredictor:
         self.batch_size = batch_size
         self._lanes = Lanes(lanes)  # forward passes at once; one more batch is prepared meanwhile
         self.clock = PhaseClock()  # seconds of each prediction phase, over all scenes and calls
-        self._buffers = threading.local()  # each calling thread's reused batch (CPU)
+        self._buffers = threading.local()  # each calling thread's reused batches (stacked; normalised on the CPU)
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
         self.calls = 0
@@ -120,7 +120,8 @@ class TilePredictor:
             band_index = np.asarray(job.bands) - 1
             engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
                                 halo=job.halo, batch_size=self.batch_size, statistics=job.statistics,
-                                lanes=self._lanes, clock=self.clock)
+                                lanes=self._lanes, clock=self.clock,
+                                buffers=self._buffers)
 
             def read(w: Window) -> np.ndarray:
                 return image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
@@ -151,7 +152,8 @@ class TilePredictor:
                 self._engines.clear()
             engine = self._engines[job.output_store] = TileEngine(
                 self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
-                batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes, clock=self.clock)
+                batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes, clock=self.clock,
+                buffers=self._buffers)
         images: dict[tuple[int, int], np.ndarray] = {}
         valids: dict[tuple[int, int], np.ndarray] = {}
         for (row, first), (image, valid) in zip(keys, segments):
