@@ -66,7 +66,7 @@ class TilePredictor:
         self.batch_size = batch_size
         self._lanes = Lanes(lanes)  # forward passes at once; one more batch is prepared meanwhile
         self.clock = PhaseClock()  # seconds of each prediction phase, over all scenes and calls
-        self._buffers = threading.local()  # each calling thread's reused batches (stacked; normalised on the CPU)
+        self._buffers = threading.local()  # each calling thread's reused batch (see TileEngine.batches)
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
         self.calls = 0
@@ -88,24 +88,11 @@ class TilePredictor:
         than torch on one thread, see :func:`pipeline.engine.normalize`).
         """
         if self.device.type == "cpu":
-            return torch.from_numpy(normalize(x, self.meta, out=self._batch_buffer(x.shape)))
+            return torch.from_numpy(normalize(x, self.meta))
         raw = torch.from_numpy(np.ascontiguousarray(x))
         if self.device.type == "cuda":
             raw = raw.pin_memory()
         return normalize(raw.to(self.device, non_blocking=True), self.meta)
-
-    def _batch_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
-        """This thread's float32 batch, reused from batch to batch (its lane's pass is done with it when the next comes).
-
-        A batch of four 640² RGB pairs is 39 MiB, over glibc's largest threshold for reusing freed
-        heap (32 MiB): each new one was mapped afresh and faulted in page by page. Reused, the
-        null model's normalising at 8192² took 0.7-0.9 s of the actor instead of 1.5-2.0 s (three
-        runs each); the run's time did not move on 2 cores (5.1-5.4 s either way).
-        """
-        held = getattr(self._buffers, "batch", None)
-        if held is None or held.shape != shape:
-            held = self._buffers.batch = np.empty(shape, "float32")
-        return held
 
     def _scene(self, job: InferenceJob) -> tuple[TileEngine, Callable, Callable, zarr.Array, zarr.Array]:
         """The engine and readers of one scene's stores (kept for the next batches of the scene)."""

@@ -99,26 +99,6 @@ def test_each_phase_of_prediction_is_timed_where_it_happens():
     assert 0.3 <= seconds["lane wait"] < 0.5 + 0.5 and seconds["results"] < seconds["forward"]
 
 
-def test_a_cpu_predictor_normalises_into_one_reused_batch_per_thread():
-    """Each calling thread gets its own float32 batch, reused while the shape holds: lanes never share one."""
-    import threading
-
-    predictor = TilePredictor("tinycd", None, batch_size=2, threads=1)
-    raw = np.random.default_rng(0).integers(0, 256, (2, 2, 3, 64, 64), dtype=np.uint8)
-    first = predictor._prepare(raw)
-    expected = normalize(raw, predictor.meta)
-    np.testing.assert_array_equal(first.numpy(), expected)
-    again = predictor._prepare(raw[::-1].copy())
-    assert again.data_ptr() == first.data_ptr()  # the same buffer, refilled
-    np.testing.assert_array_equal(again.numpy(), normalize(raw[::-1], predictor.meta))
-    other = {}
-    thread = threading.Thread(target=lambda: other.setdefault("x", predictor._prepare(raw)))
-    thread.start()
-    thread.join()
-    assert other["x"].data_ptr() != first.data_ptr()
-    assert predictor._prepare(raw[:1].copy()).shape == (1, 2, 3, 64, 64)  # a smaller last batch: its own buffer
-
-
 def test_band_selection_is_checked():
     meta = models.default_meta("tinycd")
     assert select_bands(meta, 4, None) == (1, 2, 3)
