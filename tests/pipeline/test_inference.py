@@ -177,6 +177,12 @@ def test_the_batch_size_is_the_devices_default_unless_one_is_asked_for(ray_local
             assert pool.batch_size == expected and pool.device == "cpu"
         finally:
             pool.close()
+    # Killed actors give their CPUs back a moment later: the next test's pool counts the free ones.
+    import time
+
+    deadline = time.monotonic() + 30
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def test_more_workers_than_the_cluster_can_place_is_a_clear_error(ray_local):
