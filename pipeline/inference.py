@@ -251,6 +251,24 @@ def default_batch_size(gpus: int) -> int:
     return GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
 
 
+RELEASE_WAIT_S = 10.0  # how long a pool waits for CPUs that killed actors have yet to give back
+
+
+def free_cpus(wanted: int = 0) -> int:
+    """The cluster's free CPUs (at least 1), waiting up to :data:`RELEASE_WAIT_S` for ``wanted`` of them.
+
+    It waits only while fewer than ``wanted`` are free but the cluster has that many: a pool closed
+    just before (its actors killed) gives its CPUs back a moment later, and a run that follows one
+    in the same process would otherwise be refused.
+    """
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while True:
+        cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+        if cpus >= wanted or wanted > ray.cluster_resources().get("CPU", 0) or time.monotonic() > deadline:
+            return cpus
+        time.sleep(0.1)
+
+
 class PredictorPool:
     """Model actors placed on the Ray cluster: one per GPU (``num_gpus=1``), else CPU actors."""
 
@@ -258,7 +276,7 @@ class PredictorPool:
                  batch_size: int | None = None, model_args: dict | None = None, compile: bool = False) -> None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         batch_size = batch_size or default_batch_size(gpus)
-        cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+        cpus = free_cpus(workers if workers and not gpus else 0)
         # Actors that cannot be placed would wait forever: refuse instead.
         if workers and workers > (gpus or cpus):
             kind = "GPU" if gpus else "free CPU"
