@@ -94,6 +94,12 @@ class TilePredictor:
             raw = raw.pin_memory()
         return normalize(raw.to(self.device, non_blocking=True), self.meta)
 
+    def _engine(self, job: InferenceJob, height: int, width: int, tile: int) -> TileEngine:
+        """An engine for one scene, sharing this predictor's model, lanes, phase clock and batch buffers."""
+        return TileEngine(self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
+                          batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes,
+                          clock=self.clock, buffers=self._buffers)
+
     def _scene(self, job: InferenceJob) -> tuple[TileEngine, Callable, Callable, zarr.Array, zarr.Array]:
         """The engine and readers of one scene's stores (kept for the next batches of the scene)."""
         if job.output_store not in self._scenes:
@@ -105,10 +111,7 @@ class TilePredictor:
             out = store.open_array(job.output_store, store.PROBABILITY, mode="r+")
             tile = store.check_layout(job.input_store, image, job.bands)
             band_index = np.asarray(job.bands) - 1
-            engine = TileEngine(self.model, self._prepare, height=valid.shape[0], width=valid.shape[1], tile=tile,
-                                halo=job.halo, batch_size=self.batch_size, statistics=job.statistics,
-                                lanes=self._lanes, clock=self.clock,
-                                buffers=self._buffers)
+            engine = self._engine(job, valid.shape[0], valid.shape[1], tile)
 
             def read(w: Window) -> np.ndarray:
                 return image[:, :, w.y0:w.y1, w.x0:w.x1][:, band_index]
@@ -137,10 +140,7 @@ class TilePredictor:
         if engine is None:
             if len(self._engines) > 8:
                 self._engines.clear()
-            engine = self._engines[job.output_store] = TileEngine(
-                self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
-                batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes, clock=self.clock,
-                buffers=self._buffers)
+            engine = self._engines[job.output_store] = self._engine(job, height, width, tile)
         images: dict[tuple[int, int], np.ndarray] = {}
         valids: dict[tuple[int, int], np.ndarray] = {}
         for (row, first), (image, valid) in zip(keys, segments):
