@@ -88,7 +88,9 @@ def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
                          model_args=dict(pre.meta.model_args), compile=run.compile) as pool:
             writer = _writer(pre, run, outputs.make_sinks(pre, run))
             try:
+                before = pool.phase_seconds()  # a shared pool may have served other scenes
                 stats, passes = _stream(job, infer_job, pool, writer, spec.statistics)
+                stats.model_seconds = _since(before, pool.phase_seconds())
                 sinks = ray.get(writer.close.remote())
             except BaseException:
                 ray.get(writer.abort.remote())  # nothing half-written at or beside the output
@@ -104,7 +106,6 @@ def _stream(job: stream.SceneStream, infer_job: InferenceJob, pool, writer, stat
             ) -> tuple[stream.StreamStats, int]:
     """The tiles through the model into the writer; returns the stream's figures and the statistics passes."""
     if statistics == "scene":
-        clock = pool.phase_seconds()
         decoded, reused = stream.ingest_stream(job)
         bar = Progress("infer")
         g = job.alignment.grid
@@ -113,7 +114,10 @@ def _stream(job: stream.SceneStream, infer_job: InferenceJob, pool, writer, stat
                             on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
         ray.get(stream.feed_from_stores(job, writer, tiles))
         return stream.StreamStats(tiles=len(tiles), predicted=len(tiles), chunks_decoded=decoded,
-                                  chunks_reused=reused, retried=list(pool.retried),
-                                  model_seconds=stream.seconds_since(clock, pool.phase_seconds())
-                                  ), inferred.statistics_passes
+                                  chunks_reused=reused, retried=list(pool.retried)), inferred.statistics_passes
     return stream.run_stream(job, pool, infer_job, writer), 0
+
+
+def _since(before: dict[str, float], now: dict[str, float]) -> dict[str, float]:
+    """Phase seconds added since ``before`` (a lost actor takes its seconds with it: never below zero)."""
+    return {k: max(0.0, v - before.get(k, 0.0)) for k, v in now.items()}

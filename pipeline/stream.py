@@ -74,7 +74,7 @@ class StreamStats:
     chunks_reused: int = 0
     chunks_reread: int = 0  # chunks read back from input.zarr for a later batch (scenes wider than the horizon)
     retried: list[str] = field(default_factory=list)  # keys of tiles predicted again after a lost actor
-    model_seconds: dict[str, float] = field(default_factory=dict)  # the model actors' phases while this scene ran
+    model_seconds: dict[str, float] = field(default_factory=dict)  # the model actors' phases while it ran (set by run)
 
 
 # --- the CPU stages, as plain functions (Ray runs them as tasks anywhere in the cluster) -----------
@@ -303,7 +303,6 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     tiles = make_tiles(g.height, g.width, job.tile)
     records = Records(job.run_dir)
     done_in, done_out = records.done("ingest"), records.done("infer")
-    clock = pool.phase_seconds()  # the actors' phase seconds before this scene (a pool may serve several)
     stats = StreamStats(tiles=len(tiles))
     todo = [t for t in tiles if t.key not in done_out]
     finished = [t for t in tiles if t.key in done_out]
@@ -375,13 +374,7 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
             writes.append(writer.put.remote(results))
     ray.get(writes)
     stats.chunks_decoded, stats.chunks_reused, stats.chunks_reread = chunks.decoded, chunks.reused, chunks.reread
-    stats.model_seconds = seconds_since(clock, pool.phase_seconds())
     return stats
-
-
-def seconds_since(before: dict[str, float], now: dict[str, float]) -> dict[str, float]:
-    """Phase seconds added since ``before`` (a lost actor takes its seconds with it: never below zero)."""
-    return {k: max(0.0, v - before.get(k, 0.0)) for k, v in now.items()}
 
 
 def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flight: int = 4) -> tuple[int, int]:
