@@ -294,8 +294,8 @@ def throughput(args: argparse.Namespace) -> None:
                 gpus[size] = gpu.summary
             run, rate = runs[whole_size], whole_size ** 2 / 1e6 / runs[whole_size]["summary"]["seconds"]
             say(f"whole run ({m}), {whole_size}²: {run['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
-                f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(run['busy'].items()))}; "
-                f"model actor s: {_phases(run['summary'])}")
+                f"stage busy s: {_seconds(dict(sorted(run['busy'].items())))}; "
+                f"model actor s: {_seconds(run['summary'].get('model_seconds'))}")
             say(f"whole run / min(model alone, decode) ({m}): {rate / min(model_only[m], decode):.3f}")
             if len(whole_sizes) > 1:
                 small = runs[args.marginal]["summary"]["seconds"]
@@ -305,11 +305,9 @@ def throughput(args: argparse.Namespace) -> None:
             say(f"GPU utilisation during the whole run ({m}, {whole_size}²): " + _gpu_line(gpus[whole_size]))
 
 
-def _phases(summary: dict) -> str:
-    """The model actors' phase seconds of a run's summary, in the order they happen."""
-    seconds = summary.get("model_seconds") or {}
-    order = ["windows", "lane wait", "to device", "forward", "results"]
-    return ", ".join(f"{k} {seconds[k]:.1f}" for k in sorted(seconds, key=lambda k: (order + [k]).index(k))) or "-"
+def _seconds(seconds: dict[str, float] | None) -> str:
+    """``name seconds, ...`` in the dict's order (a phase clock's: the order the phases happen)."""
+    return ", ".join(f"{k} {v:.1f}" for k, v in (seconds or {}).items()) or "-"
 
 
 def _gpu_line(summary: dict[int, dict[str, float]] | None) -> str:
@@ -333,16 +331,16 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
         wide_run = _run(wide, work / "null_wide.tif", NULL_MODEL, args, work)
         wide_run.update(peak_memory(wide, work / "null_wide.tif", args, work))
     mp = {s: s * s / 1e6 for s in sizes}
-    startup = ", ".join(f"{k} {v:.1f}" for k, v in (tiny["summary"].get("startup_seconds") or {}).items()) or "-"
     lines = [f"fixed cost (a 256² run with the null model, best of 2, process wall): {tiny['wall']:.1f} s "
-             f"(inside the flow {tiny['summary']['seconds']:.1f} s; start-up s: {startup})"]
+             f"(inside the flow {tiny['summary']['seconds']:.1f} s; "
+             f"start-up s: {_seconds(tiny['summary'].get('startup_seconds'))})"]
     for s in sizes:
         r = null[s]
         lines.append(f"data path alone (null model), {s}²: {r['summary']['seconds']:.1f} s in the flow = "
                      f"{mp[s] / r['summary']['seconds']:.2f} MP/s; process wall {r['wall']:.1f} s; "
                      f"peak PSS {r['pss'] / 2**20:.0f} MiB (RSS {r['rss'] / 2**20:.0f} MiB); "
-                     f"stage busy s: {', '.join(f'{k} {v:.1f}' for k, v in sorted(r['busy'].items()))}; "
-                     f"model actor s: {_phases(r['summary'])}")
+                     f"stage busy s: {_seconds(dict(sorted(r['busy'].items())))}; "
+                     f"model actor s: {_seconds(r['summary'].get('model_seconds'))}")
     if args.marginal:
         a, b = null[args.marginal], null[args.size]
         marginal = (mp[args.size] - mp[args.marginal]) / (b["summary"]["seconds"] - a["summary"]["seconds"])
