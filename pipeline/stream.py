@@ -47,6 +47,11 @@ LOOKAHEAD_BATCHES = 2  # batches whose chunks are decoded ahead of the model, pe
 # (a lookahead of 4 batches, so 8 held) scenes up to 16,384 pixels wide keep every segment between
 # its rows as before; wider ones read segments back rather than hold more rows of them.
 HOLD_FACTOR = 2
+# Decode tasks submitted ahead of need and not yet finished, at most, per forward pass the pool runs
+# at once. Ray starts a worker process for each stream task running at once (150-220 MiB apiece):
+# on a node of many CPUs the lookahead alone had some 20 decode tasks running for one GPU actor.
+# Batches never wait on this bound: the segments of a batch being sent are submitted whatever it.
+DECODES_PER_LANE = 8
 log = logging.getLogger("changemap.stream")
 
 
@@ -253,9 +258,10 @@ class _Segments:
 
     def __init__(self, job: SceneStream, done: set[str], segments: dict[tuple[int, int], tuple[Tile, ...]],
                  batches: Iterable[list[Tile]], needs: dict[Tile, list[tuple[int, int]]],
-                 hold: int | None = None) -> None:
-        self.job, self.done, self.segments, self.hold = job, done, segments, hold
+                 hold: int | None = None, limit: int | None = None) -> None:
+        self.job, self.done, self.segments, self.hold, self.limit = job, done, segments, hold, limit
         self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
+        self.running: list[ray.ObjectRef] = []  # decode tasks not yet seen finished (kept with a limit)
         self.uses: dict[tuple[int, int], list[int]] = {}  # indices of the batches still to finish that need it
         for index, batch in enumerate(batches):
             for key in batch_segments(batch, needs):
@@ -273,7 +279,24 @@ class _Segments:
                 self.refs[key], reused = _submit_decode(self.job, tiles, self.done)
                 self.decoded += len(tiles) - reused
                 self.reused += reused
+            if self.limit is not None:
+                self.running.append(self.refs[key])
         return self.refs[key]
+
+    def ahead(self, keys: Iterable[tuple[int, int]]) -> bool:
+        """Submit the decodes of segments a later batch needs, within the limit; False once it is reached.
+
+        Segments are submitted in the order asked for, so the next batches' come first.
+        """
+        if self.limit is not None and self.running:
+            _, self.running = ray.wait(self.running, num_returns=len(self.running), timeout=0, fetch_local=False)
+        for key in keys:
+            if key in self.refs:
+                continue
+            if self.limit is not None and len(self.running) >= self.limit:
+                return False
+            self.need(key)
+        return True
 
     def release(self, key: tuple[int, int], index: int) -> None:
         """Batch ``index``, which needed the segment, is done (call once per batch, not per tile).
@@ -319,7 +342,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     order = [todo[i:i + size] for i in range(0, len(todo), size)]
     batches = deque([batch, 0, index] for index, batch in enumerate(order))  # batch, attempt, index
     ahead = LOOKAHEAD_BATCHES * pool.slots
-    chunks = _Segments(job, done_in, make_segments(tiles, job.tile), order, needs, hold=HOLD_FACTOR * ahead)
+    chunks = _Segments(job, done_in, make_segments(tiles, job.tile), order, needs, hold=HOLD_FACTOR * ahead,
+                       limit=DECODES_PER_LANE * pool.lanes)
     writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
     predicting: dict = {}  # count ref -> (actor, batch, attempt, batch index, segment keys, results ref)
     storing: dict = {}  # ref -> number of tiles
@@ -328,8 +352,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     while batches or predicting or storing:
         # decode ahead: the chunks of the next batches are submitted before an actor is free
         for batch, _, _ in islice(batches, ahead):
-            for key in batch_segments(batch, needs):
-                chunks.need(key)
+            if not chunks.ahead(batch_segments(batch, needs)):
+                break
         # the map writer bounds the stream too: results wait in the object store, not in memory
         if len(writes) > 4 * pool.slots:
             _, writes = ray.wait(writes, num_returns=len(writes) - 2 * pool.slots)

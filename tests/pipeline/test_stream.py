@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,46 @@ def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
 def test_a_scene_within_the_horizon_reads_nothing_back(monkeypatch):
     segments, _, submits = _walk(6, 8, 8, monkeypatch)  # 2 batches per row: uses 2 batches apart
     assert segments.reread == 0 and all(not done for _, done in submits) and len(submits) == 6 * 4
+
+
+def test_decodes_ahead_of_need_are_bounded(ray_local, tmp_path, monkeypatch):
+    """At most ``limit`` decode tasks run ahead of need; a batch being sent still gets its segments.
+
+    Ray starts a worker process for each stream task running at once: on a node of many CPUs the
+    lookahead alone had some 20 decode tasks running for one GPU actor.
+    """
+    import ray
+
+    gate = tmp_path / "gate"
+
+    @ray.remote(num_cpus=0)
+    def held_decode(job, tiles, done):
+        while not gate.exists():
+            time.sleep(0.02)
+        return len(tiles)
+
+    monkeypatch.setattr(stream, "_decode", held_decode)
+    monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment: 2 segments a row
+    tiles = make_tiles(4 * 64, 4 * 64, 64)
+    needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, 256, 256), 64)})
+             for t in tiles}
+    batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]  # a row each
+    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs, limit=3)
+    wanted = [k for b in batches for k in stream.batch_segments(b, needs)]
+    assert not segments.ahead(wanted)  # three running: the fourth waits
+    assert list(segments.refs) == [(0, 0), (0, 2), (1, 0)]  # in the order asked for
+    segments.need((3, 2))  # a batch being sent: submitted whatever the limit
+    assert len(segments.refs) == 4 and not segments.ahead(wanted)
+    gate.touch()
+    ray.get(list(segments.refs.values()))
+    assert not segments.ahead(wanted) and len(segments.refs) == 7  # finished ones no longer count
+    ray.get(list(segments.refs.values()))
+    assert segments.ahead(wanted) and len(segments.refs) == 8
+    unbounded = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs)
+    gate.unlink()
+    assert unbounded.ahead(wanted) and len(unbounded.refs) == 8 and unbounded.running == []
+    gate.touch()
+    ray.get(list(unbounded.refs.values()))
 
 
 def _read(path) -> np.ndarray:
