@@ -190,6 +190,18 @@ def stage_busy(timeline: Path) -> dict[str, float]:
     return busy
 
 
+STREAM_TASKS = ("decode_segment", "store_tiles", "load_tiles")
+
+
+def stream_workers(timeline: Path) -> int:
+    """How many Ray worker processes ran the stream's CPU tasks (decode, output.zarr, reload).
+
+    Each is a process of 150-220 MiB: on a node of many CPUs their number sets the run's memory.
+    """
+    return len({(e.get("pid"), e.get("tid")) for e in json.loads(timeline.read_text())
+                if e.get("ph") == "X" and str(e.get("name", "")).endswith(STREAM_TASKS)})
+
+
 def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespace, work: Path,
          timeline: bool = True, memory: bool = False) -> dict:
     """One ``changemap run`` in a child process; its summary and figures.
@@ -225,9 +237,10 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
         print(output[-3000:])
         raise SystemExit(f"run failed with exit code {code}")
     busy = stage_busy(trace) if timeline and trace.exists() else {}
+    workers = stream_workers(trace) if timeline and trace.exists() else None
     # Beside the timeline, for reading later (e.g. copied off a lent GPU machine with the work folder)
     (work / f"summary-{out.stem}-{model}.json").write_text(json.dumps({**summary, "process_wall": seconds}))
-    return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy}
+    return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy, "workers": workers}
 
 
 def peak_memory(pair: tuple[Path, Path], out: Path, args: argparse.Namespace, work: Path) -> dict[str, int]:
@@ -294,8 +307,8 @@ def throughput(args: argparse.Namespace) -> None:
                 gpus[size] = gpu.summary
             run, rate = runs[whole_size], whole_size ** 2 / 1e6 / runs[whole_size]["summary"]["seconds"]
             say(f"whole run ({m}), {whole_size}²: {run['summary']['seconds']:.1f} s in the flow = {rate:.3f} MP/s; "
-                f"stage busy s: {_seconds(dict(sorted(run['busy'].items())))}; "
-                f"model actor s: {_seconds(run['summary'].get('model_seconds'))}")
+                f"stage busy s: {_seconds(dict(sorted(run['busy'].items())))} "
+                f"({run.get('workers')} stream worker processes); model actor s: {_seconds(run['summary'].get('model_seconds'))}")
             say(f"whole run / min(model alone, decode) ({m}): {rate / min(model_only[m], decode):.3f}")
             if len(whole_sizes) > 1:
                 small = runs[args.marginal]["summary"]["seconds"]
@@ -339,8 +352,8 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
         lines.append(f"data path alone (null model), {s}²: {r['summary']['seconds']:.1f} s in the flow = "
                      f"{mp[s] / r['summary']['seconds']:.2f} MP/s; process wall {r['wall']:.1f} s; "
                      f"peak PSS {r['pss'] / 2**20:.0f} MiB (RSS {r['rss'] / 2**20:.0f} MiB); "
-                     f"stage busy s: {_seconds(dict(sorted(r['busy'].items())))}; "
-                     f"model actor s: {_seconds(r['summary'].get('model_seconds'))}")
+                     f"stage busy s: {_seconds(dict(sorted(r['busy'].items())))} "
+                     f"({r.get('workers')} stream worker processes); model actor s: {_seconds(r['summary'].get('model_seconds'))}")
     if args.marginal:
         a, b = null[args.marginal], null[args.size]
         marginal = (mp[args.size] - mp[args.marginal]) / (b["summary"]["seconds"] - a["summary"]["seconds"])

@@ -32,6 +32,19 @@ def test_stage_busy_sums_each_stage_of_a_ray_timeline(tmp_path):
     assert throughput.stage_busy(trace) == {"decode+ingest": 2.0, "model (summed over lanes)": 3.0}
 
 
+def test_stream_workers_counts_the_processes_that_ran_stream_tasks(tmp_path):
+    def event(name, worker, ph="X"):
+        return {"name": name, "ph": ph, "dur": 1000, "pid": "127.0.0.1", "tid": f"worker:{worker}"}
+
+    events = [event("pipeline.stream.decode_segment", "a"), event("pipeline.stream.decode_segment", "a"),
+              event("pipeline.stream.store_tiles", "b"), event("pipeline.stream.load_tiles", "c"),
+              event("predict_chunks", "d"),  # the model actor: not a stream worker
+              event("pipeline.stream.decode_segment", "e", ph="i")]  # not a duration event
+    trace = tmp_path / "timeline.json"
+    trace.write_text(json.dumps(events))
+    assert throughput.stream_workers(trace) == 3
+
+
 def test_the_model_rate_runs_one_pass_per_lane():
     rate = throughput.model_rate(throughput.NULL_MODEL, tile=32, halo=0, batch=1, device="cpu", repeats=1)
     assert rate > 0
