@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError
 from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
 from pipeline import loader, storage
-from pipeline.engine import Lanes, PhaseClock, TileEngine, normalize
+from pipeline.engine import Lanes, PhaseClock, TileEngine, forward_probability, normalize
 from pipeline.errors import ChangemapError
 from pipeline.io import store
 from pipeline.tiling import Tile, Window, assemble, by_clipped_shape
@@ -69,11 +69,27 @@ class TilePredictor:
         self._buffers = threading.local()  # each calling thread's reused batch (see TileEngine.batches)
         self._scenes: dict[str, tuple] = {}
         self._engines: dict[str, TileEngine] = {}
+        self._warmed: set[tuple] = set()
         self.calls = 0
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds this predictor has spent in each phase of prediction (:class:`pipeline.engine.PhaseClock`)."""
         return self.clock.totals()
+
+    def warm_up(self, shape: tuple[int, ...], dtype: str) -> float:
+        """One forward pass on a zero batch of ``shape`` ``(B, 2, C, h, w)``, once per shape and dtype.
+
+        A GPU loads the kernels of a model and picks its convolution algorithms during the first
+        pass of each shape; warmed while the stream decodes its first segments, that falls on no
+        tile. Counted in the phase clock as ``warm-up``; returns its seconds (0 if done before).
+        """
+        if (shape, dtype) in self._warmed:
+            return 0.0
+        self._warmed.add((shape, dtype))
+        begin = time.perf_counter()
+        with self._lanes.shared(), self.clock.timed("warm-up"):
+            forward_probability(self.model, self._prepare(np.zeros(shape, dtype)))
+        return time.perf_counter() - begin
 
     def describe(self) -> dict[str, str]:
         """Where this predictor runs (for logs and tests)."""
@@ -349,6 +365,15 @@ class PredictorPool:
     def release(self, actor) -> None:
         """Give a slot back."""
         self._idle.put(actor)
+
+    def warm_up(self, shape: tuple[int, ...], dtype: str) -> None:
+        """Start a pass of the run's batch ``shape`` on each GPU actor (:meth:`TilePredictor.warm_up`); not waited for.
+
+        CPU actors are not warmed: a pass there is seconds of real work, and nothing loads lazily.
+        """
+        if self.device == "cuda":
+            for actor in self.actors:
+                actor.warm_up.remote(shape, dtype)
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds the pool's actors have spent in each phase of prediction, summed over actors and lanes.

@@ -34,7 +34,7 @@ from pipeline.grid import Alignment
 from pipeline.io import store
 from pipeline.io.raster import AlignedPairReader
 from pipeline.progress import Progress
-from pipeline.tiling import Tile, chunks_under, make_tiles, tile_window
+from pipeline.tiling import Tile, chunks_under, make_tiles, padded_shape, tile_window
 from pipeline.workdir import Records
 
 if TYPE_CHECKING:  # torch stays out of the decode and store workers: they start a second faster
@@ -339,6 +339,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     # A small scene is cut into smaller batches rather than leave lanes idle (the example pair's 4
     # tiles: one batch of 4 on one of two CPU lanes took 10.1 s, two batches of 2 on both 4.7 s).
     size = max(1, min(pool.batch_size, -(-len(todo) // pool.lanes)))
+    if todo:  # a GPU's first pass of a shape is slow: taken while the first segments decode
+        pool.warm_up((size, 2, len(job.bands), *padded_shape(windows[todo[0]])), job.alignment.dtype)
     order = [todo[i:i + size] for i in range(0, len(todo), size)]
     batches = deque([batch, 0, index] for index, batch in enumerate(order))  # batch, attempt, index
     ahead = LOOKAHEAD_BATCHES * pool.slots

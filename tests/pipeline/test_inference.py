@@ -1,6 +1,7 @@
 """Inference: reflect-padded windows, one writer per chunk, Ray actors, stitching without seams."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,16 @@ def test_each_phase_of_prediction_is_timed_where_it_happens():
     assert 0.3 <= seconds["lane wait"] < 0.5 + 0.5 and seconds["results"] < seconds["forward"]
 
 
+def test_a_warm_up_is_one_pass_per_batch_shape_timed_as_its_own_phase():
+    """GPU actors run one pass of the run's batch shape while the first segments decode (kernels load then)."""
+    predictor = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=2, threads=1)
+    assert predictor.warm_up((2, 2, 3, 64, 64), "uint8") > 0
+    assert predictor.warm_up((2, 2, 3, 64, 64), "uint8") == 0.0  # once per shape
+    assert predictor.warm_up((1, 2, 3, 64, 64), "uint8") > 0  # the last, smaller batch is a new shape
+    seconds = predictor.phase_seconds()
+    assert set(seconds) == {"warm-up"} and seconds["warm-up"] > 0
+
+
 def test_band_selection_is_checked():
     meta = models.default_meta("tinycd")
     assert select_bands(meta, 4, None) == (1, 2, 3)
@@ -177,6 +188,22 @@ def test_the_batch_size_is_the_devices_default_unless_one_is_asked_for(ray_local
             assert pool.batch_size == expected and pool.device == "cpu"
         finally:
             pool.close()
+
+
+def test_a_pool_warms_its_gpu_actors_only(ray_local):
+    """The decision is the pool's device: here CPU actors stand in for GPU ones once it says cuda."""
+    pool = PredictorPool("tinycd", None, workers=1, batch_size=2)
+    try:
+        pool.warm_up((2, 2, 3, 64, 64), "uint8")
+        assert "warm-up" not in pool.phase_seconds()  # a CPU pool: no pass
+        pool.device = "cuda"
+        pool.warm_up((2, 2, 3, 64, 64), "uint8")
+        deadline = time.monotonic() + 60
+        while "warm-up" not in pool.phase_seconds() and time.monotonic() < deadline:  # not waited for by the pool
+            time.sleep(0.1)
+        assert pool.phase_seconds()["warm-up"] > 0
+    finally:
+        pool.close()
 
 
 def test_a_pool_right_after_another_waits_for_the_cpus_its_actors_give_back(ray_local):

@@ -229,6 +229,7 @@ def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_pat
         maps[hold] = _read(run.output)
     assert made[default].chunks_reread == 0
     seconds = made[default].model_seconds  # the actors' phases while this scene ran
+    # and no ``warm-up``: CPU actors are not warmed (a pass there is seconds of real work)
     assert set(seconds) == {"windows", "lane wait", "to device", "forward", "results"} and seconds["forward"] > 0
     s = made[0]
     assert s.chunks_decoded == s.tiles == 20 and s.chunks_reread > 0  # each chunk decoded once, then read back
