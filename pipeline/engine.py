@@ -140,13 +140,17 @@ class TileEngine:
         clock: where the seconds of each phase of :meth:`predict` are added up.
         buffers: where each calling thread keeps its batch buffer (shared by the engines of one
             predictor, so a thread holds one whatever the number of scenes).
+        prepare_ahead: ``prepare`` runs before the lane is taken, not in it. On a GPU it copies
+            the batch to pinned memory and starts its copy to the device: host work that would
+            otherwise leave the GPU idle between passes, and now overlaps another caller's pass.
+            On a CPU ``prepare`` normalises with the cores a lane stands for, so it runs in it.
     """
 
     def __init__(self, model: ChangeModel, prepare: Callable[[np.ndarray], torch.Tensor], *, height: int,
                  width: int, tile: int, halo: int, batch_size: int = 4, statistics: str = "window",
                  lanes: Lanes | None = None, clock: PhaseClock | None = None,
-                 buffers: threading.local | None = None) -> None:
-        self.model, self.prepare = model, prepare
+                 buffers: threading.local | None = None, prepare_ahead: bool = False) -> None:
+        self.model, self.prepare, self.prepare_ahead = model, prepare, prepare_ahead
         self.lanes = lanes or Lanes(1)
         self.clock = clock or PhaseClock()
         self._buffers = buffers or threading.local()  # each calling thread's reused batch (see batches)
@@ -190,13 +194,17 @@ class TileEngine:
             if item is None:
                 return len(tiles)
             batch, wins, x = item
+            if self.prepare_ahead:
+                with clock.timed("to device"):
+                    x = self.prepare(x)
             with ExitStack() as held:
                 with clock.timed("lane wait"):
                     held.enter_context(self.lanes.exclusive() if scene_stats is not None else self.lanes.shared())
                 if scene_stats is not None:
                     held.enter_context(self.scene_statistics().fixed(scene_stats))
-                with clock.timed("to device"):
-                    x = self.prepare(x)
+                if not self.prepare_ahead:
+                    with clock.timed("to device"):
+                        x = self.prepare(x)
                 with clock.timed("forward"):
                     prob = forward_probability(self.model, x)
             with clock.timed("results"):

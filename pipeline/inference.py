@@ -114,7 +114,7 @@ class TilePredictor:
         """An engine for one scene, sharing this predictor's model, lanes, phase clock and batch buffers."""
         return TileEngine(self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
                           batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes,
-                          clock=self.clock, buffers=self._buffers)
+                          clock=self.clock, buffers=self._buffers, prepare_ahead=self.device.type == "cuda")
 
     def _scene(self, job: InferenceJob) -> tuple[TileEngine, Callable, Callable, zarr.Array, zarr.Array]:
         """The engine and readers of one scene's stores (kept for the next batches of the scene)."""

@@ -100,6 +100,37 @@ def test_each_phase_of_prediction_is_timed_where_it_happens():
     assert 0.3 <= seconds["lane wait"] < 0.5 + 0.5 and seconds["results"] < seconds["forward"]
 
 
+def test_a_gpu_engine_prepares_its_batch_while_another_pass_holds_the_lane():
+    """``prepare_ahead`` (GPU actors): the pinned copy and the copy to the device overlap another pass.
+
+    On a CPU the batch is normalised in the lane, with the cores the lane stands for.
+    """
+    import threading
+
+    from pipeline.engine import Lanes, TileEngine
+
+    for ahead in (True, False):
+        lanes, prepared, released, held = Lanes(1), [], [], threading.Event()
+
+        def prepare(x, prepared=prepared):
+            prepared.append(time.perf_counter())
+            return torch.from_numpy(x)
+
+        def other_pass(lanes=lanes, released=released, held=held) -> None:  # holds the only lane for 0.3 s
+            with lanes.shared():
+                held.set()
+                time.sleep(0.3)
+                released.append(time.perf_counter())
+
+        engine = TileEngine(LocalDiff().eval(), prepare, height=32, width=32, tile=32, halo=8, batch_size=1,
+                            lanes=lanes, prepare_ahead=ahead)
+        threading.Thread(target=other_pass).start()
+        held.wait()
+        assert engine.predict(make_tiles(32, 32, 32), lambda w: np.zeros((2, 3, w.y1 - w.y0, w.x1 - w.x0), "float32"),
+                              lambda t, core: None) == 1
+        assert (prepared[0] < released[0]) is ahead
+
+
 def test_a_warm_up_is_one_pass_per_batch_shape_timed_as_its_own_phase():
     """GPU actors run one pass of the run's batch shape while the first segments decode (kernels load then)."""
     predictor = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=2, threads=1)
