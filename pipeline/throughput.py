@@ -11,7 +11,10 @@ GPU machine the GPUs' utilisation during the whole run (``nvidia-smi``).
 B x B pair, for the growth of the peak memory from B to N; ``--wide W`` a 2048 x W pair, for
 the peak memory against the scene's width. ``--model a,b`` measures several models (each alone
 and each one's whole run; ``--whole-marginal`` also at M, for the whole run's marginal rate),
-``--skip-data-path`` leaves out the null-model, fixed-cost and memory runs.
+``--skip-data-path`` leaves out the null-model, fixed-cost and memory runs. ``--simulate-node
+CPUS:GPUS`` runs the null-model runs on a local runtime that claims that many CPUs and GPUs, its
+"GPU" actors on the CPU: how many worker processes, and how much memory, a run takes on a node
+of many CPUs, without one (times are not comparable: the real cores are shared).
 """
 from __future__ import annotations
 
@@ -27,6 +30,55 @@ from pathlib import Path
 
 NULL_MODEL = "benchmark-null"  # a 1x1 convolution: the data path without the model's compute
 WIDE_HEIGHT = 2048  # the height of the --wide pair
+SIMULATED_NODE = "CHANGEMAP_BENCHMARK_SIMULATED_NODE"  # "CPUS:GPUS", set for a measured run's process
+
+
+def parse_node(spec: str) -> tuple[int, int]:
+    """``"CPUS:GPUS"`` -> (CPUS, GPUS), e.g. ``"16:1"``."""
+    try:
+        cpus, gpus = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--simulate-node takes CPUS:GPUS, e.g. 16:1, got {spec!r}") from None
+    if cpus < 1 or gpus < 0:
+        raise argparse.ArgumentTypeError(f"--simulate-node needs at least 1 CPU and 0 or more GPUs, got {spec!r}")
+    return cpus, gpus
+
+
+def simulate_node(cpus: int, gpus: int) -> None:
+    """Benchmark only, in a measured run's process: a local runtime claims ``cpus`` CPUs and ``gpus`` GPUs.
+
+    The pool then places its actors as on such a node (one per GPU, batches of a GPU's size, one
+    lane and a waiting batch), but they run on the CPU. Ray schedules the stream's tasks on the
+    CPUs it is told of: this shows how many worker processes a node of many CPUs starts.
+    """
+    import ray
+
+    import pipeline.inference as inference
+
+    init, remote_predictor = ray.init, inference.RemotePredictor
+
+    def claimed_init(*args, **kwargs):
+        if kwargs.get("address") == "local":
+            kwargs.update(num_cpus=cpus, num_gpus=gpus)
+        return init(*args, **kwargs)
+
+    class Placed:
+        """An actor class with its placement options; started with the device the actors really have."""
+
+        def __init__(self, options: dict) -> None:
+            self.placed = remote_predictor.options(**options)
+
+        def remote(self, *args, **kwargs):
+            return self.placed.remote(*args, **{**kwargs, "device": "cpu"})
+
+    class OnTheCpu:
+        """Stands for ``RemotePredictor``: ``options(...).remote(...)`` as the pool calls it."""
+
+        def options(self, **options) -> Placed:
+            return Placed(options)
+
+    ray.init = claimed_init
+    inference.RemotePredictor = OnTheCpu()
 
 
 def register_null_model() -> None:
@@ -224,6 +276,8 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
     env = {**os.environ, "CHANGEMAP_PLUGINS": "pipeline.throughput"}
+    if model == NULL_MODEL and getattr(args, "simulate_node", None):
+        env[SIMULATED_NODE] = args.simulate_node
     if timeline:
         env["CHANGEMAP_TIMELINE"] = str(trace)
     if memory:
@@ -285,6 +339,10 @@ def throughput(args: argparse.Namespace) -> None:
     say = functools.partial(print, flush=True)  # each figure as soon as it is measured
     batch = args.batch or default_batch_size(gpus=int(args.device == "cuda"))
     say(f"machine: {cores} CPU cores; device {args.device}; tile {args.tile} + halo {args.halo}, batch {batch}")
+    if args.simulate_node:
+        parse_node(args.simulate_node)
+        say(f"null-model runs on a simulated node claiming {args.simulate_node} CPUs:GPUs (GPU actors on the CPU, "
+            f"batches of a GPU's size): their processes and memory count, not their times")
     decode = decode_rate(*pairs[args.size], threads=cores)
     say(f"raw decode of the {args.size}² pair (rasterio, {cores} threads): {decode:.1f} MP/s")
     model_only = {}
@@ -400,6 +458,9 @@ def add_parser(sub) -> None:
     t.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",") if b], default=[],
                    help="also the model alone at these batch sizes, e.g. 4,8,16,32 (to choose a GPU's batch size)")
     t.add_argument("--workdir", default=None)
+    t.add_argument("--simulate-node", default=None, metavar="CPUS:GPUS",
+                   help="null-model runs on a local runtime claiming CPUS CPUs and GPUS GPUs, its GPU actors on the "
+                        "CPU (e.g. 16:1): worker processes and memory on a node of many CPUs; not its times")
 
 
 def _cuda() -> bool:
@@ -409,8 +470,10 @@ def _cuda() -> bool:
 
 
 def _child(argv: list[str]) -> int:
-    """The measured run: the CLI with the benchmark's null model registered."""
+    """The measured run: the CLI with the benchmark's null model registered (on a simulated node if asked)."""
     register_null_model()
+    if os.environ.get(SIMULATED_NODE):
+        simulate_node(*parse_node(os.environ[SIMULATED_NODE]))
     from pipeline.cli import console
 
     return console(argv)

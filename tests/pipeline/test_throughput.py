@@ -1,9 +1,14 @@
 """The throughput benchmark's parts: the null model is a 1x1 convolution, stage times add up, the model rate runs."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipeline import throughput
@@ -164,3 +169,23 @@ def test_each_run_leaves_its_summary_in_the_work_folder(tmp_path, monkeypatch):
     kept = json.loads((tmp_path / "summary-whole_256-tinycd.json").read_text())
     assert result["summary"]["seconds"] == kept["seconds"] == 2.5 and kept["model_seconds"] == {"forward": 1.0}
     assert kept["process_wall"] == result["wall"] >= 0
+
+
+def test_a_simulated_node_places_gpu_actors_that_run_on_the_cpu(tmp_path):
+    """``--simulate-node 8:1``: the pool places its actor as on a GPU node (a GPU's batch and warm-up), on the CPU."""
+    env = {**os.environ, "CHANGEMAP_PLUGINS": "pipeline.throughput", throughput.SIMULATED_NODE: "8:1"}
+    cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(REPO / "examples" / "levir_test_1_A.tif"),
+           str(REPO / "examples" / "levir_test_1_B.tif"), "-o", str(tmp_path / "map.tif"), "--model",
+           throughput.NULL_MODEL, "--weights", "none", "--json", "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
+    assert summary["device"] == "cuda" and summary["workers"] == 1 and summary["tiles_predicted"] == 4
+    assert summary["model_seconds"]["warm-up"] > 0  # a GPU pool's warm-up pass, run on the CPU actor
+
+
+def test_a_simulated_node_is_given_as_cpus_and_gpus():
+    assert throughput.parse_node("16:1") == (16, 1)
+    for bad in ("16", "a:1", "0:1", "4:-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--simulate-node"):
+            throughput.parse_node(bad)
