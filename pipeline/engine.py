@@ -36,7 +36,8 @@ class PhaseClock:
     Phases of :meth:`TileEngine.predict`: ``windows`` (cut and stack a batch's windows), ``lane
     wait`` (wait for a free lane), ``to device`` (normalise, and start the copy to a GPU),
     ``forward`` (the forward pass and the probabilities back on the host: a GPU's copy and
-    compute end there) and ``results`` (each tile's core handed on).
+    compute end there) and ``results`` (each tile's core handed on); a GPU predictor adds
+    ``warm-up`` (its first pass of a shape, :meth:`pipeline.inference.TilePredictor.warm_up`).
     """
 
     def __init__(self) -> None:

@@ -29,8 +29,8 @@ class RunSummary(BaseModel):
     tiles_retried: int = 0  # tiles predicted again after a lost model actor
     chunks_decoded: int = 0
     chunks_reused: int = 0
-    # Seconds of the model actors' phases (windows, lane wait, to device, forward, results), summed over
-    # actors and lanes: where a GPU's time goes (pipeline.engine.PhaseClock)
+    # Seconds of the model actors' phases (windows, lane wait, to device, forward, results; warm-up on GPUs),
+    # summed over actors and lanes: where a GPU's time goes (pipeline.engine.PhaseClock)
     model_seconds: dict[str, float] = {}
     # Set by ``changemap run``: seconds before the flow (the process up to the checks, the checks, then
     # Ray, the model actors and Prefect's API, the last started at the same time as the other two)
