@@ -197,12 +197,14 @@ def main(argv: list[str] | None = None) -> None:
                        help="also write polygons (.gpkg), statistics and a quicklook (--vector --stats --quicklook)")
     large.add_argument("--model", default=None,
                        help="registered model (default: tinycd with its weights; others run with --weights none)")
-    from pipeline.throughput import add_parser, throughput
+    from pipeline import pacing, throughput
 
-    add_parser(sub)
+    throughput.add_parser(sub)
+    pacing.add_parser(sub)
     args = p.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    {"levir": _levir, "large": _large, "models": _models, "throughput": throughput}[args.which](args)
+    {"levir": _levir, "large": _large, "models": _models, "throughput": throughput.throughput,
+     "schedule": pacing.schedule}[args.which](args)
 
 
 if __name__ == "__main__":

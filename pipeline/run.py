@@ -62,8 +62,8 @@ def warm_start(pre: Preflight, run: RunOptions) -> Iterator[None]:
     imports = threading.Thread(target=store.preload, name="store-imports", daemon=True)
     imports.start()
     with shared_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
-                     model_args=dict(pre.meta.model_args), compile=run.compile):
-        stream.warm_workers()
+                     model_args=dict(pre.meta.model_args), compile=run.compile) as pool:
+        stream.warm_workers(pool.lanes)
         imports.join()
         yield
 

@@ -207,23 +207,41 @@ _store = ray.remote(num_cpus=TASK_CPUS)(store_tiles)
 _load = ray.remote(num_cpus=TASK_CPUS)(load_tiles)
 
 
+WARM_HOLD_S = 0.3  # a warm-up task keeps its worker this long, so that tasks submitted together start a process each
+
+
 def _ready() -> int:
-    """Nothing: run once per worker so that its process is started and has this module imported."""
+    """Hold a worker briefly: run once per worker so that its process is started and has this module imported."""
+    import time
+
     import pipeline.export  # noqa: F401  (the map writer's module, for a worker that becomes the writer)
 
+    time.sleep(WARM_HOLD_S)
     return os.getpid()
 
 
 _warm = ray.remote(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")(_ready)
 
 
-def warm_workers(per_node: int = 2) -> list:
+def stream_workers(lanes: int) -> int:
+    """Worker processes a stream feeding ``lanes`` forward passes at once runs at most, about.
+
+    Its decodes ahead of need, and four more: decodes of a batch being sent beyond those, and the
+    ``output.zarr`` writes (a paced stream on a 16-CPU node with one GPU ran 10-12 tasks at once).
+    """
+    return DECODES_PER_LANE * lanes + 4
+
+
+def warm_workers(lanes: int = 1) -> list:
     """Start the stream's CPU workers (process start and imports, a second or two each) ahead of the stream.
 
-    Returns the tasks' references; nothing needs to wait for them.
+    As many as the stream runs at once (:func:`stream_workers`), within the cluster's free CPUs:
+    a worker the stream starts itself leaves its decodes waiting meanwhile (paced stream on a
+    16-CPU node, ``python -m pipeline.benchmark schedule``: its first decodes waited 1-2 s for
+    processes). Returns the tasks' references; nothing needs to wait for them.
     """
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    return [_warm.remote() for _ in range(per_node * max(1, nodes))]
+    free = int(ray.available_resources().get("CPU", 0) / TASK_CPUS)
+    return [_warm.remote() for _ in range(max(1, min(stream_workers(lanes), free)))]
 
 
 def feed_from_stores(job: SceneStream, writer, tiles: list[Tile], group: int = 16) -> list:
@@ -353,8 +371,10 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     bar(done, len(tiles))
     while batches or predicting or storing:
         # decode ahead: the chunks of the next batches are submitted before an actor is free
+        held_back = False  # segments wanted ahead wait for a running decode to finish
         for batch, _, _ in islice(batches, ahead):
             if not chunks.ahead(batch_segments(batch, needs)):
+                held_back = True
                 break
         # the map writer bounds the stream too: results wait in the object store, not in memory
         if len(writes) > 4 * pool.slots:
@@ -371,8 +391,13 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
         waiting = list(predicting) + list(storing)
         if not waiting:
             continue
-        ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+        # A decode that finishes wakes the loop too while others wait for it: the next is submitted at
+        # once, not when a batch comes back (with a fast model, the decodes ran only just in time).
+        ready, _ = ray.wait(waiting + (chunks.running if held_back else []), num_returns=1, timeout=1.0,
+                            fetch_local=False)  # a segment is not pulled to the driver's node
         for ref in ready:
+            if ref not in predicting and ref not in storing:  # a decode ahead: the loop submits the next
+                continue
             if ref in storing:
                 done += storing.pop(ref)
                 ray.get(ref)
