@@ -189,7 +189,7 @@ class Schedule:
     """What one paced stream did, against the lower bound its work sets."""
 
     seconds: float  # the stream, from its first submission to its last result
-    bound: float  # max(the decode's work over the free CPUs, the model's passes over its lanes)
+    bound: float  # max(the decode's work over the free CPUs, the model's passes over its lanes or host work)
     decode_bound: float
     model_bound: float
     lanes_busy: float  # the model lanes' forward seconds / (lanes x seconds): a GPU's utilisation
@@ -238,7 +238,7 @@ def run_schedule(size: int, pace: Pace, *, cpus: int, gpus: int, tile: int = 512
                 begin = time.time()
                 stream.run_stream(job, pool, infer_job, writer, progress=quiet)
                 end = time.time()
-                lanes = pool.lanes
+                lanes, actors = pool.lanes, pool.workers
             finally:
                 pool.close()
         spans: dict[str, list[tuple[float, float]]] = {}
@@ -252,7 +252,8 @@ def run_schedule(size: int, pace: Pace, *, cpus: int, gpus: int, tile: int = 512
     cpu_work = (sum(_mp(s) for s in segments) / pace.decode_mpps + _mp(tiles) / pace.store_mpps
                 + _mp(tiles) / pace.writer_mpps)
     decode_bound = cpu_work / max(free, 1)
-    model_bound = _mp(tiles) / pace.model_mpps / lanes
+    # each lane's passes, or each actor's host work (one thread at a time), whichever takes longer
+    model_bound = max(_mp(tiles) / pace.model_mpps / lanes, len(tiles) * pace.host_ms / 1e3 / actors)
     decode_mean, decode_peak = _concurrency(spans.get("decode", []), 0.0, end)
     tasks = [s for k in ("decode", "store", "writer") for s in spans.get(k, []) if s[0] >= 0]  # not the warm-up's
     forward = sum(e - s for s, e in spans.get("forward", []))
@@ -271,6 +272,10 @@ def add_parser(sub) -> None:
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--runs", type=int, default=2, help="streams per setting; each is printed")
     p.add_argument("--json", action="store_true", help="each run as one line of JSON, with every stage's spans")
+    p.add_argument("--decodes-per-lane", type=int, default=stream.DECODES_PER_LANE,
+                   help=f"the stream's bound on decodes ahead of need, per lane (the run's: {stream.DECODES_PER_LANE})")
+    p.add_argument("--lookahead-batches", type=int, default=stream.LOOKAHEAD_BATCHES,
+                   help=f"batches looked ahead per actor slot (the run's: {stream.LOOKAHEAD_BATCHES})")
     for name, value in vars(Pace()).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=value)
 
@@ -280,10 +285,12 @@ def schedule(args: argparse.Namespace) -> None:
     from pipeline.throughput import parse_node
 
     cpus, gpus = parse_node(args.node)
+    stream.DECODES_PER_LANE, stream.LOOKAHEAD_BATCHES = args.decodes_per_lane, args.lookahead_batches  # this driver's
     pace = Pace(**{k: getattr(args, k) for k in vars(Pace())})
     if not args.json:
         print(f"paced stream of a {args.size} x {args.height or args.size} scene on a claimed {cpus}-CPU, "
-              f"{gpus}-GPU node; {pace}", flush=True)
+              f"{gpus}-GPU node, {stream.DECODES_PER_LANE} decodes ahead per lane, {stream.LOOKAHEAD_BATCHES} "
+              f"batches looked ahead per slot; {pace}", flush=True)
     for _ in range(args.runs):
         r = run_schedule(args.size, pace, cpus=cpus, gpus=gpus, tile=args.tile, halo=args.halo, batch_size=args.batch,
                          height=args.height)

@@ -51,7 +51,11 @@ HOLD_FACTOR = 2
 # at once. Ray starts a worker process for each stream task running at once (150-220 MiB apiece):
 # on a node of many CPUs the lookahead alone had some 20 decode tasks running for one GPU actor.
 # Batches never wait on this bound: the segments of a batch being sent are submitted whatever it.
-DECODES_PER_LANE = 8
+# A decode task did 10 MP/s on the H200 machine (input.zarr included): 8 of them fall short of
+# ChangerEx's 124 MP/s there. Paced stream (pipeline.pacing), 8192², those rates slowed tenfold so
+# the runtime's own work does not count, one GPU: 9.8 s at 8 against 7.1 s at 16 for a 5.4 s bound
+# (decodes at once 6.9 and 9.6 on average); at TinyCD's 85 MP/s 10.1 against 9.4 s for 7.9 s.
+DECODES_PER_LANE = 16
 log = logging.getLogger("changemap.stream")
 
 

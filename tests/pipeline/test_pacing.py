@@ -24,15 +24,16 @@ def test_decodes_ahead_run_while_the_model_is_busy(tmp_path):
     """A decode that finishes lets the next one start at once, not when a batch comes back.
 
     A 4096 x 1536 scene of 256-pixel tiles on a claimed 16-CPU node with one GPU: batches of 16
-    (a tile row, two segments), 4 batches looked ahead (the segments of rows 0-4: 10), at most 8
-    decodes running ahead. Each pass takes 0.6 s, each decode 0.1 s: the 9th and 10th segments
+    (a tile row, two segments), 4 batches looked ahead (2 per slot: the segments of rows 0-4, 10),
+    at most 8 decodes running ahead. Each pass takes 0.6 s, each decode 0.1 s: the 9th and 10th segments
     must be decoded while the first pass runs. The stream's loop used to wait for a batch to come
     back before submitting them, so the GPU found its next batch's segments still decoding.
     """
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
     cmd = [sys.executable, "-m", "pipeline.benchmark", "schedule", "--size", "4096", "--height", "1536", "--tile", "256",
            "--halo", "32", "--node", "16:1", "--runs", "1", "--json", "--decode-mpps", "5.24",
-           "--model-mpps", "1.75", "--host-ms", "0", "--store-mpps", "1000", "--writer-mpps", "1000"]
+           "--model-mpps", "1.75", "--host-ms", "0", "--store-mpps", "1000", "--writer-mpps", "1000",
+           "--decodes-per-lane", "8", "--lookahead-batches", "2"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
@@ -41,7 +42,6 @@ def test_decodes_ahead_run_while_the_model_is_busy(tmp_path):
     assert len(r["spans"]["forward"]) == 6  # a pass per tile row
     first_pass_end = min(e for _, e in r["spans"]["forward"])
     decoded = sorted(e for _, e in r["spans"]["decode"])
-    assert stream.DECODES_PER_LANE == 8 and stream.LOOKAHEAD_BATCHES == 2
     assert decoded[9] < first_pass_end, (decoded, r["spans"]["forward"])  # rows 0-4 while the first pass runs
     # The model is the bound here: its lane was busy most of the stream, whose time is at least the passes'.
     assert r["seconds"] >= r["model_bound"] * 0.99 and r["bound"] == r["model_bound"]

@@ -301,3 +301,17 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir, ray_local
     assert "resumed:" in out
     np.testing.assert_allclose(_read(killed), _read(tmp_path / "whole.tif"), atol=1e-6)
     assert not list(work_root.glob("changemap-*"))  # removed after success
+
+
+def test_warm_workers_start_a_process_for_each_task_the_stream_runs_at_once(ray_local):
+    """As many workers as the stream runs at once, within the free CPUs, each its own process.
+
+    A worker the stream starts itself leaves its decodes waiting for process start and imports.
+    """
+    import ray
+
+    free = int(ray.available_resources()["CPU"] / stream.TASK_CPUS)
+    refs = stream.warm_workers(lanes=1)
+    assert len(refs) == min(stream.stream_workers(1), free) == free  # 2 CPUs here: fewer than the stream's 20
+    assert len(set(ray.get(refs))) == len(refs)  # held together: a process each, not one worker reused
+    assert stream.stream_workers(2) == 2 * stream.DECODES_PER_LANE + 4
