@@ -152,6 +152,8 @@ def paced(cpus: int, gpus: int, pace: Pace, log: str) -> Iterator[None]:
     from pipeline import inference  # torch: not in the paced tasks' workers, as not in the stream's own
     from pipeline.ray_runtime import ensure_ray, shutdown_if_started
 
+    if ray.is_initialized():  # its claims would not apply
+        raise RuntimeError("the paced stream starts a runtime of its own: run it where Ray is not initialised")
     saved = ray.init, inference.RemotePredictor, stream._decode, stream._store
     init = ray.init
 

@@ -46,3 +46,9 @@ def test_decodes_ahead_run_while_the_model_is_busy(tmp_path):
     # The model is the bound here: its lane was busy most of the stream, whose time is at least the passes'.
     assert r["seconds"] >= r["model_bound"] * 0.99 and r["bound"] == r["model_bound"]
     assert r["lanes_busy"] > 0.5 and r["decode_peak"] <= 12
+
+
+def test_the_paced_stream_refuses_a_runtime_it_did_not_start(ray_local):
+    """Its claimed CPUs and GPUs apply only to a runtime it starts."""
+    with pytest.raises(RuntimeError, match="runtime of its own"):
+        pacing.run_schedule(512, pacing.Pace(), cpus=4, gpus=1)
