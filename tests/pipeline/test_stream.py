@@ -303,15 +303,17 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir, ray_local
     assert not list(work_root.glob("changemap-*"))  # removed after success
 
 
-def test_warm_workers_start_a_process_for_each_task_the_stream_runs_at_once(ray_local):
-    """As many workers as the stream runs at once, within the free CPUs, each its own process.
+def test_warm_workers_cover_the_tasks_the_stream_runs_at_once(ray_local):
+    """As many warm-up tasks as the stream runs tasks at once, within the free CPUs, held together.
 
     A worker the stream starts itself leaves its decodes waiting for process start and imports.
+    Each task holds its worker a moment so that the others start processes of their own rather
+    than queue for it (best effort: a process slower to start than the hold is not waited for).
     """
     import ray
 
     free = int(ray.available_resources()["CPU"] / stream.TASK_CPUS)
     refs = stream.warm_workers(lanes=1)
     assert len(refs) == min(stream.stream_workers(1), free) == free  # 2 CPUs here: fewer than the stream's 20
-    assert len(set(ray.get(refs))) == len(refs)  # held together: a process each, not one worker reused
+    assert len(set(ray.get(refs))) >= 2  # several processes, not one worker reused four times
     assert stream.stream_workers(2) == 2 * stream.DECODES_PER_LANE + 4
