@@ -42,14 +42,16 @@ class Pace:
 
     Defaults from one lent machine (NVIDIA H200, 16 cores): the null-model run's decode tasks did
     67 MP in 6.8 busy seconds (10 MP/s each, ``input.zarr`` writes included), TinyCD's forward
-    passes ran at 85 MP/s in batches of 16. ``host_ms`` (a model actor's own work per window:
-    cutting it from its segments, the copies to and from the device, handing its core on) was
-    not measured there; 3 ms is an estimate from the CPU actor's phases.
+    passes ran at 85 MP/s in batches of 16. ``host_ms`` (a model actor's own work per window) was
+    not measured there. On the 2-core development machine, batches of sixteen 640² windows, the
+    parts a GPU actor shares took 0.7 ms a window (cutting it from its segments 0.35-0.43,
+    handing its core on 0.08, serialising the results 0.21-0.25); 1 ms leaves some for the
+    pinned copy and the probabilities' copy back.
     """
 
     decode_mpps: float = 10.0  # per decode task
     model_mpps: float = 85.0  # forward passes of one lane (core pixels)
-    host_ms: float = 3.0  # per window, in the actor, one thread at a time (the interpreter lock)
+    host_ms: float = 1.0  # per window, in the actor, one thread at a time (the interpreter lock)
     store_mpps: float = 150.0  # per output.zarr task
     writer_mpps: float = 150.0  # the map writer (one actor)
 
