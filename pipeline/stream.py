@@ -231,7 +231,8 @@ def stream_workers(lanes: int) -> int:
     """Worker processes a stream feeding ``lanes`` forward passes at once runs at most, about.
 
     Its decodes ahead of need, and four more: decodes of a batch being sent beyond those, and the
-    ``output.zarr`` writes (a paced stream on a 16-CPU node with one GPU ran 10-12 tasks at once).
+    ``output.zarr`` writes (a paced stream on a 16-CPU node with one GPU, 8 decodes ahead, ran
+    10-12 tasks at once; with 16, 16-18).
     """
     return DECODES_PER_LANE * lanes + 4
 
