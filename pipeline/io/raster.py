@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.session import AWSSession, AzureSession, GSSession
 from rasterio.transform import Affine
@@ -257,6 +257,11 @@ def bounds_in_crs(info: RasterInfo, dst_wkt: str) -> Bounds:
     return _transform_bounds(CRS.from_wkt(info.grid.crs_wkt), CRS.from_wkt(dst_wkt), *info.grid.bounds, densify_pts=21)
 
 
+def _all_valid(src: rasterio.DatasetReader) -> bool:
+    """Whether every pixel of ``src`` has data: no nodata value, internal or external mask, or alpha band."""
+    return all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+
+
 class AlignedPairReader:
     """Reads windows of both dates on the output grid (AFTER through a WarpedVRT when needed)."""
 
@@ -290,13 +295,18 @@ class AlignedPairReader:
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
-    def _date(self, i: int, window: RioWindow, data: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        """One date's bands (if ``data``) and where it has data (nodata, GDAL mask/alpha, NaN)."""
+    def _date(self, i: int, window: RioWindow, data: bool, out: np.ndarray | None = None
+              ) -> tuple[np.ndarray | None, np.ndarray]:
+        """One date's bands (if ``data``; into ``out`` if given) and where it has data (nodata, GDAL mask/alpha, NaN)."""
         info, role = ((self.alignment.before, "BEFORE"), (self.alignment.after, "AFTER"))[i]
         src = self._sources[i]
         try:
-            image = src.read(list(range(1, info.count + 1)), window=window) if data or info.dtype[0] == "f" else None
-            mask = src.dataset_mask(window=window) > 0
+            image = (src.read(list(range(1, info.count + 1)), window=window, out=out)
+                     if data or info.dtype[0] == "f" else None)
+            if _all_valid(src):  # no nodata, mask or alpha: GDAL would only fill 255s
+                mask = np.ones((int(window.height), int(window.width)), bool)
+            else:
+                mask = src.dataset_mask(window=window) > 0
         except _READ_ERRORS as exc:
             rows, cols = window.toranges()
             raise _failure(exc, info.path, role, f"rows {rows[0]}-{rows[1]}, columns {cols[0]}-{cols[1]}") from None
@@ -305,11 +315,21 @@ class AlignedPairReader:
         return image, mask
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``image (2, bands, h, w)`` in the common dtype and ``valid (h, w)`` (both dates have data)."""
+        """Return ``image (2, bands, h, w)`` in the common dtype and ``valid (h, w)`` (both dates have data).
+
+        A date already in the common dtype is read straight into its half of the result (no stack).
+        """
         window = RioWindow(x0, y0, x1 - x0, y1 - y0)
-        (before, valid_before), (after, valid_after) = (self._date(i, window, data=True) for i in (0, 1))
-        dtype = self.alignment.dtype
-        return np.stack([before.astype(dtype, copy=False), after.astype(dtype, copy=False)]), valid_before & valid_after
+        a = self.alignment
+        image = np.empty((2, a.before.count, y1 - y0, x1 - x0), a.dtype)
+        valid = None
+        for i, info in enumerate((a.before, a.after)):
+            direct = np.dtype(info.dtype) == image.dtype
+            date, mask = self._date(i, window, data=True, out=image[i] if direct else None)
+            if not direct:
+                image[i] = date
+            valid = mask if valid is None else valid & mask
+        return image, valid
 
     def masks(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Where BEFORE and where AFTER have data in a window (bands are read only for float data's NaN)."""

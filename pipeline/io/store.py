@@ -164,11 +164,21 @@ def read_input_chunk(path: str, y0: int, x0: int, h: int, w: int) -> tuple[np.nd
     return (open_array(path, IMAGE)[:, :, y0:y0 + h, x0:x0 + w], open_array(path, VALID)[y0:y0 + h, x0:x0 + w])
 
 
+class ProbabilityWriter:
+    """Writes tiles' core probabilities into ``output.zarr``, its array opened once."""
+
+    def __init__(self, path: str) -> None:
+        self.probability = writable(path, PROBABILITY)
+
+    def write(self, tiles: list[tuple[int, int, np.ndarray]]) -> None:
+        """Write ``(y0, x0, prob)`` tiles, each into its own chunk (no other writer shares them)."""
+        for y0, x0, prob in tiles:
+            self.probability[y0:y0 + prob.shape[0], x0:x0 + prob.shape[1]] = prob
+
+
 def write_probabilities(path: str, tiles: list[tuple[int, int, np.ndarray]]) -> None:
     """Write tiles' core probabilities ``(y0, x0, prob)``, each into its own chunk, the array opened once."""
-    out = writable(path, PROBABILITY)
-    for y0, x0, prob in tiles:
-        out[y0:y0 + prob.shape[0], x0:x0 + prob.shape[1]] = prob
+    ProbabilityWriter(path).write(tiles)
 
 
 def create_output_store(path: str, grid: Grid, tile: int) -> None:

@@ -216,6 +216,37 @@ def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, 
     assert stats["pixels"]["valid"] == int((~np.isnan(reference)).sum())
 
 
+def test_a_worker_opens_a_scenes_stores_once_and_writes_every_chunk(synthetic, tmp_path, ray_local, monkeypatch):
+    """Decode and store tasks in one worker keep the scene's arrays open between segments and batches."""
+    from pipeline.io.raster import AlignedPairReader
+
+    alignment = checks.plan_grid(str(synthetic["before"]), str(synthetic["after"]))
+    job = stream.SceneStream(alignment, str(tmp_path / "input.zarr"), str(tmp_path / "output.zarr"), str(tmp_path),
+                             64, (1, 2, 3))
+    store.create_input_store(job.input_store, alignment.grid, 3, alignment.dtype, 64)
+    store.create_output_store(job.output_store, alignment.grid, 64)
+    opened, writable = [], store.writable
+    monkeypatch.setattr(store, "writable", lambda path, name: opened.append(name) or writable(path, name))
+    stream._input_writer.cache_clear()
+    stream._probability_writer.cache_clear()
+    tiles = make_tiles(230, 300, 64)
+    for segment in stream.make_segments(tiles, 64).values():
+        stream.decode_segment(job, segment, frozenset())
+    results = [(t, np.full((t.height, t.width), t.row + t.col / 10, "float32"), None) for t in tiles]
+    for i in range(0, len(results), 4):
+        stream.store_tiles(job, results[i:i + 4])
+    assert sorted(opened) == ["image", "probability", "valid"]  # once each, for 5 segments and 5 batches
+    with AlignedPairReader(alignment) as reader:
+        expected_image, expected_valid = reader.read(0, 230, 0, 300)
+    image, valid = store.read_input_chunk(job.input_store, 0, 0, 230, 300)
+    np.testing.assert_array_equal(image, expected_image)
+    np.testing.assert_array_equal(valid, expected_valid)
+    probability = store.open_array(job.output_store, store.PROBABILITY)[:]
+    for t, expected, _ in results:
+        np.testing.assert_array_equal(probability[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], expected)
+    assert workdir.Records(str(tmp_path)).done("ingest") == {t.key for t in tiles}
+
+
 def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_path, ray_local, monkeypatch):
     """With no horizon every later use of a segment is read back from input.zarr: the map is the same."""
     spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,

@@ -43,6 +43,45 @@ def test_aligned_reader_masks_nodata_of_either_date(synthetic):
         np.testing.assert_array_equal(image[1], src.read())
 
 
+def _copy(src_path, dst_path, *, nodata=None, dtype=None, scale=1):
+    """The raster at ``src_path`` rewritten without nodata (every pixel valid) or in another dtype."""
+    with rasterio.open(src_path) as src:
+        data, profile = src.read(), src.profile
+    profile.update(nodata=nodata, dtype=dtype or profile["dtype"])
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data.astype(profile["dtype"]) * scale)
+    return str(dst_path)
+
+
+def test_a_pair_without_nodata_is_valid_everywhere_without_asking_gdal_for_masks(synthetic, tmp_path, monkeypatch):
+    before = _copy(synthetic["before"], tmp_path / "b.tif")
+    after = _copy(synthetic["after"], tmp_path / "a.tif")
+    alignment = plan_grid(before, after)
+
+    def no_masks(*args, **kwargs):
+        raise AssertionError("an all-valid source's mask is all 255s: it is not read")
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "dataset_mask", no_masks)
+    with raster.AlignedPairReader(alignment) as reader:
+        image, valid = reader.read(10, 200, 30, 290)
+    assert valid.shape == (190, 260) and valid.all()
+    with rasterio.open(after) as src:
+        np.testing.assert_array_equal(image[1], src.read(window=((10, 200), (30, 290))))
+
+
+def test_dates_of_different_dtypes_are_read_in_the_common_one(synthetic, tmp_path):
+    after = _copy(synthetic["after"], tmp_path / "a16.tif", nodata=0, dtype="uint16", scale=200)
+    alignment = plan_grid(str(synthetic["before"]), after)
+    assert alignment.dtype == "uint16"
+    with raster.AlignedPairReader(alignment) as reader:
+        image, valid = reader.read(0, 230, 0, 300)
+    assert image.dtype == np.uint16 and not valid[:, :12].any() and valid[:, 12:].all()
+    with rasterio.open(synthetic["before"]) as b, rasterio.open(after) as a:
+        np.testing.assert_array_equal(image[0], b.read().astype("uint16"))
+        np.testing.assert_array_equal(image[1], a.read())
+        assert image[1].max() > 255
+
+
 def test_warped_after_lands_on_before_grid(synthetic):
     alignment = plan_grid(str(synthetic["before"]), str(synthetic["after_4326"]))
     assert alignment.warp_after and alignment.grid.width == 300
