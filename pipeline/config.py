@@ -22,6 +22,7 @@ from pipeline.errors import ChangemapError
 
 PROBABILITY_TYPES = ("uint8", "float32")
 STATISTICS = ("window", "scene")
+COMPRESSIONS = ("deflate", "zstd")  # the map's codecs: DEFLATE, read everywhere; ZSTD, GDAL 2.3 and later
 VECTOR_FORMATS = ("gpkg", "parquet", "fgb", "geojson")
 
 
@@ -177,6 +178,9 @@ class RunOptions(Frozen):
     workdir: str | None = option(None, "folder for intermediate zarr stores (default: temporary)")
     keep_workdir: bool = option(False, "keep the intermediate stores after success")
     overwrite: bool = option(False, "replace an existing output")
+    compress: Literal["deflate", "zstd"] = option(
+        "deflate", "the map's compression: deflate (every GIS reads it) or zstd (smaller files, as fast to "
+                   "write; read by GDAL 2.3 and later: QGIS, rasterio, titiler)")
     ray_address: str | None = option(None, "attach to this Ray cluster (default: a local runtime)")
     vector: str | None = option(None, "also write change polygons here; format by extension: .gpkg, .parquet "
                                       "(GeoParquet), .fgb, .geojson", metavar="PATH")
@@ -196,6 +200,13 @@ class RunOptions(Frozen):
     def _positive(cls, v: int | None, info) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"--{info.field_name.replace('_', '-')} must be at least 1, got {v}")
+        return v
+
+    @field_validator("compress", mode="before")
+    @classmethod
+    def _compress(cls, v: Any) -> Any:
+        if v not in COMPRESSIONS:
+            raise ValueError(f"--compress must be one of {', '.join(COMPRESSIONS)}, got {v!r}")
         return v
 
     @field_validator("min_area", "simplify")

@@ -41,7 +41,7 @@ def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
     if not storage.is_remote(run.output):
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=False)
-    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, export.MapFormat.of(pre),
+    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, export.MapFormat.of(pre, run.compress),
                                                      export.map_tags(pre), sinks,
                                                      storage.installed())
 

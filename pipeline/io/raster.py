@@ -25,6 +25,7 @@ from rasterio.warp import transform_bounds as _transform_bounds
 from rasterio.windows import Window as RioWindow
 
 from pipeline import storage
+from pipeline.config import COMPRESSIONS
 from pipeline.errors import (
     CorruptRasterError,
     GridError,
@@ -437,9 +438,11 @@ def warp_to(src_path: str, dst_path: str, crs: str, resolution: float) -> str:
     return dst_path
 
 
-def _cog_options(dtype: str) -> dict[str, object]:
+def _cog_options(dtype: str, compress: str = "deflate") -> dict[str, object]:
+    if compress not in COMPRESSIONS:
+        raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     return {
-        "COMPRESS": "DEFLATE", "PREDICTOR": "YES" if dtype != "uint8" else "NO", "BLOCKSIZE": COG_BLOCKSIZE,
+        "COMPRESS": compress.upper(), "PREDICTOR": "YES" if dtype != "uint8" else "NO", "BLOCKSIZE": COG_BLOCKSIZE,
         "OVERVIEWS": "AUTO", "RESAMPLING": "AVERAGE", "BIGTIFF": "IF_SAFER",
     }
 
@@ -447,21 +450,24 @@ def _cog_options(dtype: str) -> dict[str, object]:
 def write_cog(path: str, grid: Grid, count: int, dtype: str,
               blocks: Iterable[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]],
               *, nodata: float | None = None, tags: dict[str, str] | None = None,
-              descriptions: tuple[str, ...] = ()) -> None:
+              descriptions: tuple[str, ...] = (), compress: str = "deflate") -> None:
     """Write a Cloud-Optimized GeoTIFF block by block, atomically, at a path or URL.
 
     Blocks are ``((y0, x0, h, w), data (count, h, w), valid (h, w))``, in any order. They go
     to a tiled temporary GeoTIFF (with an internal mask for nodata), which GDAL's COG driver
-    turns into the final layout with overviews; only the finished file is published at
-    ``path`` (:func:`pipeline.io.fs.publish`), so a failure never leaves a partial map there.
-    Memory stays at a few blocks.
+    turns into the final layout with overviews, compressed with ``compress`` (one of
+    :data:`pipeline.config.COMPRESSIONS`); only the finished file is published at ``path``
+    (:func:`pipeline.io.fs.publish`), so a failure never leaves a partial map there. Memory
+    stays at a few blocks.
     """
-    fs.publish(path, lambda cog: _write_cog(cog, grid, count, dtype, blocks, nodata, tags, descriptions))
+    options = _cog_options(dtype, compress)  # a bad codec fails before anything is written
+    fs.publish(path, lambda cog: _write_cog(cog, grid, count, dtype, blocks, nodata, tags, descriptions, options))
 
 
 def _write_cog(cog: str, grid: Grid, count: int, dtype: str,
                blocks: Iterable[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]],
-               nodata: float | None, tags: dict[str, str] | None, descriptions: tuple[str, ...]) -> None:
+               nodata: float | None, tags: dict[str, str] | None, descriptions: tuple[str, ...],
+               options: dict[str, object]) -> None:
     tmp_tif = cog + ".tiles.tif"  # beside the (temporary) COG: removed whatever happens
     profile = {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
@@ -483,7 +489,7 @@ def _write_cog(cog: str, grid: Grid, count: int, dtype: str,
                     dst.set_band_description(i, text)
                 if tags:
                     dst.update_tags(**tags)
-            rasterio.shutil.copy(tmp_tif, cog, driver="COG", **_cog_options(dtype))
+            rasterio.shutil.copy(tmp_tif, cog, driver="COG", **options)
     finally:
         if os.path.exists(tmp_tif):
             os.unlink(tmp_tif)

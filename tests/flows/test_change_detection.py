@@ -65,6 +65,20 @@ def test_float_probability_output(synthetic, tmp_path):
     assert np.isnan(p[:, :12]).all() and np.nanmin(p) >= 0 and np.nanmax(p) <= 1
 
 
+def test_a_zstd_map_is_a_valid_cog_of_the_same_probabilities(synthetic, tmp_path):
+    spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=128, halo=16, mask=True)
+    maps = {}
+    for compress in ("zstd", "deflate"):
+        out = tmp_path / f"{compress}.tif"
+        detect_changes(spec, RunOptions(output=str(out), compress=compress))
+        assert raster.cog_problems(str(out)) == []
+        with rasterio.open(out) as src:
+            assert src.compression.name == compress
+            maps[compress] = src.read(), src.dataset_mask()
+    np.testing.assert_array_equal(maps["zstd"][0], maps["deflate"][0])
+    np.testing.assert_array_equal(maps["zstd"][1], maps["deflate"][1])
+
+
 def test_rgb_weights_run_on_four_bands(synthetic, tmp_path):
     four = str(synthetic["four_band"])
     out = tmp_path / "four.tif"

@@ -27,6 +27,7 @@ def test_round_trip_and_frozen():
     ({"probability": "uint16"}, "--probability must be one of uint8, float32"),
     ({"bands": (0, 1)}, "1-based"),
     ({"statistics": "global"}, "--statistics must be one of window, scene"),
+    ({"compress": "lzw"}, "--compress must be one of deflate, zstd"),
     ({"output": "b.tif"}, "would overwrite an input"),
 ])
 def test_invalid_values_name_the_option(kwargs, text):

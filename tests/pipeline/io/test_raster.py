@@ -117,6 +117,29 @@ def test_write_cog_is_valid_and_georeferenced(tmp_path, synthetic):
     assert sorted(os.listdir(tmp_path)) == ["map.tif"]  # no temporaries left
 
 
+def test_a_map_in_zstd_holds_the_same_pixels_and_an_unknown_codec_writes_nothing(tmp_path, synthetic):
+    grid = raster.read_info(str(synthetic["before"])).grid
+    big = Grid(grid.crs_wkt, grid.transform, 1300, 700)
+    rng = np.random.default_rng(0)
+    data = rng.random((1, 700, 1300)).astype("float32")
+    valid = rng.random((700, 1300)) > 0.1
+    blocks = [((y0, x0, h, w), data[:, y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w])
+              for y0, x0, h, w in raster.iter_blocks(700, 1300)]
+    read = {}
+    for compress in ("deflate", "zstd"):
+        out = tmp_path / f"{compress}.tif"
+        raster.write_cog(str(out), big, 1, "float32", blocks, nodata=float("nan"), compress=compress)
+        assert raster.cog_problems(str(out)) == []
+        with rasterio.open(out) as src:
+            assert src.compression.name == compress and src.overviews(1)
+            read[compress] = src.read(1), src.dataset_mask(), src.read(1, out_shape=(350, 650))
+    for a, b in zip(read["deflate"], read["zstd"]):  # full resolution, mask and overview
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="compress must be one of deflate, zstd"):
+        raster.write_cog(str(tmp_path / "lzw.tif"), big, 1, "float32", blocks, compress="lzw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deflate.tif", "zstd.tif"]
+
+
 def test_a_failing_write_leaves_no_file(tmp_path, synthetic):
     grid = raster.read_info(str(synthetic["before"])).grid
 
