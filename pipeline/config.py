@@ -80,6 +80,13 @@ def _message(exc: ValidationError, what: str, cls: type[BaseModel]) -> str:
     return "; ".join(parts)
 
 
+def _one_of(v: Any, field: str, choices: tuple[str, ...]) -> Any:
+    """``v`` if it is one of ``choices``; else the option, the choices and the value, in one line."""
+    if v not in choices:
+        raise ValueError(f"--{field} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
 class MapSettings(Frozen):
     """The settings that define a change map, whatever its inputs."""
 
@@ -124,10 +131,7 @@ class MapSettings(Frozen):
     @field_validator("statistics", "probability", mode="before")
     @classmethod
     def _choice(cls, v: Any, info) -> Any:
-        choices = STATISTICS if info.field_name == "statistics" else PROBABILITY_TYPES
-        if v not in choices:
-            raise ValueError(f"--{info.field_name} must be one of {', '.join(choices)}, got {v!r}")
-        return v
+        return _one_of(v, info.field_name, STATISTICS if info.field_name == "statistics" else PROBABILITY_TYPES)
 
     @model_validator(mode="after")
     def _halo(self) -> MapSettings:
@@ -204,10 +208,8 @@ class RunOptions(Frozen):
 
     @field_validator("compress", mode="before")
     @classmethod
-    def _compress(cls, v: Any) -> Any:
-        if v not in COMPRESSIONS:
-            raise ValueError(f"--compress must be one of {', '.join(COMPRESSIONS)}, got {v!r}")
-        return v
+    def _compress(cls, v: Any, info) -> Any:
+        return _one_of(v, info.field_name, COMPRESSIONS)
 
     @field_validator("min_area", "simplify")
     @classmethod

@@ -176,11 +176,6 @@ class ProbabilityWriter:
             self.probability[y0:y0 + prob.shape[0], x0:x0 + prob.shape[1]] = prob
 
 
-def write_probabilities(path: str, tiles: list[tuple[int, int, np.ndarray]]) -> None:
-    """Write tiles' core probabilities ``(y0, x0, prob)``, each into its own chunk, the array opened once."""
-    ProbabilityWriter(path).write(tiles)
-
-
 def create_output_store(path: str, grid: Grid, tile: int) -> None:
     """Create ``probability`` (metadata only); tiles are written later, one chunk each.
 
