@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable
+from glob import escape as _escape
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +30,52 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url, **storage.options_for(url))
 
 
+def _owner() -> str:
+    """This process, as temporary names carry it: ``host-pid``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _sweep(folder: Path, prefix: str) -> None:
+    """Remove what killed writers of this host left in ``folder`` under ``prefix + "host-pid."``.
+
+    A process killed outright (SIGKILL, a preempted node) cannot remove its temporaries: a
+    map's are its size. Only those of a process of this host that no longer exists go; a
+    live writer's, or another host's (a shared filesystem), stay.
+    """
+    host = socket.gethostname()
+    for path in folder.glob(f"{_escape(prefix)}{_escape(host)}-*.*"):
+        pid = path.name[len(prefix) + len(host) + 1:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): its files stay
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def publish(dest: str, write: Callable[[str], None]) -> None:
     """The one atomic write: ``write(path)`` fills a temporary local file, which is then published at ``dest``.
 
     The temporary file keeps ``dest``'s extension (drivers choose formats by it). A local
     ``dest`` gets a rename in its own folder; an object store (S3, GCS, Azure) one upload,
     which it makes visible only once complete; other filesystems a temporary name and a move.
-    A failure leaves nothing at ``dest`` and no temporary file behind.
+    A failure leaves nothing at ``dest`` and no temporary file behind; what a killed writer
+    left (its temporaries carry its host and process) is removed by the next publish.
     """
     name = storage.basename(dest)
     ext = os.path.splitext(name)[1]
     if not storage.is_remote(dest):
         final = Path(storage.local_path(dest))
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".part{ext}")
+        _sweep(final.parent, f".{final.name}.")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.{_owner()}.", suffix=f".part{ext}")
         os.close(fd)
         try:
             write(tmp)
@@ -50,7 +84,8 @@ def publish(dest: str, write: Callable[[str], None]) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return
-    with tempfile.TemporaryDirectory(prefix="changemap-publish-") as folder:
+    _sweep(Path(tempfile.gettempdir()), "changemap-publish-")
+    with tempfile.TemporaryDirectory(prefix=f"changemap-publish-{_owner()}.") as folder:
         tmp = os.path.join(folder, f"part{ext}")
         write(tmp)
         _put(tmp, dest)

@@ -50,3 +50,54 @@ def test_remote_folders_are_made_and_found_again(mem):
     fs.write_text("memory://fs-test/work/changemap-abc/map.json", "{}")
     fs.make_dirs("memory://fs-test/work/changemap-abc")  # again: nothing lost
     assert fs.read_text("memory://fs-test/work/changemap-abc/map.json") == "{}"
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next_publish_and_nothing_else(tmp_path, mem, monkeypatch):
+    """A writer killed outright leaves its temporaries (a map's are its size): the next publish removes them."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    dest = tmp_path / "map.tif"
+    killed = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from pathlib import Path
+from pipeline.io import fs
+def write(tmp):
+    Path(tmp).write_bytes(b"half")
+    Path(tmp + ".tiles.tif").write_bytes(b"tiles")  # as the COG writer's temporary tiles
+    print("writing", flush=True)
+    time.sleep(60)
+fs.publish({str(dest)!r}, write)
+"""], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "writing"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and all(n.startswith(f".map.tif.{socket.gethostname()}-{killed.pid}.") for n in left)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        kept = [f".map.tif.{host}-{alive.pid}.abc.part.tif",  # a live writer's
+                ".map.tif.otherhost-1.abc.part.tif",  # another host's, on a shared filesystem
+                f".other.tif.{host}-{killed.pid}.abc.part.tif"]  # another destination's
+        for n in kept:
+            (tmp_path / n).write_bytes(b"x")
+        fs.write_text(str(dest), "done")
+        assert dest.read_text() == "done"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["map.tif", *kept])
+        # A remote destination's local staging folder, in the temporary folder, the same way.
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+        (tmp_path / "tmp").mkdir()
+        dead_stage = tmp_path / "tmp" / f"changemap-publish-{host}-{killed.pid}.xyz"
+        live_stage = tmp_path / "tmp" / f"changemap-publish-{host}-{alive.pid}.xyz"
+        for stage in (dead_stage, live_stage):
+            stage.mkdir()
+            (stage / "part.tif").write_bytes(b"x")
+        fs.write_text("memory://fs-test/remote.txt", "remote")
+        assert mem.cat("/fs-test/remote.txt") == b"remote"
+        assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [live_stage.name]
+    finally:
+        alive.kill()
+        alive.wait()
