@@ -26,10 +26,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
 from flows.change_detection import detect_changes
-from pipeline import archive, checks, loader, ray_runtime, storage, stream
+from pipeline import archive, checks, loader, storage
 from pipeline.archive import PairResult, Plan
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
-from pipeline.inference import shared_pool
+from pipeline.engine import ray_runtime, stream
+from pipeline.engine.inference import shared_pool
 
 _task = dict(cache_policy=NO_CACHE)
 

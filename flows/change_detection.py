@@ -13,11 +13,13 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
 from models import UnknownModelError, WeightsError
-from pipeline import checks, outputs, storage, workdir
+from pipeline import checks, storage
 from pipeline.checks import Preflight
 from pipeline.config import MapSpec, RunOptions
+from pipeline.engine import workdir
+from pipeline.engine.scene import SceneResult, make_map
 from pipeline.errors import ChangemapError
-from pipeline.run import SceneResult, make_map
+from pipeline.products import outputs
 from pipeline.summary import RunSummary
 
 _USER_ERRORS = (ChangemapError, WeightsError, UnknownModelError)

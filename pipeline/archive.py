@@ -15,10 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline import manifest, stac, storage
+from pipeline import manifest, storage
 from pipeline.config import ArchiveOptions, MapSpec
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster
+from pipeline.products import stac
 
 SUMMARY_NAME = "archive-summary"
 _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -48,7 +49,7 @@ class Plan:
     unpaired: tuple[tuple[str, str], ...] = ()  # (file URL, why it has no partner)
 
 
-# Summary column <- key of the change statistics (pipeline.mapstats), and its rounding.
+# Summary column <- key of the change statistics (pipeline.products.mapstats), and its rounding.
 CHANGE_COLUMNS = {"valid_area_km2": ("valid_area_km2", 6), "changed_area_km2": ("changed_area_km2", 6),
                   "changed_percent": ("changed_percent_of_valid", 4), "regions": ("regions", None),
                   "nodata_fraction": ("nodata_fraction", 6)}

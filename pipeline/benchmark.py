@@ -39,8 +39,8 @@ def _levir(args: argparse.Namespace) -> None:
     from flows.change_detection import detect_changes
     from pipeline.checks import check_model
     from pipeline.config import MapSpec, RunOptions
-    from pipeline.engine import forward_probability
-    from pipeline.inference import TilePredictor
+    from pipeline.engine.inference import TilePredictor
+    from pipeline.engine.tile_engine import forward_probability
     from pipeline.io import raster
     from pipeline.learn.metrics import Confusion, confusion
 

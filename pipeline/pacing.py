@@ -1,7 +1,7 @@
 """``python -m pipeline.benchmark schedule``: the stream's scheduling alone, its stages paced by sleeps.
 
-The stream's driver (:func:`pipeline.stream.run_stream`) and the model pool
-(:class:`pipeline.inference.PredictorPool`) run as they are, on a local runtime that claims
+The stream's driver (:func:`pipeline.engine.stream.run_stream`) and the model pool
+(:class:`pipeline.engine.inference.PredictorPool`) run as they are, on a local runtime that claims
 ``cpus`` CPUs and ``gpus`` GPUs. What they drive is replaced by stand-ins that sleep as long as
 each piece of work would take at given rates: the decode tasks (read, warp and ``input.zarr``),
 the model actors (host work per window, and forward passes one at a time per lane), the
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from pipeline import stream
+from pipeline.engine import stream
 from pipeline.grid import Alignment, Grid
 from pipeline.progress import Progress
 from pipeline.tiling import Tile, make_tiles
@@ -100,14 +100,14 @@ class PacedPredictor:
     def __init__(self, model_name: str, weights, *, batch_size: int = 4, device: str | None = None,
                  threads: int | None = None, lanes: int = 1, model_args: dict | None = None, compile: bool = False,
                  pace: Pace = Pace(), log: str = "") -> None:
-        import pipeline.inference  # noqa: F401  (torch and the stream's types: loaded as a real predictor has them)
+        import pipeline.engine.inference  # noqa: F401  (torch and the stream's types: loaded as a real predictor has them)
 
         self.pace, self.log, self.device = pace, log, device or "cpu"
         self.lanes = threading.Semaphore(max(1, lanes))
         self.host = threading.Lock()
 
     def describe(self) -> dict[str, str]:
-        """As :meth:`pipeline.inference.TilePredictor.describe`."""
+        """As :meth:`pipeline.engine.inference.TilePredictor.describe`."""
         return {"device": self.device, "model": "paced", "threads": "1", "size_divisor": "32"}
 
     def warm_up(self, shape: tuple[int, ...], dtype: str) -> float:
@@ -119,7 +119,7 @@ class PacedPredictor:
         return {}
 
     def predict_chunks(self, job, tiles, keys, *segments) -> tuple[int, list]:
-        """As :meth:`pipeline.inference.TilePredictor.predict_chunks`, in sleeps; zero probabilities."""
+        """As :meth:`pipeline.engine.inference.TilePredictor.predict_chunks`, in sleeps; zero probabilities."""
         host = len(tiles) * self.pace.host_ms / 1e3 / 2  # half to build the batch, half to hand the cores on
         with self.host:
             time.sleep(host)
@@ -151,8 +151,8 @@ class PacedWriter:
 @contextmanager
 def paced(cpus: int, gpus: int, pace: Pace, log: str) -> Iterator[None]:
     """The stream's and the pool's stand-ins installed, and a local runtime claiming ``cpus`` and ``gpus``."""
-    from pipeline import inference  # torch: not in the paced tasks' workers, as not in the stream's own
-    from pipeline.ray_runtime import ensure_ray, shutdown_if_started
+    from pipeline.engine import inference  # torch: not in the paced tasks' workers, as not in the stream's own
+    from pipeline.engine.ray_runtime import ensure_ray, shutdown_if_started
 
     if ray.is_initialized():  # its claims would not apply
         raise RuntimeError("the paced stream starts a runtime of its own: run it where Ray is not initialised")
@@ -221,7 +221,7 @@ def _concurrency(spans: list[tuple[float, float]], begin: float, end: float) -> 
 def run_schedule(size: int, pace: Pace, *, cpus: int, gpus: int, tile: int = 512, halo: int = 64,
                  batch_size: int | None = None, bands: int = 3, height: int | None = None) -> Schedule:
     """Stream a ``size`` wide (``height`` or ``size`` high) scene with paced stages on a claimed node; its figures."""
-    from pipeline.inference import InferenceJob, PredictorPool
+    from pipeline.engine.inference import InferenceJob, PredictorPool
 
     with tempfile.TemporaryDirectory(prefix="changemap-schedule-") as tmp:
         log = str(Path(tmp) / "spans.log")

@@ -30,12 +30,12 @@ class RunSummary(BaseModel):
     chunks_decoded: int = 0
     chunks_reused: int = 0
     # Seconds of the model actors' phases (windows, lane wait, to device, forward, results; warm-up on GPUs),
-    # summed over actors and lanes: where a GPU's time goes (pipeline.engine.PhaseClock)
+    # summed over actors and lanes: where a GPU's time goes (pipeline.engine.tile_engine.PhaseClock)
     model_seconds: dict[str, float] = {}
     # Set by ``changemap run``: seconds before the flow (the process up to the checks, the checks, then
     # Ray, the model actors and Prefect's API, the last started at the same time as the other two)
     startup_seconds: dict[str, float] = {}
-    change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.mapstats)
+    change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.products.mapstats)
     outputs: dict[str, str] = {}  # kind (data, polygons, statistics, thumbnail, stac) -> path or URL
 
     def __getitem__(self, key: str) -> Any:

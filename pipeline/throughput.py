@@ -53,7 +53,7 @@ def simulate_node(cpus: int, gpus: int) -> None:
     """
     import ray
 
-    import pipeline.inference as inference
+    import pipeline.engine.inference as inference
 
     init, remote_predictor = ray.init, inference.RemotePredictor
 
@@ -139,13 +139,13 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
 
     On a GPU one pass at a time, after three warm-up passes (autotuning, allocator), for at least
     ``gpu_seconds``; on the CPU ``repeats`` passes per lane at once, the cores shared between the
-    lanes (:func:`pipeline.inference.cpu_lanes`), as a CPU actor given all the cores would.
+    lanes (:func:`pipeline.engine.inference.cpu_lanes`), as a CPU actor given all the cores would.
     """
     import torch
 
     from pipeline import loader
-    from pipeline.engine import forward_probability
-    from pipeline.inference import cpu_lanes
+    from pipeline.engine.inference import cpu_lanes
+    from pipeline.engine.tile_engine import forward_probability
     from pipeline.tiling import window_size
 
     net, meta, _ = loader.build(model, None if model != NULL_MODEL else "none")
@@ -309,7 +309,7 @@ def peak_memory(pair: tuple[Path, Path], out: Path, args: argparse.Namespace, wo
 
 def throughput(args: argparse.Namespace) -> None:
     """The benchmark (see the module docstring)."""
-    from pipeline.inference import default_batch_size
+    from pipeline.engine.inference import default_batch_size
     from pipeline.measure import make_mosaic
 
     register_null_model()

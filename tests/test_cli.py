@@ -10,8 +10,9 @@ import types
 import pytest
 import torch
 
-from pipeline import cli, stream
+from pipeline import cli
 from pipeline.cli import main
+from pipeline.engine import stream
 from pipeline.errors import CorruptRasterError, InputRasterError, MissingRasterError
 
 
@@ -164,7 +165,7 @@ def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypa
         asked.update(options)
         return contextlib.nullcontext()
 
-    monkeypatch.setattr("pipeline.ray_runtime.services", services)
+    monkeypatch.setattr("pipeline.engine.ray_runtime.services", services)
     args = ["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(tmp_path / "c.tif")]
     store = stream.object_store_bytes(3, 1, 512)  # Ray's object store sized for the pair: 3 uint8 bands, 512² tiles
     if code is None:

@@ -163,7 +163,7 @@ def no_flow(monkeypatch):
         raise AssertionError("the flow started: this error was not caught by the checks before Prefect and Ray")
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
-    monkeypatch.setattr("pipeline.ray_runtime.services", lambda address=None, **options: contextlib.nullcontext())
+    monkeypatch.setattr("pipeline.engine.ray_runtime.services", lambda address=None, **options: contextlib.nullcontext())
 
 
 def assert_one_paragraph(err: str, text: str) -> str:

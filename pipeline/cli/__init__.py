@@ -181,8 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         pre = checks.preflight(spec, run, remember=True)  # before Prefect and Ray: a user error costs seconds
     checked = time.time() - begin
     from flows.change_detection import detect_changes
-    from pipeline import ray_runtime  # imports Ray: only once the checks passed
-    from pipeline.run import object_store_for, warm_start
+    from pipeline.engine import ray_runtime  # imports Ray: only once the checks passed
+    from pipeline.engine.scene import object_store_for, warm_start
 
     _quiet_user_errors()
     # The model actors start while Prefect's API does: the flow finds them ready.
@@ -209,8 +209,8 @@ def _archive(args: argparse.Namespace) -> int:
     with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
         bands = checks.check_archive(archive_options, settings, run)
     from flows.archive import process_archive
-    from pipeline import ray_runtime  # imports Ray: only once the checks passed
-    from pipeline.stream import UNREAD_ITEMSIZE, object_store_bytes
+    from pipeline.engine import ray_runtime  # imports Ray: only once the checks passed
+    from pipeline.engine.stream import UNREAD_ITEMSIZE, object_store_bytes
 
     _quiet_user_errors()
     store = object_store_bytes(bands, UNREAD_ITEMSIZE, settings.tile)  # the pairs are read later

@@ -1,6 +1,6 @@
 """Change probability of in-memory image pairs (dataset evaluation and validation during training).
 
-Scenes on disk go through the zarr/Ray pipeline (:mod:`pipeline.inference`); dataset tiles
+Scenes on disk go through the zarr/Ray pipeline (:mod:`pipeline.engine.inference`); dataset tiles
 are small enough to hold whole, so this predicts a ``(2, C, H, W)`` array directly: in one
 pass (padded to the model's size divisor), or in tiles with a halo for large images.
 """
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models import ChangeModel
-from pipeline.engine import TileEngine, forward_probability, normalize
+from pipeline.engine.tile_engine import TileEngine, forward_probability, normalize
 from pipeline.tiling import check_scene_tiling, make_tiles
 
 __all__ = ["forward_probability", "normalize", "predict_image"]
@@ -31,7 +31,7 @@ def predict_image(model: ChangeModel, x: np.ndarray, *, device: torch.device | s
     ``tile == 0`` (or an image no larger than one tile): one pass over the whole image,
     padded at the bottom/right to the model's size divisor. Otherwise tiles of ``tile``
     pixels are predicted from windows with ``halo`` pixels of context by the same engine as
-    ``changemap run`` (:class:`pipeline.engine.TileEngine`): with ``statistics="window"`` each
+    ``changemap run`` (:class:`pipeline.engine.tile_engine.TileEngine`): with ``statistics="window"`` each
     window is reflect-padded at the image edge and normalised by its own statistics; with
     ``"scene"`` windows are clipped at the edge and the window-dependent layers use the
     image's statistics (see :mod:`models.statistics`), which reproduces the one-pass result.

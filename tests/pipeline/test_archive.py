@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import archive, cli, stac
+from pipeline import archive, cli
 from pipeline.archive import ManifestError, Pair, PairResult
 from pipeline.config import ArchiveOptions, MapSpec, RunOptions
 from pipeline.io import fs, raster
+from pipeline.products import stac
 
 
 def test_csv_manifest_with_relative_entries_and_default_outputs():

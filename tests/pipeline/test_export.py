@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import export, ingest
+from pipeline import ingest
 from pipeline.checks import plan_grid
+from pipeline.engine import mapwriter
 from pipeline.io import raster, store
 
 
@@ -26,7 +27,7 @@ def filled(synthetic, tmp_path):
 def test_uint8_probability_and_mask_band(filled, tmp_path):
     alignment, inp, out, ramp = filled
     dest = str(tmp_path / "map.tif")
-    grid = export.export_cog(out, inp, dest, probability="uint8", mask=True, threshold=0.25)
+    grid = mapwriter.export_cog(out, inp, dest, probability="uint8", mask=True, threshold=0.25)
     assert grid == alignment.grid and raster.cog_problems(dest) == []
     with rasterio.open(dest) as src:
         assert src.count == 2 and src.dtypes == ("uint8", "uint8")
@@ -45,7 +46,7 @@ def test_uint8_probability_and_mask_band(filled, tmp_path):
 def test_float32_probability_uses_nan_for_nodata(filled, tmp_path):
     _, inp, out, ramp = filled
     dest = str(tmp_path / "map.tif")
-    export.export_cog(out, inp, dest, probability="float32")
+    mapwriter.export_cog(out, inp, dest, probability="float32")
     with rasterio.open(dest) as src:
         p = src.read(1)
         assert src.count == 1 and src.dtypes[0] == "float32" and np.isnan(src.nodata)
@@ -55,7 +56,7 @@ def test_float32_probability_uses_nan_for_nodata(filled, tmp_path):
 
 def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthetic, tmp_path):
     from pipeline.config import MapSettings
-    from pipeline.mapstats import ChangeStatistics
+    from pipeline.products.mapstats import ChangeStatistics
     from pipeline.tiling import make_tiles
 
     grid = raster.read_info(str(synthetic["before"])).grid
@@ -63,9 +64,9 @@ def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthet
     prob = rng.random((grid.height, grid.width)).astype("float32")
     valid = np.ones((grid.height, grid.width), bool)
     valid[:, :12] = False
-    fmt = export.MapFormat(MapSettings(probability="float32", mask=True), 0.5)
+    fmt = mapwriter.MapFormat(MapSettings(probability="float32", mask=True), 0.5)
     stats = ChangeStatistics(grid, 0.5)
-    writer = export.MapWriter(str(tmp_path / "map.tif"), grid, fmt, {"X": "1"}, [stats])
+    writer = mapwriter.MapWriter(str(tmp_path / "map.tif"), grid, fmt, {"X": "1"}, [stats])
     tiles = make_tiles(grid.height, grid.width, 64)[::-1]  # finished out of order
     for t in tiles:
         sl = (slice(t.y0, t.y0 + t.height), slice(t.x0, t.x0 + t.width))
@@ -79,7 +80,7 @@ def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthet
     np.testing.assert_array_equal(band2[valid], (prob[valid] > 0.5).astype("float32"))
     assert stats.result()["pixels"]["changed"] == int((prob[valid] > 0.5).sum())
     # A run that stops: nothing at or beside the output.
-    aborted = export.MapWriter(str(tmp_path / "sub" / "never.tif"), grid, fmt, {}, [])
+    aborted = mapwriter.MapWriter(str(tmp_path / "sub" / "never.tif"), grid, fmt, {}, [])
     aborted.put([(tiles[0], prob[:64, :64], valid[:64, :64])])
     aborted.abort()
     assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []

@@ -13,8 +13,8 @@ from models.base import ChangeModel
 from models.registry import _REGISTRY, register_model
 from pipeline import ingest, loader
 from pipeline.checks import plan_grid
+from pipeline.engine.inference import GPU_BATCH_SIZE, InferenceJob, PredictorPool, TilePredictor, default_batch_size
 from pipeline.errors import ChangemapError
-from pipeline.inference import GPU_BATCH_SIZE, InferenceJob, PredictorPool, TilePredictor, default_batch_size
 from pipeline.io import store
 from pipeline.learn.predict import normalize, predict_image
 from pipeline.loader import select_bands
@@ -70,7 +70,7 @@ def test_each_phase_of_prediction_is_timed_where_it_happens():
     import threading
     import time
 
-    from pipeline.engine import Lanes, PhaseClock, TileEngine
+    from pipeline.engine.tile_engine import Lanes, PhaseClock, TileEngine
 
     class Slow(LocalDiff):
         def forward_pair(self, before, after):
@@ -107,7 +107,7 @@ def test_a_gpu_engine_prepares_its_batch_while_another_pass_holds_the_lane():
     """
     import threading
 
-    from pipeline.engine import Lanes, TileEngine
+    from pipeline.engine.tile_engine import Lanes, TileEngine
 
     for ahead in (True, False):
         lanes, prepared, released, held = Lanes(1), [], [], threading.Event()

@@ -9,8 +9,8 @@ from pyproj import CRS
 
 from pipeline.grid import Grid
 from pipeline.io import fs, raster
-from pipeline.mapstats import ChangeStatistics, GroundMeasure, size_classes, write_json
-from pipeline.vectorize import Polygonizer
+from pipeline.products.mapstats import ChangeStatistics, GroundMeasure, size_classes, write_json
+from pipeline.products.vectorize import Polygonizer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pipeline import pacing, stream
+from pipeline import pacing
+from pipeline.engine import stream
 from pipeline.tiling import make_tiles
 from tests.conftest import REPO
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.io import fs, raster
-from pipeline.quicklook import GAP, HEADER, make_quicklook, stretch
+from pipeline.products.quicklook import GAP, HEADER, make_quicklook, stretch
 from tests.data.make_data import CHANGES
 
 

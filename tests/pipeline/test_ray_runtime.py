@@ -18,7 +18,7 @@ def _fresh_process(code: str) -> dict:
 
 
 PROBE = """
-import pipeline.ray_runtime as rt, ray, json
+import pipeline.engine.ray_runtime as rt, ray, json
 started = rt.ensure_ray(num_cpus=1, object_store_memory=80 * 1024**2)
 monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
 rt._stop_autoscaler_monitor()
@@ -38,7 +38,7 @@ def test_local_ray_started_by_the_pipeline_is_on_loopback():
 
 FREED = """
 import json, time
-import numpy as np, pipeline.ray_runtime as rt, ray
+import numpy as np, pipeline.engine.ray_runtime as rt, ray
 started = rt.ensure_ray(num_cpus=1, object_store_memory=256 * 1024**2)
 for i in range(8):  # 32 MiB objects released 0.1 s after their put, like a stream's segments
     ref = ray.put(np.full(32 * 2**20, i, np.uint8))
@@ -123,8 +123,8 @@ def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_pat
 WARM_PROBE = """
 import json, ray
 from contextlib import contextmanager
-import pipeline.ray_runtime as rt
-from pipeline.inference import borrow_pool, shared_pool
+import pipeline.engine.ray_runtime as rt
+from pipeline.engine.inference import borrow_pool, shared_pool
 seen = {}
 @contextmanager
 def warm():
@@ -159,7 +159,7 @@ def test_services_start_the_model_actors_that_the_run_then_borrows():
 
 EPHEMERAL_PROBE = """
 import json
-import pipeline.ray_runtime as rt
+import pipeline.engine.ray_runtime as rt
 from prefect.settings import get_current_settings
 with rt.services(None) as startup:
     print(json.dumps({"heartbeat": get_current_settings().flows.heartbeat_frequency,

@@ -14,7 +14,7 @@ from pystac.validation import validate_dict
 from pipeline.errors import ChangemapError
 from pipeline.grid import Grid
 from pipeline.io import fs, raster
-from pipeline.stac import archive_collection, footprint, map_item, write_item
+from pipeline.products.stac import archive_collection, footprint, map_item, write_item
 
 SHA = "ab" * 32
 STATS = {"threshold": 0.5, "changed_area_km2": 0.004053, "valid_area_km2": 0.32223, "regions": 12,

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import checks, export, stream, workdir
+from pipeline import checks
 from pipeline.config import MapSpec, RunOptions
-from pipeline.inference import InferenceJob, PredictorPool
+from pipeline.engine import mapwriter, stream, workdir
+from pipeline.engine.inference import InferenceJob, PredictorPool
+from pipeline.engine.scene import make_map
 from pipeline.io import store
-from pipeline.run import make_map
 from pipeline.tiling import assemble, chunks_under, halo_window, make_tiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +190,7 @@ def _stores_map(pre, tmp_path) -> np.ndarray:
     finally:
         pool.close()
     dest = tmp_path / "ref.tif"
-    export.export_cog(out, inp, str(dest), probability="float32")
+    mapwriter.export_cog(out, inp, str(dest), probability="float32")
     return _read(dest)
 
 

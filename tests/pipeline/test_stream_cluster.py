@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import checks, workdir
+from pipeline import checks
 from pipeline.config import MapSpec, RunOptions
-from pipeline.run import make_map
+from pipeline.engine import workdir
+from pipeline.engine.scene import make_map
 from tests.conftest import REPO
 
 

@@ -27,11 +27,11 @@ def test_the_null_model_is_a_one_by_one_convolution_over_both_dates():
 
 
 def test_stage_busy_sums_each_stage_of_a_ray_timeline(tmp_path):
-    events = [{"name": "pipeline.stream.decode_segment", "ph": "X", "dur": 1_500_000},
-              {"name": "pipeline.stream.decode_segment", "ph": "X", "dur": 500_000},
+    events = [{"name": "pipeline.engine.stream.decode_segment", "ph": "X", "dur": 1_500_000},
+              {"name": "pipeline.engine.stream.decode_segment", "ph": "X", "dur": 500_000},
               {"name": "predict_chunks", "ph": "X", "dur": 3_000_000},
               {"name": "submit_task", "ph": "X", "dur": 9_000_000},  # not a stage
-              {"name": "pipeline.stream.store_tiles", "ph": "i", "dur": 7_000_000}]  # not a duration event
+              {"name": "pipeline.engine.stream.store_tiles", "ph": "i", "dur": 7_000_000}]  # not a duration event
     trace = tmp_path / "timeline.json"
     trace.write_text(json.dumps(events))
     assert throughput.stage_busy(trace) == {"decode+ingest": 2.0, "model (summed over lanes)": 3.0}
@@ -41,10 +41,10 @@ def test_stream_workers_counts_the_processes_that_ran_stream_tasks(tmp_path):
     def event(name, worker, ph="X"):
         return {"name": name, "ph": ph, "dur": 1000, "pid": "127.0.0.1", "tid": f"worker:{worker}"}
 
-    events = [event("pipeline.stream.decode_segment", "a"), event("pipeline.stream.decode_segment", "a"),
-              event("pipeline.stream.store_tiles", "b"), event("pipeline.stream.load_tiles", "c"),
+    events = [event("pipeline.engine.stream.decode_segment", "a"), event("pipeline.engine.stream.decode_segment", "a"),
+              event("pipeline.engine.stream.store_tiles", "b"), event("pipeline.engine.stream.load_tiles", "c"),
               event("predict_chunks", "d"),  # the model actor: not a stream worker
-              event("pipeline.stream.decode_segment", "e", ph="i")]  # not a duration event
+              event("pipeline.engine.stream.decode_segment", "e", ph="i")]  # not a duration event
     trace = tmp_path / "timeline.json"
     trace.write_text(json.dumps(events))
     assert throughput.stream_workers(trace) == 3

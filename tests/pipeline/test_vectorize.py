@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from pipeline.grid import Grid
 from pipeline.io import raster
-from pipeline.vectorize import CONNECTIVITY, Polygonizer, polygonize
+from pipeline.products.vectorize import CONNECTIVITY, Polygonizer, polygonize
 from tests.conftest import LEVIR_1024, require
 
 UTM33 = CRS.from_epsg(32633).to_wkt()

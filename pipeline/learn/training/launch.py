@@ -107,8 +107,8 @@ def _ray_train(cfg: TrainConfig, plan: TrainPlan) -> None:
     import ray
     import ray.train
 
+    from pipeline.engine.ray_runtime import ensure_ray, shutdown_if_started
     from pipeline.errors import ChangemapError
-    from pipeline.ray_runtime import ensure_ray, shutdown_if_started
 
     started = ensure_ray(cfg.ray_address)
     try:

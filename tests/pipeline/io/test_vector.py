@@ -14,7 +14,7 @@ from pyproj import CRS
 
 from pipeline.errors import ChangemapError
 from pipeline.io import fs, raster, vector
-from pipeline.vectorize import ATTRIBUTES, Polygonizer
+from pipeline.products.vectorize import ATTRIBUTES, Polygonizer
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,16 @@ import ray
 from ray.exceptions import RayActorError
 
 from pipeline import storage
+from pipeline.engine.workdir import Records
 from pipeline.errors import InputRasterError
 from pipeline.grid import Alignment
 from pipeline.io import store
 from pipeline.io.raster import AlignedPairReader
 from pipeline.progress import Progress
 from pipeline.tiling import Tile, chunks_under, make_tiles, padded_shape, tile_window
-from pipeline.workdir import Records
 
 if TYPE_CHECKING:  # torch stays out of the decode and store workers: they start a second faster
-    from pipeline.inference import InferenceJob, PredictorPool
+    from pipeline.engine.inference import InferenceJob, PredictorPool
 
 LOOKAHEAD_BATCHES = 2  # batches whose chunks are decoded ahead of the model, per actor slot
 # A decoded segment is kept for a batch at most this many lookaheads later; one needed further on
@@ -108,7 +108,7 @@ def object_store_bytes(bands: int, itemsize: int, tile: int) -> int:
     Room for :data:`STORE_SEGMENTS` row segments, at least the default (512 MiB: an RGB uint8
     scene's) and at most 30 % of this machine's memory (Ray's own default share).
     """
-    from pipeline.ray_runtime import DEFAULT_OBJECT_STORE
+    from pipeline.engine.ray_runtime import DEFAULT_OBJECT_STORE
 
     segment = tile * max(1, SEGMENT_WIDTH // tile) * tile * (2 * bands * itemsize + 1)  # both dates + valid mask
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -232,7 +232,7 @@ def _ready() -> int:
     """Hold a worker briefly: run once per worker so that its process is started and has this module imported."""
     import time
 
-    import pipeline.export  # noqa: F401  (the map writer's module, for a worker that becomes the writer)
+    import pipeline.engine.mapwriter  # noqa: F401  (the map writer's module, for a worker that becomes the writer)
 
     time.sleep(WARM_HOLD_S)
     return os.getpid()
@@ -354,10 +354,10 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
                progress: Progress | None = None) -> StreamStats:
     """Stream every tile of the scene through decode, the model actors and the map writer.
 
-    ``writer`` is a Ray actor handle with ``put(results)`` (a :class:`pipeline.export.MapWriter`).
+    ``writer`` is a Ray actor handle with ``put(results)`` (a :class:`pipeline.engine.mapwriter.MapWriter`).
     Tiles recorded as predicted by an earlier attempt are read back and written to the map only.
     """
-    from pipeline.inference import ATTEMPTS, lost_tiles_error
+    from pipeline.engine.inference import ATTEMPTS, lost_tiles_error
 
     g = job.alignment.grid
     tiles = make_tiles(g.height, g.width, job.tile)

@@ -27,7 +27,7 @@ from shapely.geometry import shape
 
 from pipeline.grid import Grid
 from pipeline.io import raster
-from pipeline.mapstats import SIZE_CLASS_EDGES_M2, GroundMeasure, Window, size_classes
+from pipeline.products.mapstats import SIZE_CLASS_EDGES_M2, GroundMeasure, Window, size_classes
 
 CONNECTIVITY = 4
 _STRUCTURE = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, matching CONNECTIVITY
@@ -97,7 +97,7 @@ class Polygonizer:
             (Douglas-Peucker that keeps each polygon valid); 0 keeps the pixel outlines.
 
     ``area_m2`` is the ground area of the region's pixels (per-row ellipsoidal areas on a
-    geographic CRS, see :class:`pipeline.mapstats.GroundMeasure`), so it does not depend on
+    geographic CRS, see :class:`pipeline.products.mapstats.GroundMeasure`), so it does not depend on
     ``simplify``; ``perimeter_m`` is the length of the unsimplified outline, holes included
     (geodesic on a geographic CRS).
     """

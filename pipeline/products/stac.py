@@ -78,7 +78,7 @@ def map_item(cog_url: str, grid: Grid, *, before: str, after: str, model: str, w
         model: model name.
         weights_sha256: SHA-256 of the weights file.
         threshold: the probability threshold used for polygons and statistics.
-        stats: scene statistics (:func:`pipeline.mapstats.ChangeStatistics.result`), stored as
+        stats: scene statistics (:func:`pipeline.products.mapstats.ChangeStatistics.result`), stored as
             ``changemap:<key>`` properties.
         assets: more assets by key: ``polygons``, ``statistics``, ``thumbnail`` (the quicklook
             PNG) or any other key (its role is the key).

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import mapstats, storage
+from pipeline import storage
 from pipeline.checks import Preflight
 from pipeline.config import RunOptions
+from pipeline.products import mapstats
 from pipeline.progress import Progress
 
 
@@ -20,7 +21,7 @@ def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
     grid = pre.alignment.grid
     sinks: list[Any] = [mapstats.ChangeStatistics(grid, pre.threshold)]
     if run.vector:
-        from pipeline.vectorize import Polygonizer
+        from pipeline.products.vectorize import Polygonizer
 
         sinks.append(Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify))
     return sinks
@@ -51,13 +52,13 @@ def finish_outputs(pre: Preflight, run: RunOptions, sinks: list[Any]) -> dict[st
         mapstats.write_json(change, run.stats)
         written["statistics"] = run.stats
     if run.quicklook:
-        from pipeline import quicklook
+        from pipeline.products import quicklook
 
         quicklook.make_quicklook(pre.spec.before, pre.spec.after, run.output, run.quicklook, bands=pre.bands[:3]
                                  if len(pre.bands) >= 3 else pre.bands[:1], threshold=pre.threshold)
         written["thumbnail"] = run.quicklook
     if run.stac:
-        from pipeline import stac
+        from pipeline.products import stac
 
         item = stac.map_item(run.output, grid, before=pre.spec.before, after=pre.spec.after, model=pre.meta.model,
                              weights_sha256=pre.meta.sha256, threshold=pre.threshold, stats=change,

@@ -18,7 +18,7 @@ from pipeline.io import fs, raster
 HEADER, GAP = 16, 8
 TINT, ALPHA = (255, 0, 0), 0.5
 PERCENTILES = (2.0, 98.0)
-SCALE_TAG = "CHANGEMAP_PROBABILITY_SCALE"  # stamped by pipeline.export: probability = value / scale
+SCALE_TAG = "CHANGEMAP_PROBABILITY_SCALE"  # stamped by pipeline.engine.mapwriter: probability = value / scale
 
 
 def stretch(images: list[np.ndarray], valids: list[np.ndarray]) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ from pipeline.errors import ChangemapError
 # the store's pages touched by the run grew with it (null model, 8192² pair: the peak of the process
 # tree 2,149-2,153 MiB, against 1,957-2,012 MiB at 20 ms; its shared memory 300 against 160 MiB at 50 ms).
 FREE_OBJECTS_PERIOD_MS = 20
-DEFAULT_OBJECT_STORE = 512 * 1024**2  # a local runtime's, unless the run sizes it (pipeline.stream.object_store_bytes)
+DEFAULT_OBJECT_STORE = 512 * 1024**2  # a local runtime's, unless the run sizes it (pipeline.engine.stream.object_store_bytes)
 TASK_EVENTS_REPORT_S = 1.5  # a little over Ray's task_events_report_interval_ms (1000)
 
 
@@ -93,7 +93,7 @@ def services(address: str | None = None,
 
     Each takes seconds to start; started one after the other they are most of a small run's
     time. Prefect's ephemeral API (no ``PREFECT_API_URL``) starts in a thread while Ray starts
-    here, and then ``warm`` (e.g. the run's model actors, see :func:`pipeline.run.warm_start`)
+    here, and then ``warm`` (e.g. the run's model actors, see :func:`pipeline.engine.scene.warm_start`)
     is entered while the API is still starting; a flow run inside the block finds all of it up.
     Flow runs on an ephemeral API send no heartbeats (the API ends with this process).
 

@@ -11,16 +11,18 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline import export, outputs, ray_runtime, storage, stream
+from pipeline import storage
 from pipeline.checks import Preflight
 from pipeline.config import RunOptions
-from pipeline.inference import InferenceJob, borrow_pool, shared_pool
+from pipeline.engine import mapwriter, ray_runtime, stream
+from pipeline.engine.inference import InferenceJob, borrow_pool, shared_pool
+from pipeline.engine.workdir import RunPaths
 from pipeline.io import store
+from pipeline.products import outputs
 from pipeline.progress import Progress
 from pipeline.tiling import make_tiles
-from pipeline.workdir import RunPaths
 
-RemoteMapWriter = ray.remote(num_cpus=0)(export.MapWriter)
+RemoteMapWriter = ray.remote(num_cpus=0)(mapwriter.MapWriter)
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
     if not storage.is_remote(run.output):
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=False)
-    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, export.MapFormat.of(pre, run.compress),
-                                                     export.map_tags(pre), sinks,
+    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, mapwriter.MapFormat.of(pre, run.compress),
+                                                     mapwriter.map_tags(pre), sinks,
                                                      storage.installed())
 
 
@@ -55,8 +57,8 @@ def object_store_for(pre: Preflight) -> int:
 def warm_start(pre: Preflight, run: RunOptions) -> Iterator[None]:
     """The run's model actors started and the stream's workers warmed, ahead of the flow.
 
-    :func:`pipeline.ray_runtime.services` enters this while Prefect's API starts; the map
-    borrows the actors (:func:`pipeline.inference.borrow_pool`) instead of starting its own.
+    :func:`pipeline.engine.ray_runtime.services` enters this while Prefect's API starts; the map
+    borrows the actors (:func:`pipeline.engine.inference.borrow_pool`) instead of starting its own.
     The stores' modules are imported meanwhile, in a thread: this one waits for the actors.
     """
     imports = threading.Thread(target=store.preload, name="store-imports", daemon=True)

@@ -4,7 +4,7 @@ Areas are true ground areas. On a geographic CRS a pixel's area shrinks with the
 latitude, so every row gets its own area: the exact area of the cell between two meridians and
 two parallels on the CRS's ellipsoid, from the authalic-latitude function q (Snyder 1987,
 *Map Projections: A Working Manual*, USGS PP 1395, eq. 3-12), with the ellipsoid taken from
-pyproj. The polygons of :mod:`pipeline.vectorize` use the same per-row areas, so the changed
+pyproj. The polygons of :mod:`pipeline.products.vectorize` use the same per-row areas, so the changed
 area here equals the sum of their ``area_m2`` (before a minimum mapping unit drops any).
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ class ChangeStatistics:
         """The statistics as a JSON-ready dict.
 
         Args:
-            regions: number of change polygons (from :class:`pipeline.vectorize.Polygonizer`).
+            regions: number of change polygons (from :class:`pipeline.products.vectorize.Polygonizer`).
             size_classes: region counts per area class (``Polygons.size_classes()``).
         """
         grid_m2 = self.measure.grid_area()

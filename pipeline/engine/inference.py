@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError
 from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats, add_moments, measure_levels
 from pipeline import loader, storage
-from pipeline.engine import Lanes, PhaseClock, TileEngine, forward_probability, normalize
+from pipeline.engine.tile_engine import Lanes, PhaseClock, TileEngine, forward_probability, normalize
 from pipeline.errors import ChangemapError
 from pipeline.io import store
 from pipeline.tiling import Tile, Window, assemble, by_clipped_shape
@@ -73,7 +73,7 @@ class TilePredictor:
         self.calls = 0
 
     def phase_seconds(self) -> dict[str, float]:
-        """Seconds this predictor has spent in each phase of prediction (:class:`pipeline.engine.PhaseClock`)."""
+        """Seconds this predictor has spent in each phase of prediction (:class:`pipeline.engine.tile_engine.PhaseClock`)."""
         return self.clock.totals()
 
     def warm_up(self, shape: tuple[int, ...], dtype: str) -> float:
@@ -101,7 +101,7 @@ class TilePredictor:
 
         On a GPU the raw batch (uint8 imagery: a quarter of float32's bytes) is copied from pinned
         memory without blocking, and normalised there; on the CPU numpy normalises it (faster
-        than torch on one thread, see :func:`pipeline.engine.normalize`).
+        than torch on one thread, see :func:`pipeline.engine.tile_engine.normalize`).
         """
         if self.device.type == "cpu":
             return torch.from_numpy(normalize(x, self.meta))
@@ -144,7 +144,7 @@ class TilePredictor:
 
         ``segments`` are ``(image (2, C, h, w) of the model's bands, valid (h, w))`` of the row
         segments keyed ``(row, first col)`` in ``keys`` that the tiles' windows cover (see
-        :func:`pipeline.stream.make_segments`). Returns how many tiles, and each tile's core
+        :func:`pipeline.engine.stream.make_segments`). Returns how many tiles, and each tile's core
         probabilities (NaN where the tile has no valid pixel, which costs no forward pass) with
         its valid mask: two results, so the stream's driver fetches the count only. Calls run at
         once (the actor is threaded): one forward pass per lane, and on a GPU another call
