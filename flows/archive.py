@@ -7,7 +7,7 @@ output present) unless ``overwrite``. The rest run as ``detect_changes`` subflow
 ``concurrency`` at a time, all borrowing the same model actors, so the model is loaded
 once per actor, not once per pair. Each pair also writes its statistics and the
 requested polygons, quicklook and STAC Item under the prefix
-(:func:`pipeline.archive.pair_outputs`). A pair that fails is reported with its error;
+(:func:`pipeline.archive.pairs.pair_outputs`). A pair that fails is reported with its error;
 the others finish. The summary (with each pair's change statistics and their totals)
 goes next to the outputs (CSV + JSON) and into a Prefect table artifact, and with
 ``stac`` a STAC Collection of the pairs' Items; the final state's message says how many
@@ -26,8 +26,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
 from flows.change_detection import detect_changes
-from pipeline import archive, checks, loader, storage
-from pipeline.archive import PairResult, Plan
+from pipeline import checks, loader, storage
+from pipeline.archive import pairs, report, skip
+from pipeline.archive.pairs import Plan
+from pipeline.archive.report import PairResult
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
 from pipeline.engine import ray_runtime, stream
 from pipeline.engine.inference import shared_pool
@@ -38,13 +40,13 @@ _task = dict(cache_policy=NO_CACHE)
 @task(name="plan-archive", retries=2, retry_delay_seconds=2, **_task)
 def plan_task(options: ArchiveOptions) -> Plan:
     if options.manifest:
-        return archive.read_manifest(options.manifest, options.output_prefix)
-    return archive.glob_pairs(options.before, options.after, options.pair_by, options.output_prefix)
+        return pairs.read_manifest(options.manifest, options.output_prefix)
+    return pairs.glob_pairs(options.before, options.after, options.pair_by, options.output_prefix)
 
 
 @task(name="check-outputs", retries=2, retry_delay_seconds=2, **_task)
 def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, overwrite: bool
-               ) -> tuple[list[archive.Pair], list[PairResult]]:
+               ) -> tuple[list[pairs.Pair], list[PairResult]]:
     """Split the pairs into those to run and results for those already complete (or not ours).
 
     A complete pair's statistics are read back, so the summary's totals cover it too.
@@ -52,15 +54,15 @@ def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, o
     todo, done = [], []
     logger = get_run_logger()
     for pair in plan.pairs:
-        outputs = archive.pair_outputs(pair, options)
-        state, reason, mp = archive.existing_output(pair, specs[pair.id], outputs)
+        outputs = pairs.pair_outputs(pair, options)
+        state, reason, mp = skip.existing_output(pair, specs[pair.id], outputs)
         if state in ("missing", "incomplete") or overwrite:
             if state == "incomplete" and not overwrite:
                 logger.info("pair %s: its map is complete but %s; running it again", pair.id, reason)
             todo.append(pair)
         elif state == "complete":
             done.append(PairResult(pair.id, "skipped", megapixels=mp, output=pair.output,
-                                   change=archive.read_statistics(outputs["stats"])))
+                                   change=skip.read_statistics(outputs["stats"])))
         else:
             done.append(PairResult(pair.id, "failed", megapixels=mp, output=pair.output,
                                    error=f"output exists and {reason}; pass --overwrite to replace it"))
@@ -69,31 +71,31 @@ def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, o
 
 @task(name="summary", retries=2, retry_delay_seconds=2, **_task)
 def summary_task(results: list[PairResult], output_prefix: str, extra: dict[str, Any]) -> tuple[str, str]:
-    urls = archive.write_summary(results, output_prefix, extra)
+    urls = report.write_summary(results, output_prefix, extra)
     create_table_artifact(
         key="archive-summary", table=[r.row() for r in results],
-        description=f"{archive.summary_message(results)}; {archive.totals_message(archive.summary_totals(results))}. "
+        description=f"{report.summary_message(results)}; {report.totals_message(report.summary_totals(results))}. "
                     f"Summary files: {', '.join(map(storage.redact_url, urls))}",
     )
     return urls
 
 
 @task(name="stac-collection", retries=2, retry_delay_seconds=2, **_task)
-def collection_task(results: list[PairResult], pairs: dict[str, archive.Pair], options: ArchiveOptions) -> str | None:
-    items = [(r.id, archive.pair_outputs(pairs[r.id], options)["stac"]) for r in results
+def collection_task(results: list[PairResult], pairs: dict[str, pairs.Pair], options: ArchiveOptions) -> str | None:
+    items = [(r.id, pairs.pair_outputs(pairs[r.id], options)["stac"]) for r in results
              if r.status in ("succeeded", "skipped")]
-    url = archive.write_collection(items, options.output_prefix)
+    url = report.write_collection(items, options.output_prefix)
     if url is None:
         get_run_logger().warning("no STAC Item to gather: no collection written")
     return url
 
 
-def _one_pair(pair: archive.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions) -> PairResult:
+def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions) -> PairResult:
     """Run ``detect_changes`` for one pair; any error becomes a failed row, never an exception."""
     start = time.perf_counter()
     try:
         summary = detect_changes.with_options(flow_run_name=f"pair-{pair.id}")(
-            spec, run.model_copy(update={**archive.pair_outputs(pair, options), "overwrite": True}))
+            spec, run.model_copy(update={**pairs.pair_outputs(pair, options), "overwrite": True}))
     except Exception as exc:  # noqa: BLE001 - one failed pair must not stop the others
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return PairResult(pair.id, "failed", seconds=time.perf_counter() - start, output=pair.output,
@@ -109,7 +111,7 @@ def process_archive(archive_options: ArchiveOptions, settings: MapSettings = Map
     """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
 
     Every pair's map is made with ``settings``; ``run`` says how (its output paths are each
-    pair's, :func:`pipeline.archive.pair_outputs`). Returns a Completed state when no pair
+    pair's, :func:`pipeline.archive.pairs.pair_outputs`). Returns a Completed state when no pair
     failed, else a Failed one; both carry the summary (``counts``, ``totals``, ``pairs`` rows,
     ``summary_csv``/``summary_json`` URLs, ``collection`` URL or ``None``) as data.
     """
@@ -160,9 +162,9 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
              "model_actors": actors, "output_prefix": storage.redact_url(options.output_prefix),
              "collection": storage.redact_url(collection) if collection else None}
     csv_url, json_url = summary_task(results, options.output_prefix, extra)
-    message = archive.summary_message(results)
-    counts = archive.summary_counts(results)
-    data = {"message": message, "counts": counts, "totals": archive.summary_totals(results), **extra,
+    message = report.summary_message(results)
+    counts = report.summary_counts(results)
+    data = {"message": message, "counts": counts, "totals": report.summary_totals(results), **extra,
             "summary_csv": csv_url, "summary_json": json_url, "pairs": [r.row() for r in results]}
     if counts["failed"]:
         return Failed(message=message, data=data)

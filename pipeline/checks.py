@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from pipeline import storage
-from pipeline.archive import ManifestError
+from pipeline.archive.pairs import ManifestError
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions, check_destination
 from pipeline.errors import (
     AccessDeniedError,
