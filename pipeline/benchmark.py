@@ -41,7 +41,7 @@ def _levir(args: argparse.Namespace) -> None:
     from pipeline.config import MapSpec, RunOptions
     from pipeline.engine.inference import TilePredictor
     from pipeline.engine.tile_engine import forward_probability
-    from pipeline.io import raster
+    from pipeline.io import cog, raster, read
     from pipeline.learn.metrics import Confusion, confusion
 
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
@@ -56,12 +56,12 @@ def _levir(args: argparse.Namespace) -> None:
             out = tmp / f"test_{i}.tif"
             s = detect_changes(MapSpec(before=a, after=b, mask=True, tile=args.tile, halo=args.halo,
                                        statistics=args.statistics), RunOptions(output=str(out), workers=args.workers))
-            pred, grid, valid = raster.read_raster(str(out), 2)
-            label, label_grid, _ = raster.read_raster(lab)
+            pred, grid, valid = read.read_raster(str(out), 2)
+            label, label_grid, _ = read.read_raster(lab)
             c = confusion(pred > 0, label > 127, valid)
             total = total + c
             # One forward pass over the whole image (no tiling) for the seam check.
-            img = np.stack([raster.read_raster(p, band)[0] for p in (a, b) for band in (1, 2, 3)]).reshape(2, 3, *pred.shape)
+            img = np.stack([read.read_raster(p, band)[0] for p in (a, b) for band in (1, 2, 3)]).reshape(2, 3, *pred.shape)
             with torch.inference_mode():
                 whole = forward_probability(whole_model.model, whole_model._prepare(img[None]))[0] > meta.threshold
             agreement = agreement + confusion(pred > 0, whole)
@@ -71,7 +71,7 @@ def _levir(args: argparse.Namespace) -> None:
             near_seam += int((flips & seam).sum())
             seam_px, all_px = seam_px + int(seam.sum()), all_px + seam.size
             print(f"test_{i}: F1 {c.f1:.4f} IoU {c.iou:.4f}  tiled-vs-whole F1 {confusion(pred > 0, whole).f1:.4f}  "
-                  f"same grid {grid == label_grid}  COG problems {raster.cog_problems(str(out))}  "
+                  f"same grid {grid == label_grid}  COG problems {cog.cog_problems(str(out))}  "
                   f"{s['megapixels_per_second']:.3f} MP/s", flush=True)
         print(f"LEVIR test_1..3 (tile {args.tile}, halo {args.halo}, {args.statistics} statistics): "
               f"F1 {total.f1:.4f} IoU {total.iou:.4f} "
@@ -82,8 +82,8 @@ def _levir(args: argparse.Namespace) -> None:
         out = tmp / "utm.tif"
         detect_changes(MapSpec(before=str(root / "test_1_A.tif"), after=utm, mask=True, tile=args.tile,
                                halo=args.halo, statistics=args.statistics), RunOptions(output=str(out)))
-        pred, _, valid = raster.read_raster(str(out), 2)
-        label, _, _ = raster.read_raster(str(root / "test_1_label.tif"))
+        pred, _, valid = read.read_raster(str(out), 2)
+        label, _, _ = read.read_raster(str(root / "test_1_label.tif"))
         print(f"test_1 with AFTER in UTM 14N at 0.5 m: F1 {confusion(pred > 0, label > 127, valid).f1:.4f} "
               f"(valid {valid.mean():.4f})")
     finally:

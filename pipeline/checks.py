@@ -42,7 +42,7 @@ from pipeline.errors import (
     storage_failure,
 )
 from pipeline.grid import Alignment, plan_alignment
-from pipeline.io import fs, raster
+from pipeline.io import fs, raster, read
 
 if TYPE_CHECKING:  # the model zoo imports torch: only the model check needs it
     from models import LoadedWeights, WeightsMeta
@@ -95,9 +95,9 @@ def check_coverage(alignment: Alignment) -> None:
     the model and report as a success. This is a refusal, not a warning, because nothing useful
     can come out of it and the usual cause is a wrong nodata value or the wrong file. The look is
     cheap (a sample of small windows; a full scan of the masks only when the sample finds nothing):
-    see :func:`pipeline.io.raster.overlap_coverage`.
+    see :func:`pipeline.io.read.overlap_coverage`.
     """
-    cover = raster.overlap_coverage(alignment)
+    cover = read.overlap_coverage(alignment)
     if cover.both:
         return
     a = alignment

@@ -63,19 +63,19 @@ def run_with_peak_memory(cmd: list[str], env: dict[str, str] | None = None
 def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0,
                 width: int | None = None) -> None:
     """Write a size x size (or size x ``width``) 3-band mosaic of randomly rotated source tiles, block by block."""
-    from pipeline.io import raster
+    from pipeline.io import cog, raster, read
 
     rng = np.random.default_rng(seed)
-    tiles = [np.stack([raster.read_raster(p, b)[0] for b in (1, 2, 3)]) for p in sources]
+    tiles = [np.stack([read.read_raster(p, b)[0] for b in (1, 2, 3)]) for p in sources]
     first = raster.read_info(sources[0]).grid
     from pipeline.grid import Grid
 
     grid = Grid(first.crs_wkt, first.transform, width or size, size)
 
     def blocks():
-        for y0, x0, h, w in raster.iter_blocks(size, width or size, block):
+        for y0, x0, h, w in cog.iter_blocks(size, width or size, block):
             t = tiles[rng.integers(len(tiles))]
             t = np.rot90(t, k=int(rng.integers(4)), axes=(1, 2))
             yield (y0, x0, h, w), np.ascontiguousarray(t[:, :h, :w]), np.ones((h, w), bool)
 
-    raster.write_cog(str(path), grid, 3, "uint8", blocks())
+    cog.write_cog(str(path), grid, 3, "uint8", blocks())

@@ -8,7 +8,7 @@ from pipeline import storage
 from pipeline.archive.pairs import Pair
 from pipeline.config import MapSpec
 from pipeline.errors import ChangemapError
-from pipeline.io import fs, raster
+from pipeline.io import cog, fs
 
 # A map field an older map was written without had the option's default then.
 _DEFAULTS = {name: f.default for name, f in MapSpec.model_fields.items() if not f.is_required()}
@@ -27,7 +27,7 @@ def existing_output(pair: Pair, spec: MapSpec, extras: dict[str, str | None] | N
     if not fs.exists(pair.output):
         return "missing", "", 0.0
     try:
-        info, problems, tags = raster.inspect_cog(pair.output, "existing output")
+        info, problems, tags = cog.inspect_cog(pair.output, "existing output")
     except ChangemapError as exc:
         return "foreign", f"it cannot be read as a change map ({exc})", 0.0
     mp = info.grid.megapixels

@@ -13,8 +13,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.config import MapSettings
 from pipeline.grid import Grid
-from pipeline.io import store
-from pipeline.io.raster import iter_blocks, write_cog
+from pipeline.io.cog import write_cog
 
 if TYPE_CHECKING:
     from pipeline.checks import Preflight
@@ -91,24 +90,6 @@ def publish_cog(dest: str, grid: Grid, fmt: MapFormat, blocks: Iterable[tuple[Wi
     nodata = float("nan") if fmt.probability == "float32" else None
     write_cog(dest, grid, len(fmt.descriptions), fmt.probability, blocks, nodata=nodata, tags=fmt.tags(tags),
               descriptions=fmt.descriptions, compress=fmt.compress)
-
-
-def export_cog(output_store: str, input_store: str, dest: str, *, probability: str = "uint8",
-               mask: bool = False, threshold: float = 0.5, tags: dict[str, str] | None = None,
-               sinks: Sequence[BlockSink] = (), compress: str = "deflate") -> Grid:
-    """Write band 1 = change probability (and band 2 = binary mask) to ``dest`` atomically, from the stores.
-
-    Pixels where either date had no data (or no prediction exists) are masked out
-    (GDAL internal mask; NaN as well for float32). Every block is also handed to ``sinks``.
-    """
-    grid = store.read_grid(output_store)
-    fmt = MapFormat(MapSettings(probability=probability, mask=mask), threshold, compress)
-    prob = store.open_array(output_store, store.PROBABILITY)
-    valid = store.open_array(input_store, store.VALID)
-    blocks = (fmt.encode((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w], sinks)
-              for y0, x0, h, w in iter_blocks(grid.height, grid.width))
-    publish_cog(dest, grid, fmt, blocks, tags)
-    return grid
 
 
 class MapAborted(RuntimeError):

@@ -34,7 +34,7 @@ from pipeline.engine.workdir import Records
 from pipeline.errors import InputRasterError
 from pipeline.grid import Alignment
 from pipeline.io import store
-from pipeline.io.raster import AlignedPairReader
+from pipeline.io.read import AlignedPairReader
 from pipeline.progress import Progress
 from pipeline.tiling import Tile, chunks_under, make_tiles, padded_shape, tile_window
 

@@ -18,7 +18,6 @@ from pipeline import storage
 from pipeline.grid import Grid
 
 if TYPE_CHECKING:
-    import dask.array as da
     import xarray as xr
 
 IMAGE, VALID, PROBABILITY = "image", "valid", "probability"
@@ -73,31 +72,6 @@ def _encoding(ds: xr.Dataset, extra: dict[str, dict]) -> dict[str, dict]:
     # An explicit encoding replaces a variable's own, which holds rioxarray's
     # `grid_mapping` link to spatial_ref: merge instead of replacing.
     return {name: {**ds[name].encoding, **enc} for name, enc in extra.items()}
-
-
-def _write(ds: xr.Dataset, path: str, encoding: dict) -> None:
-    """Write a dataset, then mark it complete: a store without the mark is a failed write."""
-    ds.attrs[_COMPLETE] = False
-    ds.to_zarr(storage.local_path(path), mode="w", encoding=_encoding(ds, encoding), consolidated=False,
-               zarr_format=2, **_so(path))
-    _group(path, "r+").attrs[_COMPLETE] = True
-
-
-def write_input_store(path: str, grid: Grid, image: da.Array, valid: da.Array, tile: int) -> None:
-    """Write the aligned pair (dask arrays; computed chunk by chunk) to ``path``."""
-    xr = _xarray()
-    ds = xr.Dataset(
-        {IMAGE: (("time", "band", "y", "x"), image), VALID: (("y", "x"), valid)},
-        coords={"time": ["before", "after"], "band": np.arange(1, image.shape[1] + 1), **_coords(grid)},
-    )
-    ds = _georeference(ds, grid)
-    ds.attrs[_TILE] = tile
-    ds.attrs[_BANDS] = int(image.shape[1])
-    encoding = {
-        IMAGE: {"chunks": (2, image.shape[1], tile, tile)},
-        VALID: {"chunks": (tile, tile)},
-    }
-    _write(ds, path, encoding)
 
 
 def create_input_store(path: str, grid: Grid, bands: int, dtype: str, tile: int) -> None:

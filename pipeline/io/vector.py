@@ -1,4 +1,4 @@
-"""The one module that writes vector files: change polygons as GeoPackage, GeoParquet, FlatGeobuf, GeoJSON.
+"""The one module for vector files: change polygons traced (GDAL polygonize) and written (GPKG, GeoParquet, FGB, GeoJSON).
 
 GeoPackage, FlatGeobuf and GeoJSON go through GDAL's OGR drivers (pyogrio). GeoParquet is
 written with pyarrow following the GeoParquet 1.1 specification (WKB geometry column, ``geo``
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyogrio.raw
 import shapely
+from affine import Affine
 from pyproj import CRS
 
 from pipeline import storage
@@ -88,3 +89,26 @@ def _write_geoparquet(path: str, geoms: np.ndarray, columns: dict[str, np.ndarra
     geo = {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": geometry_meta}}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"geo": json.dumps(geo).encode()})
     pq.write_table(table, path)
+
+
+def shapes(labels: np.ndarray, transform: tuple[float, float, float, float, float, float],
+           connectivity: int = 4) -> Iterator[tuple[dict, int]]:
+    """Polygons of the labelled (non-zero) regions of an integer image, as GeoJSON-like dicts.
+
+    A thin wrapper over ``rasterio.features.shapes`` (GDAL's ``GDALPolygonize``): one polygon,
+    holes kept, per region of equal value that is connected under ``connectivity`` (4 or 8).
+
+    Args:
+        labels: ``(h, w)`` int32 (or smaller) labels, 0 = background (left out).
+        transform: GDAL-order affine of the image's pixel grid (identity gives pixel coordinates).
+        connectivity: 4 (edge neighbours) or 8 (edges and corners).
+
+    Yields:
+        ``(geometry, value)`` pairs.
+    """
+    from rasterio.features import shapes as _shapes
+
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    for geom, value in _shapes(labels, mask=labels != 0, connectivity=connectivity, transform=Affine(*transform)):
+        yield geom, int(value)
+

@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline import manifest
 from pipeline.errors import ChangemapError
-from pipeline.io import fs, raster
+from pipeline.io import fs, raster, read
 from pipeline.learn.labels import LabelValues, infer_label_values
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".jp2")
@@ -171,8 +171,8 @@ def split_samples(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
 def read_pair(sample: Sample, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Both dates as ``(2, C, H, W)`` (raw values, the selected 1-based bands) and valid ``(H, W)``."""
     with _plain_images():
-        a, va = raster.read_image(sample.before, "BEFORE image")
-        b, vb = raster.read_image(sample.after, "AFTER image")
+        a, va = read.read_image(sample.before, "BEFORE image")
+        b, vb = read.read_image(sample.after, "AFTER image")
     if a.shape != b.shape:
         raise DatasetError(
             f"pair {sample.name}: BEFORE {sample.before} is {a.shape[0]} band(s) {a.shape[2]}x{a.shape[1]} but AFTER "
@@ -192,7 +192,7 @@ def read_label_raw(sample: Sample, shape: tuple[int, int] | None = None,
     if sample.label is None:
         raise DatasetError(f"pair {sample.name} has no label")
     with _plain_images():
-        label, valid = raster.read_image(sample.label, "LABEL")
+        label, valid = read.read_image(sample.label, "LABEL")
     label = label[0]
     if shape is not None and label.shape != tuple(shape):
         if not align:
@@ -201,7 +201,7 @@ def read_label_raw(sample: Sample, shape: tuple[int, int] | None = None,
                 "the grids differ; pass --align to warp the label onto BEFORE's grid (georeferenced rasters)"
             )
         grid = raster.read_info(sample.before, "BEFORE image").grid
-        label, valid = raster.read_on_grid(sample.label, grid)
+        label, valid = read.read_on_grid(sample.label, grid)
     return label, valid
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ChangemapError
-from pipeline.io import raster
+from pipeline.io import raster, read
 from pipeline.learn.labels import LabelValues, infer_label_values, parse_label_values
 from pipeline.learn.metrics import Confusion, confusion
 
@@ -15,11 +15,11 @@ __all__ = ["LabelValues", "evaluate_dataset", "evaluate_pair", "infer_label_valu
 
 def prediction_mask(path: str, threshold: float | None) -> tuple[np.ndarray, np.ndarray, object]:
     """Binary change and valid mask of a change map: its mask band, or band 1 thresholded."""
-    tags, descriptions = raster.read_metadata(path, "PRED")
+    tags, descriptions = read.read_metadata(path, "PRED")
     if threshold is None and "change_mask" in descriptions:
-        data, grid, valid = raster.read_raster(path, descriptions.index("change_mask") + 1)
+        data, grid, valid = read.read_raster(path, descriptions.index("change_mask") + 1)
         return data > 0, valid, grid
-    data, grid, valid = raster.read_raster(path, 1)
+    data, grid, valid = read.read_raster(path, 1)
     scale = float(tags.get("CHANGEMAP_PROBABILITY_SCALE", 255 if data.dtype == np.uint8 else 1))
     cut = threshold if threshold is not None else float(tags.get("CHANGEMAP_THRESHOLD", 0.5))
     probability = data.astype("float32") / scale
@@ -39,9 +39,9 @@ def evaluate_pair(pred_path: str, label_path: str, *, threshold: float | None = 
                 f"{label_info.grid.height} vs {grid.width}x{grid.height}, or another CRS/transform); "
                 "pass --align to warp the label onto the prediction's grid (nearest neighbour)"
             )
-        label, label_valid = raster.read_on_grid(label_path, grid)
+        label, label_valid = read.read_on_grid(label_path, grid)
     else:
-        label, _, label_valid = raster.read_raster(label_path, 1)
+        label, _, label_valid = read.read_raster(label_path, 1)
     values = label_values or infer_label_values(label[label_valid], label_info.nodata)
     valid = pred_valid & label_valid & np.isin(label, (values.no_change, values.change))
     if values.nodata is not None:

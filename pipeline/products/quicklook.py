@@ -1,6 +1,6 @@
 """A quicklook PNG of a change map: BEFORE, AFTER, and AFTER with the changed pixels tinted.
 
-Every panel is a decimated read (:func:`pipeline.io.raster.read_decimated`: GDAL's reduced
+Every panel is a decimated read (:func:`pipeline.io.read.read_decimated`: GDAL's reduced
 ``RasterIO``, from overviews when the file has them), so a scene of any size costs at most
 ``max_side``² pixels per panel. AFTER and the change mask are put on BEFORE's grid.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.io import fs, raster
+from pipeline.io import fs, raster, read
 
 HEADER, GAP = 16, 8
 TINT, ALPHA = (255, 0, 0), 0.5
@@ -70,11 +70,11 @@ def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands
     if len(bands) not in (1, 3):
         raise ValueError(f"a quicklook shows 1 or 3 bands, got {len(bands)}: {bands}")
     grid = raster.read_info(before, "BEFORE").grid
-    img_b, ok_b, small = raster.read_decimated(before, bands, max_side, role="BEFORE")
-    img_a, ok_a, _ = raster.read_decimated(after, bands, max_side, grid=grid, role="AFTER")
-    prob, ok_c, _ = raster.read_decimated(change, (1,), max_side, grid=grid, resampling="nearest", role="change")
+    img_b, ok_b, small = read.read_decimated(before, bands, max_side, role="BEFORE")
+    img_a, ok_a, _ = read.read_decimated(after, bands, max_side, grid=grid, role="AFTER")
+    prob, ok_c, _ = read.read_decimated(change, (1,), max_side, grid=grid, resampling="nearest", role="change")
     rgb_b, rgb_a = (np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x for x in stretch([img_b, img_a], [ok_b, ok_a]))
-    scale = float(raster.read_metadata(change, "change")[0].get(SCALE_TAG, 1))
+    scale = float(read.read_metadata(change, "change")[0].get(SCALE_TAG, 1))
     changed = ok_c & (prob[0] > threshold * scale)
     tinted = rgb_a.copy()
     tinted[changed] = np.round(rgb_a[changed] * (1 - ALPHA) + np.asarray(TINT) * ALPHA).astype(np.uint8)

@@ -3,7 +3,7 @@
 A changed pixel is valid, not NaN, and has a probability above the threshold. A region is a set
 of changed pixels connected through their edges (4-connectivity, :data:`CONNECTIVITY`); the
 same rule labels the pixels (``scipy.ndimage.label``) and traces their outlines (GDAL's
-polygonize through :func:`pipeline.io.raster.shapes`), so every region gives exactly one polygon,
+polygonize through :func:`pipeline.io.vector.shapes`), so every region gives exactly one polygon,
 holes kept.
 
 Each block is labelled on its own. A region that does not touch an inner block border is final
@@ -26,7 +26,7 @@ from shapely.affinity import affine_transform
 from shapely.geometry import shape
 
 from pipeline.grid import Grid
-from pipeline.io import raster
+from pipeline.io import vector
 from pipeline.products.mapstats import SIZE_CLASS_EDGES_M2, GroundMeasure, Window, size_classes
 
 CONNECTIVITY = 4
@@ -141,7 +141,7 @@ class Polygonizer:
             border = border[border > 0]
             to_global[border] = np.arange(self._next_id, self._next_id + len(border))
             self._next_id += len(border)
-            for geom, value in raster.shapes(labels, (1, 0, x0, 0, 1, y0), CONNECTIVITY):
+            for geom, value in vector.shapes(labels, (1, 0, x0, 0, 1, y0), CONNECTIVITY):
                 stats = int(count[value]), float(total[value]), float(peak[value]), float(area[value])
                 if to_global[value]:
                     gid = int(to_global[value])

@@ -17,7 +17,7 @@ from flows.archive import process_archive
 from pipeline import storage
 from pipeline.config import ArchiveOptions, MapSettings, RunOptions
 from pipeline.errors import InputRasterError
-from pipeline.io import fs, raster
+from pipeline.io import cog, fs, raster, read
 from pipeline.learn.evaluate import evaluate_pair
 from pipeline.learn.metrics import Confusion
 from tests.conftest import LEVIR_1024, require
@@ -71,7 +71,7 @@ def _check_maps(s3_archive, data, tmp_path):
         local = tmp_path / f"{row['id']}.tif"
         fs.download(row["output"], str(local))
         assert raster.read_info(str(local)).grid == raster.read_info(rec["before"]).grid
-        assert raster.cog_problems(str(local)) == []
+        assert cog.cog_problems(str(local)) == []
         total = total + evaluate_pair(str(local), rec["label"])
     assert total.f1 >= 0.90, total.as_dict()
 
@@ -117,7 +117,7 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
     assert data3["counts"]["succeeded"] == 9 and data3["tiles_inferred"] == 9
 
     # The secret key never reaches logs, summaries, map tags, artifacts or stored parameters.
-    tags, _ = raster.read_metadata(f"{prefix}/{rows[0]['id']}.tif")
+    tags, _ = read.read_metadata(f"{prefix}/{rows[0]['id']}.tif")
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=200)
         stored = [json.dumps(r.parameters, default=str) for r in runs]

@@ -7,7 +7,7 @@ import rasterio
 
 from flows.change_detection import detect_changes
 from pipeline.config import MapSpec, RunOptions
-from pipeline.io import raster
+from pipeline.io import cog, read
 from pipeline.learn.metrics import confusion
 from tests.data.make_data import reproject_to
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
 
 
 def _f1(map_path, label_path):
-    mask, grid, valid = raster.read_raster(str(map_path), band=2)
-    label, label_grid, _ = raster.read_raster(str(label_path))
+    mask, grid, valid = read.read_raster(str(map_path), band=2)
+    label, label_grid, _ = read.read_raster(str(label_path))
     assert grid == label_grid
     return confusion(mask > 0, label > 127, valid).f1, valid
 
@@ -28,7 +28,7 @@ def test_levir_pair_gives_an_accurate_georeferenced_cog(levir_pair, tmp_path):
                              RunOptions(output=str(out), keep_workdir=True, workdir=str(tmp_path / "work")))
     assert summary["tiles"] == 4 and summary["megapixels"] == pytest.approx(1.048576)
     assert summary["megapixels_per_second"] > 0 and summary["output"] == str(out)
-    assert raster.cog_problems(str(out)) == []
+    assert cog.cog_problems(str(out)) == []
     with rasterio.open(before) as b, rasterio.open(out) as o:
         assert (o.crs, o.transform, o.width, o.height) == (b.crs, b.transform, b.width, b.height)
         assert o.tags()["CHANGEMAP_WEIGHTS_SHA256"].startswith("743645b8")
@@ -71,7 +71,7 @@ def test_a_zstd_map_is_a_valid_cog_of_the_same_probabilities(synthetic, tmp_path
     for compress in ("zstd", "deflate"):
         out = tmp_path / f"{compress}.tif"
         detect_changes(spec, RunOptions(output=str(out), compress=compress))
-        assert raster.cog_problems(str(out)) == []
+        assert cog.cog_problems(str(out)) == []
         with rasterio.open(out) as src:
             assert src.compression.name == compress
             maps[compress] = src.read(), src.dataset_mask()
@@ -85,7 +85,7 @@ def test_rgb_weights_run_on_four_bands(synthetic, tmp_path):
     summary = detect_changes(MapSpec(before=four, after=four, bands=[1, 2, 3, 4], tile=128, halo=16, mask=True),
                              RunOptions(output=str(out)))
     assert summary["tiles"] == 6
-    mask, _, valid = raster.read_raster(str(out), band=2)
+    mask, _, valid = read.read_raster(str(out), band=2)
     assert valid.all() and mask.sum() < 0.01 * mask.size  # identical dates: (almost) no change
 
 

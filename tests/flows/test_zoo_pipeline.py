@@ -9,7 +9,7 @@ import rasterio
 
 import models
 from pipeline.cli import main
-from pipeline.io import raster
+from pipeline.io import cog
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
 SIAMESE_CFG = {"name": "siamese", "backbone": {"type": "mit", "variant": "b0"}, "head": "changer",
@@ -20,7 +20,7 @@ def _run(model: str, synthetic, out) -> None:
     code = main(["run", str(synthetic["before"]), str(synthetic["after"]), "--output", str(out), "--model", model,
                  "--weights", "none", "--tile", "128", "--halo", "16", "--mask", "--probability", "float32"])
     assert code == 0
-    assert raster.cog_problems(str(out)) == []
+    assert cog.cog_problems(str(out)) == []
     with rasterio.open(synthetic["before"]) as b, rasterio.open(out) as o:
         assert (o.crs, o.transform, o.shape, o.count) == (b.crs, b.transform, b.shape, 2)
         ok = o.dataset_mask() > 0

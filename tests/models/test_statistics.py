@@ -9,7 +9,7 @@ import torch
 
 import models
 from models.statistics import Moments, SceneStatistics, StatisticsUnsupported, _moments
-from pipeline.io.raster import read_image
+from pipeline.io.read import read_image
 from pipeline.learn.predict import predict_image
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -13,7 +13,7 @@ from pipeline.archive import pairs, report, skip
 from pipeline.archive.pairs import ManifestError, Pair
 from pipeline.archive.report import PairResult
 from pipeline.config import ArchiveOptions, MapSpec, RunOptions
-from pipeline.io import fs, raster
+from pipeline.io import cog, fs, raster
 from pipeline.products import stac
 
 
@@ -80,7 +80,7 @@ def _changemap_output(path, synthetic, spec: MapSpec) -> None:
     info = raster.read_info(str(synthetic["before"]))
     g = info.grid
     block = ((0, 0, g.height, g.width), np.zeros((1, g.height, g.width), "uint8"), np.ones((g.height, g.width), bool))
-    raster.write_cog(str(path), g, 1, "uint8", [block], tags={"CHANGEMAP_CONFIG": json.dumps(spec.stamp())})
+    cog.write_cog(str(path), g, 1, "uint8", [block], tags={"CHANGEMAP_CONFIG": json.dumps(spec.stamp())})
 
 
 def test_existing_outputs_are_checked_not_assumed(synthetic, tmp_path):
@@ -98,7 +98,7 @@ def test_existing_outputs_are_checked_not_assumed(synthetic, tmp_path):
     out.write_bytes(data[: len(data) // 2])  # someone else's truncated file under our name
     state, reason, _ = skip.existing_output(pair, cfg)
     assert state == "foreign" and "cannot be read" in reason
-    raster.write_cog(str(out), raster.read_info(str(synthetic["before"])).grid, 3, "uint8",
+    cog.write_cog(str(out), raster.read_info(str(synthetic["before"])).grid, 3, "uint8",
                      [], tags={})  # a valid COG, but not a changemap map
     assert "not written by changemap" in skip.existing_output(pair, cfg)[1]
 

@@ -24,7 +24,7 @@ from pipeline.errors import (
     UnknownProtocolError,
     storage_failure,
 )
-from pipeline.io import fs, raster
+from pipeline.io import fs, read
 from tests.conftest import REPO
 
 
@@ -99,20 +99,20 @@ def test_a_pair_without_common_valid_pixels_is_refused(scenes, before, after, te
 
 def test_coverage_looks_at_a_sample_first_and_scans_only_when_it_finds_nothing(scenes, monkeypatch):
     windows = []
-    masks = raster.AlignedPairReader.masks
-    monkeypatch.setattr(raster.AlignedPairReader, "masks",
+    masks = read.AlignedPairReader.masks
+    monkeypatch.setattr(read.AlignedPairReader, "masks",
                         lambda self, *w: windows.append(w) or masks(self, *w))
     checks.check_coverage(checks.plan_grid(scenes["full"], scenes["full"]))
     assert len(windows) == 1  # the first sample window already has data in both dates
     windows.clear()
     checks.check_coverage(checks.plan_grid(scenes["speck"], scenes["full_large"]))  # the full scan finds it
     assert len(windows) == 64 + 1
-    assert raster.overlap_coverage(checks.plan_grid(scenes["speck"], scenes["speck"])).both
+    assert read.overlap_coverage(checks.plan_grid(scenes["speck"], scenes["speck"])).both
 
 
 def test_coverage_of_a_warped_after_is_looked_for_in_its_footprint(synthetic):
     alignment = checks.plan_grid(str(synthetic["before"]), str(synthetic["after_4326"]))
-    assert alignment.warp_after and raster.overlap_coverage(alignment) == raster.Coverage(True, True, True)
+    assert alignment.warp_after and read.overlap_coverage(alignment) == read.Coverage(True, True, True)
 
 
 # --- places -------------------------------------------------------------------------------------

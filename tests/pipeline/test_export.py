@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import ingest
 from pipeline.checks import plan_grid
 from pipeline.engine import mapwriter
-from pipeline.io import raster, store
+from pipeline.io import cog, raster, store
+from tests import helpers
 
 
 @pytest.fixture
 def filled(synthetic, tmp_path):
     alignment = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     inp, out = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
-    ingest.ingest_pair(alignment, inp, tile=64)
+    helpers.ingest_pair(alignment, inp, tile=64)
     store.create_output_store(out, alignment.grid, 64)
     prob = store.open_array(out, store.PROBABILITY, mode="r+")
     ramp = np.tile(np.linspace(0, 1, 300, dtype="float32"), (230, 1))
@@ -27,8 +27,8 @@ def filled(synthetic, tmp_path):
 def test_uint8_probability_and_mask_band(filled, tmp_path):
     alignment, inp, out, ramp = filled
     dest = str(tmp_path / "map.tif")
-    grid = mapwriter.export_cog(out, inp, dest, probability="uint8", mask=True, threshold=0.25)
-    assert grid == alignment.grid and raster.cog_problems(dest) == []
+    grid = helpers.export_map(out, inp, dest, probability="uint8", mask=True, threshold=0.25)
+    assert grid == alignment.grid and cog.cog_problems(dest) == []
     with rasterio.open(dest) as src:
         assert src.count == 2 and src.dtypes == ("uint8", "uint8")
         assert src.descriptions == ("change_probability", "change_mask")
@@ -46,7 +46,7 @@ def test_uint8_probability_and_mask_band(filled, tmp_path):
 def test_float32_probability_uses_nan_for_nodata(filled, tmp_path):
     _, inp, out, ramp = filled
     dest = str(tmp_path / "map.tif")
-    mapwriter.export_cog(out, inp, dest, probability="float32")
+    helpers.export_map(out, inp, dest, probability="float32")
     with rasterio.open(dest) as src:
         p = src.read(1)
         assert src.count == 1 and src.dtypes[0] == "float32" and np.isnan(src.nodata)
@@ -74,7 +74,7 @@ def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthet
     assert writer.close() == [stats] and writer.blocks == len(tiles)
     with rasterio.open(tmp_path / "map.tif") as src:
         band1, band2, mask = src.read(1), src.read(2), src.dataset_mask() > 0
-        assert src.tags()["X"] == "1" and raster.cog_problems(str(tmp_path / "map.tif")) == []
+        assert src.tags()["X"] == "1" and cog.cog_problems(str(tmp_path / "map.tif")) == []
     np.testing.assert_array_equal(mask, valid)
     np.testing.assert_allclose(band1[valid], prob[valid])
     np.testing.assert_array_equal(band2[valid], (prob[valid] > 0.5).astype("float32"))

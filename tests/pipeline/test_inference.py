@@ -11,7 +11,7 @@ import torch
 import models
 from models.base import ChangeModel
 from models.registry import _REGISTRY, register_model
-from pipeline import ingest, loader
+from pipeline import loader
 from pipeline.checks import plan_grid
 from pipeline.engine.inference import GPU_BATCH_SIZE, InferenceJob, PredictorPool, TilePredictor, default_batch_size
 from pipeline.errors import ChangemapError
@@ -19,6 +19,7 @@ from pipeline.io import store
 from pipeline.learn.predict import normalize, predict_image
 from pipeline.loader import select_bands
 from pipeline.tiling import halo_window, make_tiles, pad_window
+from tests import helpers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -49,7 +50,7 @@ def local_diff():
 def stores(synthetic, tmp_path):
     alignment = plan = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     inp, out = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
-    ingest.ingest_pair(plan, inp, tile=64)
+    helpers.ingest_pair(plan, inp, tile=64)
     store.create_output_store(out, alignment.grid, 64)
     return alignment, inp, out
 
@@ -265,7 +266,7 @@ def levir_crop_stores(tmp_path_factory):
         _write_crop(EXAMPLES / f"levir_test_1_{date}.tif", root / f"{date}.tif", 0, 768)
     alignment = plan_grid(str(root / "A.tif"), str(root / "B.tif"))
     inp = str(root / "in.zarr")
-    ingest.ingest_pair(alignment, inp, tile=128)
+    helpers.ingest_pair(alignment, inp, tile=128)
     return alignment, inp, root
 
 

@@ -5,15 +5,15 @@ import numpy as np
 import rasterio
 import xarray as xr
 
-from pipeline import ingest
 from pipeline.checks import plan_grid
 from pipeline.io import store
+from tests import helpers
 
 
 def test_store_round_trip(synthetic, tmp_path):
     alignment = plan_grid(str(synthetic["before_uint16"]), str(synthetic["after_uint16"]))
     path = str(tmp_path / "input.zarr")
-    ingest.ingest_pair(alignment, path, tile=64)
+    helpers.ingest_pair(alignment, path, tile=64)
     assert store.is_complete(path)
     assert store.read_grid(path) == alignment.grid  # CRS and exact transform survive
     ds = xr.open_zarr(path, consolidated=False, decode_coords="all")

@@ -8,19 +8,19 @@ import pytest
 from pyproj import CRS
 
 from pipeline.grid import Grid
-from pipeline.io import fs, raster
+from pipeline.io import cog, fs, read
 from pipeline.products.mapstats import ChangeStatistics, GroundMeasure, size_classes, write_json
 from pipeline.products.vectorize import Polygonizer
 
 
 @pytest.fixture(scope="module")
 def levir_label(levir_pair):
-    label, grid, valid = raster.read_raster(str(levir_pair[2]))
+    label, grid, valid = read.read_raster(str(levir_pair[2]))
     return (label > 0).astype(np.float32), grid, valid
 
 
 def feed(consumers, prob, valid, size=256):
-    for y0, x0, h, w in raster.iter_blocks(*prob.shape, size):
+    for y0, x0, h, w in cog.iter_blocks(*prob.shape, size):
         for consumer in consumers:
             consumer.add((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w])
 

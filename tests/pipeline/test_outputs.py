@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from pipeline.cli import main
-from pipeline.io import raster
+from pipeline.io import read
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -25,7 +25,7 @@ def test_run_writes_polygons_statistics_quicklook_and_stac(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     summary = json.loads(next(line for line in printed.splitlines() if line.startswith("{")))
-    mask, _, valid = raster.read_raster(str(out), band=2)
+    mask, _, valid = read.read_raster(str(out), band=2)
     labels, count = ndimage.label(mask > 0, structure=ndimage.generate_binary_structure(2, 1))
     # Polygons: one per 4-connected changed region, also for regions across the 192-px tile borders.
     info = pyogrio.read_info(str(paths["vector"]))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io import fs, raster
+from pipeline.io import cog, fs, raster, read
 from pipeline.products.quicklook import GAP, HEADER, make_quicklook, stretch
 from tests.data.make_data import CHANGES
 
@@ -25,7 +25,7 @@ def tint_mask(png: str, size: tuple[int, int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def levir_label(levir_pair):
-    return raster.read_raster(str(levir_pair[2]))
+    return read.read_raster(str(levir_pair[2]))
 
 
 def test_full_resolution_tint_is_the_label(levir_pair, levir_label, tmp_path):
@@ -50,11 +50,11 @@ def test_probability_cog_read_from_its_overviews(levir_pair, levir_label, tmp_pa
     before, after, _ = map(str, levir_pair)
     label, grid, valid = levir_label
     prob = (label > 0).astype(np.float32)
-    cog = str(tmp_path / "change.tif")
-    raster.write_cog(cog, grid, 1, "float32", (((y0, x0, h, w), prob[None, y0:y0 + h, x0:x0 + w],
+    cog_path = str(tmp_path / "change.tif")
+    cog.write_cog(cog_path, grid, 1, "float32", (((y0, x0, h, w), prob[None, y0:y0 + h, x0:x0 + w],
                                                 valid[y0:y0 + h, x0:x0 + w])
-                                               for y0, x0, h, w in raster.iter_blocks(1024, 1024)))
-    size = make_quicklook(before, after, cog, str(tmp_path / "q.png"), max_side=256, threshold=0.5)
+                                               for y0, x0, h, w in cog.iter_blocks(1024, 1024)))
+    size = make_quicklook(before, after, cog_path, str(tmp_path / "q.png"), max_side=256, threshold=0.5)
     assert size == (256, 256)
     # The COG's one overview (512 px: overviews stop at one 512-px block) holds 2 x 2 averages, and
     # the 256-px panel samples it at pixel centres: tinted where that average exceeds 0.5.
@@ -68,10 +68,10 @@ def test_uint8_probability_map_is_thresholded_in_probability_units(levir_pair, l
     before, after, _ = map(str, levir_pair)
     label, grid, valid = levir_label
     prob = np.where(label > 0, 0.7, 0.3)  # 179 / 77 once scaled to 0..255
-    cog = str(tmp_path / "change_u8.tif")
-    raster.write_cog(cog, grid, 1, "uint8", [((0, 0, 1024, 1024), np.round(prob * 255).astype(np.uint8)[None], valid)],
+    cog_path = str(tmp_path / "change_u8.tif")
+    cog.write_cog(cog_path, grid, 1, "uint8", [((0, 0, 1024, 1024), np.round(prob * 255).astype(np.uint8)[None], valid)],
                      tags={"CHANGEMAP_PROBABILITY_SCALE": "255"})
-    size = make_quicklook(before, after, cog, str(tmp_path / "q.png"), max_side=1024, threshold=0.5)
+    size = make_quicklook(before, after, cog_path, str(tmp_path / "q.png"), max_side=1024, threshold=0.5)
     assert np.array_equal(tint_mask(str(tmp_path / "q.png"), size), label > 0)
 
 
@@ -81,11 +81,11 @@ def test_after_on_another_grid_is_warped_onto_befores(synthetic, tmp_path):
     change = np.zeros((grid.height, grid.width), np.float32)
     for r, c, h, w in CHANGES:
         change[r:r + h, c:c + w] = 1.0
-    cog = str(tmp_path / "change.tif")
-    raster.write_cog(cog, grid, 1, "float32", [((0, 0, grid.height, grid.width), change[None],
+    cog_path = str(tmp_path / "change.tif")
+    cog.write_cog(cog_path, grid, 1, "float32", [((0, 0, grid.height, grid.width), change[None],
                                                 np.ones_like(change, bool))])
-    same = make_quicklook(str(synthetic["before"]), str(synthetic["after"]), cog, str(tmp_path / "same.png"))
-    warped = make_quicklook(str(synthetic["before"]), str(synthetic["after_4326"]), cog, str(tmp_path / "warp.png"))
+    same = make_quicklook(str(synthetic["before"]), str(synthetic["after"]), cog_path, str(tmp_path / "same.png"))
+    warped = make_quicklook(str(synthetic["before"]), str(synthetic["after_4326"]), cog_path, str(tmp_path / "warp.png"))
     assert same == warped == (grid.width, grid.height)  # BEFORE's grid (300 x 230), no upsampling
     ref, got = panels(str(tmp_path / "same.png"), same)[1], panels(str(tmp_path / "warp.png"), warped)[1]
     assert not ref[:, :12].any()  # AFTER's nodata stripe is black, and stays there after the round trip
@@ -128,12 +128,12 @@ def test_stretch_spans_2_to_98_percent_whatever_the_type(dtype, scale):
 
 def test_read_decimated_grid_and_remote_png(levir_pair, tmp_path):
     before, after, label = map(str, levir_pair)
-    data, valid, small = raster.read_decimated(before, (1, 2, 3), 200)
+    data, valid, small = read.read_decimated(before, (1, 2, 3), 200)
     full = raster.read_info(before).grid
     assert data.shape == (3, 200, 200) and valid.all() and (small.width, small.height) == (200, 200)
     assert small.transform[0] == pytest.approx(full.transform[0] * 1024 / 200)
     assert small.bounds == pytest.approx(full.bounds)
-    _, _, same = raster.read_decimated(before, (1,), 4096)
+    _, _, same = read.read_decimated(before, (1,), 4096)
     assert same == full  # never upsampled
     assert make_quicklook(before, after, label, "memory://ql/q.png", max_side=64) == (64, 64)
     fs.download("memory://ql/q.png", str(tmp_path / "q.png"))

@@ -15,7 +15,7 @@ import rasterio
 
 from pipeline import checks
 from pipeline.config import MapSpec, RunOptions
-from pipeline.engine import mapwriter, stream, workdir
+from pipeline.engine import stream, workdir
 from pipeline.engine.inference import InferenceJob, PredictorPool
 from pipeline.engine.scene import make_map
 from pipeline.io import store
@@ -178,10 +178,10 @@ def _read(path) -> np.ndarray:
 
 def _stores_map(pre, tmp_path) -> np.ndarray:
     """The map made the old way: ingest to zarr, predict from zarr windows, export from the stores."""
-    from pipeline import ingest
+    from tests import helpers
 
     inp, out = str(tmp_path / "ref-in.zarr"), str(tmp_path / "ref-out.zarr")
-    ingest.ingest_pair(pre.alignment, inp, pre.spec.tile)
+    helpers.ingest_pair(pre.alignment, inp, pre.spec.tile)
     store.create_output_store(out, pre.alignment.grid, pre.spec.tile)
     pool = PredictorPool(pre.meta.model, pre.loaded, batch_size=2)
     try:
@@ -190,7 +190,7 @@ def _stores_map(pre, tmp_path) -> np.ndarray:
     finally:
         pool.close()
     dest = tmp_path / "ref.tif"
-    mapwriter.export_cog(out, inp, str(dest), probability="float32")
+    helpers.export_map(out, inp, str(dest), probability="float32")
     return _read(dest)
 
 
@@ -219,7 +219,7 @@ def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, 
 
 def test_a_worker_opens_a_scenes_stores_once_and_writes_every_chunk(synthetic, tmp_path, ray_local, monkeypatch):
     """Decode and store tasks in one worker keep the scene's arrays open between segments and batches."""
-    from pipeline.io.raster import AlignedPairReader
+    from pipeline.io.read import AlignedPairReader
 
     alignment = checks.plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     job = stream.SceneStream(alignment, str(tmp_path / "input.zarr"), str(tmp_path / "output.zarr"), str(tmp_path),

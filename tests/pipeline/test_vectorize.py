@@ -10,7 +10,7 @@ from pyproj import CRS, Geod
 from scipy import ndimage
 
 from pipeline.grid import Grid
-from pipeline.io import raster
+from pipeline.io import cog, read
 from pipeline.products.vectorize import CONNECTIVITY, Polygonizer, polygonize
 from tests.conftest import LEVIR_1024, require
 
@@ -20,7 +20,7 @@ STRUCTURE = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, as CONNEC
 
 def blocks_of(prob: np.ndarray, valid: np.ndarray, size: int, order: str = "rows"):
     """``(window, probability, valid)`` blocks of a whole array (row-major, or shuffled)."""
-    windows = list(raster.iter_blocks(*prob.shape, size))
+    windows = list(cog.iter_blocks(*prob.shape, size))
     if order == "shuffled":
         random.Random(size).shuffle(windows)
     for y0, x0, h, w in windows:
@@ -29,7 +29,7 @@ def blocks_of(prob: np.ndarray, valid: np.ndarray, size: int, order: str = "rows
 
 @pytest.fixture(scope="module")
 def levir_label(levir_pair):
-    label, grid, valid = raster.read_raster(str(levir_pair[2]))
+    label, grid, valid = read.read_raster(str(levir_pair[2]))
     return (label > 0).astype(np.float32), grid, valid
 
 
@@ -72,7 +72,7 @@ def test_levir_label_one_polygon_per_component_and_true_areas(levir_label, size)
 @pytest.mark.parametrize("tile,size", [("test_1", 200), ("test_2", 256)])
 def test_levir_regions_across_block_borders_are_merged(tile, size):
     # test_1 has no building on a 256-px border (7 on 200-px borders); test_2 has 6 on 256-px borders.
-    label, grid, valid = raster.read_raster(str(require(LEVIR_1024 / f"{tile}_label.tif")))
+    label, grid, valid = read.read_raster(str(require(LEVIR_1024 / f"{tile}_label.tif")))
     prob = (label > 0).astype(np.float32)
     labels, n = ndimage.label(prob > 0.5, structure=STRUCTURE)
     crossing = [s for s in ndimage.find_objects(labels)

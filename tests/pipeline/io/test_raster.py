@@ -11,7 +11,7 @@ from pipeline import errors
 from pipeline.checks import plan_grid
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Grid
-from pipeline.io import raster
+from pipeline.io import cog, raster, read
 
 
 def test_read_info(synthetic):
@@ -35,7 +35,7 @@ def test_unusable_rasters_are_named_with_the_fix(synthetic, tmp_path, name, erro
 def test_aligned_reader_masks_nodata_of_either_date(synthetic):
     alignment = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     assert not alignment.warp_after
-    with raster.AlignedPairReader(alignment) as reader:
+    with read.AlignedPairReader(alignment) as reader:
         image, valid = reader.read(0, 230, 0, 300)
     assert image.shape == (2, 3, 230, 300) and image.dtype == np.uint8
     assert not valid[:, :12].any() and valid[:, 12:].all()  # AFTER's nodata stripe
@@ -62,7 +62,7 @@ def test_a_pair_without_nodata_is_valid_everywhere_without_asking_gdal_for_masks
         raise AssertionError("an all-valid source's mask is all 255s: it is not read")
 
     monkeypatch.setattr(rasterio.io.DatasetReader, "dataset_mask", no_masks)
-    with raster.AlignedPairReader(alignment) as reader:
+    with read.AlignedPairReader(alignment) as reader:
         image, valid = reader.read(10, 200, 30, 290)
     assert valid.shape == (190, 260) and valid.all()
     with rasterio.open(after) as src:
@@ -73,7 +73,7 @@ def test_dates_of_different_dtypes_are_read_in_the_common_one(synthetic, tmp_pat
     after = _copy(synthetic["after"], tmp_path / "a16.tif", nodata=0, dtype="uint16", scale=200)
     alignment = plan_grid(str(synthetic["before"]), after)
     assert alignment.dtype == "uint16"
-    with raster.AlignedPairReader(alignment) as reader:
+    with read.AlignedPairReader(alignment) as reader:
         image, valid = reader.read(0, 230, 0, 300)
     assert image.dtype == np.uint16 and not valid[:, :12].any() and valid[:, 12:].all()
     with rasterio.open(synthetic["before"]) as b, rasterio.open(after) as a:
@@ -85,7 +85,7 @@ def test_dates_of_different_dtypes_are_read_in_the_common_one(synthetic, tmp_pat
 def test_warped_after_lands_on_before_grid(synthetic):
     alignment = plan_grid(str(synthetic["before"]), str(synthetic["after_4326"]))
     assert alignment.warp_after and alignment.grid.width == 300
-    with raster.AlignedPairReader(alignment) as reader:
+    with read.AlignedPairReader(alignment) as reader:
         image, valid = reader.read(0, 230, 0, 300)
     with rasterio.open(synthetic["after"]) as src:
         original = src.read().astype(float)
@@ -100,7 +100,7 @@ def test_warped_after_lands_on_before_grid(synthetic):
 
 
 def _blocks(grid, value):
-    for y0, x0, h, w in raster.iter_blocks(grid.height, grid.width):
+    for y0, x0, h, w in cog.iter_blocks(grid.height, grid.width):
         yield (y0, x0, h, w), np.full((1, h, w), value, "uint8"), np.ones((h, w), bool)
 
 
@@ -108,8 +108,8 @@ def test_write_cog_is_valid_and_georeferenced(tmp_path, synthetic):
     grid = raster.read_info(str(synthetic["before"])).grid
     big = Grid(grid.crs_wkt, grid.transform, 1300, 700)
     out = tmp_path / "map.tif"
-    raster.write_cog(str(out), big, 1, "uint8", _blocks(big, 7), tags={"A": "1"}, descriptions=("p",))
-    assert raster.cog_problems(str(out)) == []
+    cog.write_cog(str(out), big, 1, "uint8", _blocks(big, 7), tags={"A": "1"}, descriptions=("p",))
+    assert cog.cog_problems(str(out)) == []
     with rasterio.open(out) as src:
         assert src.crs.to_wkt() == grid.crs_wkt and tuple(src.transform)[:6] == grid.transform
         assert src.overviews(1) and src.tags()["A"] == "1" and src.descriptions == ("p",)
@@ -124,19 +124,19 @@ def test_a_map_in_zstd_holds_the_same_pixels_and_an_unknown_codec_writes_nothing
     data = rng.random((1, 700, 1300)).astype("float32")
     valid = rng.random((700, 1300)) > 0.1
     blocks = [((y0, x0, h, w), data[:, y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w])
-              for y0, x0, h, w in raster.iter_blocks(700, 1300)]
+              for y0, x0, h, w in cog.iter_blocks(700, 1300)]
     read = {}
     for compress in ("deflate", "zstd"):
         out = tmp_path / f"{compress}.tif"
-        raster.write_cog(str(out), big, 1, "float32", blocks, nodata=float("nan"), compress=compress)
-        assert raster.cog_problems(str(out)) == []
+        cog.write_cog(str(out), big, 1, "float32", blocks, nodata=float("nan"), compress=compress)
+        assert cog.cog_problems(str(out)) == []
         with rasterio.open(out) as src:
             assert src.compression.name == compress and src.overviews(1)
             read[compress] = src.read(1), src.dataset_mask(), src.read(1, out_shape=(350, 650))
     for a, b in zip(read["deflate"], read["zstd"]):  # full resolution, mask and overview
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="compress must be one of deflate, zstd"):
-        raster.write_cog(str(tmp_path / "lzw.tif"), big, 1, "float32", blocks, compress="lzw")
+        cog.write_cog(str(tmp_path / "lzw.tif"), big, 1, "float32", blocks, compress="lzw")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deflate.tif", "zstd.tif"]
 
 
@@ -148,7 +148,7 @@ def test_a_failing_write_leaves_no_file(tmp_path, synthetic):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        raster.write_cog(str(tmp_path / "map.tif"), grid, 1, "uint8", broken())
+        cog.write_cog(str(tmp_path / "map.tif"), grid, 1, "uint8", broken())
     assert os.listdir(tmp_path) == []
 
 
@@ -157,7 +157,7 @@ def test_rasters_are_read_through_fsspec_for_protocols_gdal_lacks(synthetic):
     import fsspec
 
     from pipeline.grid import plan_alignment
-    from pipeline.io.raster import AlignedPairReader
+    from pipeline.io.read import AlignedPairReader
 
     mem = fsspec.filesystem("memory")
     for name in ("before", "after"):
@@ -259,8 +259,8 @@ def tiled_with_corrupt_middle(folder) -> tuple[str, str]:
 def test_a_corrupt_block_in_the_middle_is_named_with_its_window(tmp_path):
     bad, clean = tiled_with_corrupt_middle(tmp_path)
     alignment = plan_grid(bad, clean)  # the header and the last block are fine
-    assert raster.overlap_coverage(alignment).both  # no nodata: the masks need no pixel
-    with raster.AlignedPairReader(alignment) as reader:
+    assert read.overlap_coverage(alignment).both  # no nodata: the masks need no pixel
+    with read.AlignedPairReader(alignment) as reader:
         reader.read(0, 256, 0, 256)
         with pytest.raises(errors.CorruptRasterError) as exc:
             reader.read(256, 512, 256, 512)

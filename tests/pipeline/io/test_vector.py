@@ -13,16 +13,16 @@ import shapely
 from pyproj import CRS
 
 from pipeline.errors import ChangemapError
-from pipeline.io import fs, raster, vector
+from pipeline.io import cog, fs, read, vector
 from pipeline.products.vectorize import ATTRIBUTES, Polygonizer
 
 
 @pytest.fixture(scope="module")
 def levir_polygons(levir_pair):
-    label, grid, valid = raster.read_raster(str(levir_pair[2]))
+    label, grid, valid = read.read_raster(str(levir_pair[2]))
     prob = (label > 0).astype(np.float32)
     polygonizer = Polygonizer(grid, 0.5)
-    for y0, x0, h, w in raster.iter_blocks(1024, 1024, 256):
+    for y0, x0, h, w in cog.iter_blocks(1024, 1024, 256):
         polygonizer.add((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w])
     return polygonizer.finish()
 

@@ -1,0 +1,56 @@
+"""Helpers shared by the tests: the stores-path oracle, small rasters, servers. No test module imports another."""
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+
+from pipeline.config import MapSettings
+from pipeline.engine.mapwriter import MapFormat, publish_cog
+from pipeline.grid import Alignment, Grid
+from pipeline.io import store
+from pipeline.io.cog import iter_blocks
+from pipeline.io.read import AlignedPairReader
+from pipeline.tiling import make_tiles
+
+
+def ingest_pair(alignment: Alignment, path: str, tile: int) -> None:
+    """The whole aligned pair into an ``input.zarr`` store, chunk by chunk, in this process (no Ray)."""
+    store.create_input_store(path, alignment.grid, alignment.before.count, alignment.dtype, tile)
+    writer = store.InputWriter(path)
+    with AlignedPairReader(alignment) as reader:
+        for t in make_tiles(alignment.grid.height, alignment.grid.width, tile):
+            image, valid = reader.read(t.y0, t.y0 + t.height, t.x0, t.x0 + t.width)
+            writer.write(t.y0, t.x0, image, valid)
+    store.mark_complete(path)
+
+
+def export_map(output_store: str, input_store: str, dest: str, *, probability: str = "uint8", mask: bool = False,
+               threshold: float = 0.5, compress: str = "deflate", sinks=()) -> Grid:
+    """A map written from the stores block by block (the reference the stream's writer must equal)."""
+    grid = store.read_grid(output_store)
+    fmt = MapFormat(MapSettings(probability=probability, mask=mask), threshold, compress)
+    prob = store.open_array(output_store, store.PROBABILITY)
+    valid = store.open_array(input_store, store.VALID)
+    blocks = (fmt.encode((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w], sinks)
+              for y0, x0, h, w in iter_blocks(grid.height, grid.width))
+    publish_cog(dest, grid, fmt, blocks)
+    return grid
+
+
+def warp_to(src_path: str, dst_path: str, crs: str, resolution: float) -> str:
+    """Warp a raster to another CRS and resolution (bilinear; nodata 0), e.g. an AFTER scene to UTM."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    dst_crs = CRS.from_user_input(crs)
+    with rasterio.open(src_path) as src:
+        transform, w, h = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds,
+                                                      resolution=resolution)
+        out = np.zeros((src.count, h, w), dtype=src.dtypes[0])
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs=dst_crs, resampling=Resampling.bilinear, dst_nodata=0)
+    with rasterio.open(dst_path, "w", driver="GTiff", width=w, height=h, count=out.shape[0], dtype=out.dtype,
+                       crs=dst_crs, transform=transform, nodata=0) as dst:
+        dst.write(out)
+    return dst_path
