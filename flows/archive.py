@@ -31,8 +31,8 @@ from pipeline.archive import pairs, report, skip
 from pipeline.archive.pairs import Plan
 from pipeline.archive.report import PairResult
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
-from pipeline.engine import ray_runtime, stream
-from pipeline.engine.inference import shared_pool
+from pipeline.engine import stream
+from pipeline.session import Session
 
 _task = dict(cache_policy=NO_CACHE)
 
@@ -81,8 +81,8 @@ def summary_task(results: list[PairResult], output_prefix: str, extra: dict[str,
 
 
 @task(name="stac-collection", retries=2, retry_delay_seconds=2, **_task)
-def collection_task(results: list[PairResult], pairs: dict[str, pairs.Pair], options: ArchiveOptions) -> str | None:
-    items = [(r.id, pairs.pair_outputs(pairs[r.id], options)["stac"]) for r in results
+def collection_task(results: list[PairResult], by_id: dict[str, pairs.Pair], options: ArchiveOptions) -> str | None:
+    items = [(r.id, pairs.pair_outputs(by_id[r.id], options)["stac"]) for r in results
              if r.status in ("succeeded", "skipped")]
     url = report.write_collection(items, options.output_prefix)
     if url is None:
@@ -90,12 +90,12 @@ def collection_task(results: list[PairResult], pairs: dict[str, pairs.Pair], opt
     return url
 
 
-def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions) -> PairResult:
+def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions, session: Session) -> PairResult:
     """Run ``detect_changes`` for one pair; any error becomes a failed row, never an exception."""
     start = time.perf_counter()
     try:
         summary = detect_changes.with_options(flow_run_name=f"pair-{pair.id}")(
-            spec, run.model_copy(update={**pairs.pair_outputs(pair, options), "overwrite": True}))
+            spec, run.model_copy(update={**pairs.pair_outputs(pair, options), "overwrite": True}), session=session)
     except Exception as exc:  # noqa: BLE001 - one failed pair must not stop the others
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return PairResult(pair.id, "failed", seconds=time.perf_counter() - start, output=pair.output,
@@ -107,22 +107,23 @@ def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: Archive
 
 @flow(name="process_archive", log_prints=False)
 def process_archive(archive_options: ArchiveOptions, settings: MapSettings = MapSettings(),
-                    run: RunOptions = RunOptions()):
+                    run: RunOptions = RunOptions(), session: Session | None = None):
     """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
 
     Every pair's map is made with ``settings``; ``run`` says how (its output paths are each
     pair's, :func:`pipeline.archive.pairs.pair_outputs`). Returns a Completed state when no pair
     failed, else a Failed one; both carry the summary (``counts``, ``totals``, ``pairs`` rows,
-    ``summary_csv``/``summary_json`` URLs, ``collection`` URL or ``None``) as data.
+    ``summary_csv``/``summary_json`` URLs, ``collection`` URL or ``None``) as data. ``session``
+    is the caller's (:class:`pipeline.session.Session`); without one the flow opens its own.
     """
-    with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
-        return _process(archive_options, settings, run)
+    with Session.borrow(session, run) as session:
+        return _process(archive_options, settings, run, session)
 
 
-def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
+def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions, session: Session):
     start = time.perf_counter()
     logger = get_run_logger()
-    checks.check_archive(options, settings, run)
+    checks.check_archive(options, settings, run, session)
     plan = plan_task(options)
     for url, why in plan.unpaired:
         logger.warning("unpaired: %s: %s", storage.redact_url(url), why)
@@ -135,20 +136,14 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions):
     actors = 0
     if todo:
         loaded, meta = checks.check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
-                                          settings.statistics, settings.tile, settings.halo)
-        started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=stream.object_store_bytes(
-            meta.in_channels, stream.UNREAD_ITEMSIZE, settings.tile))  # the pairs are read later
-        try:
-            with shared_pool(meta.model, loaded, workers=run.workers, batch_size=run.batch_size,
-                             model_args=dict(meta.model_args), compile=run.compile) as pool:
-                actors = pool.workers
-                with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="pair") as ex:
-                    # Each pair runs in a copy of this flow's context, so it is this run's subflow.
-                    futures = [ex.submit(contextvars.copy_context().run, _one_pair, p, specs[p.id], run, options)
-                               for p in todo]
-                    results += [f.result() for f in futures]
-        finally:
-            ray_runtime.shutdown_if_started(started)
+                                          settings.statistics, settings.tile, settings.halo, session)
+        session.start_ray(stream.object_store_bytes(meta.in_channels, stream.UNREAD_ITEMSIZE, settings.tile))
+        actors = session.pool_for(meta, loaded).workers  # every pair's map borrows these actors
+        with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="pair") as ex:
+            # Each pair runs in a copy of this flow's context, so it is this run's subflow.
+            futures = [ex.submit(contextvars.copy_context().run, _one_pair, p, specs[p.id], run, options, session)
+                       for p in todo]
+            results += [f.result() for f in futures]
     results += [PairResult(storage.basename(url), "unpaired", error=f"{storage.redact_url(url)}: {why}")
                 for url, why in plan.unpaired]
     order = {p.id: i for i, p in enumerate(plan.pairs)}

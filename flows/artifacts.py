@@ -6,10 +6,10 @@ from typing import Any
 from prefect.artifacts import create_image_artifact, create_table_artifact
 
 from pipeline import storage
-from pipeline.checks import Preflight
+from pipeline.checks import RunPlan
 
 
-def publish(made: dict[str, Any], pre: Preflight) -> None:
+def publish(made: dict[str, Any], pre: RunPlan) -> None:
     """Attach the statistics (and the quicklook, when written) to the current flow run."""
     change = made["change"]
     rows = [{"measure": k, "value": v} for k, v in change.items() if not isinstance(v, dict)]

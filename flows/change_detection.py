@@ -13,13 +13,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
 from models import UnknownModelError, WeightsError
-from pipeline import checks, storage
-from pipeline.checks import Preflight
+from pipeline import storage
+from pipeline.checks import RunPlan
 from pipeline.config import MapSpec, RunOptions
 from pipeline.engine import workdir
 from pipeline.engine.scene import SceneResult, make_map
 from pipeline.errors import ChangemapError
 from pipeline.products import outputs
+from pipeline.session import Session
 from pipeline.summary import RunSummary
 
 _USER_ERRORS = (ChangemapError, WeightsError, UnknownModelError)
@@ -40,55 +41,58 @@ _task = dict(cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_user_error)
 
 
 @task(name="check", retries=2, retry_delay_seconds=2, **_task)
-def check_task(spec: MapSpec, run: RunOptions) -> Preflight:
-    return checks.preflight(spec, run)
+def check_task(spec: MapSpec, run: RunOptions, session: Session) -> RunPlan:
+    return session.plan(spec, run)
 
 
 @task(name="map", retries=1, retry_delay_seconds=5, **_task)
-def map_task(pre: Preflight, paths: workdir.RunPaths, run: RunOptions) -> SceneResult:
-    return make_map(pre, paths, run)
+def map_task(plan: RunPlan, paths: workdir.RunPaths, run: RunOptions, session: Session) -> SceneResult:
+    return make_map(plan, paths, run, session)
 
 
 @task(name="outputs", retries=2, retry_delay_seconds=2, **_task)
-def outputs_task(pre: Preflight, run: RunOptions, made: SceneResult) -> dict:
-    extras = outputs.finish_outputs(pre, run, made.sinks)
-    artifacts.publish(extras, pre)
+def outputs_task(plan: RunPlan, run: RunOptions, made: SceneResult) -> dict:
+    extras = outputs.finish_outputs(plan, run, made.sinks)
+    artifacts.publish(extras, plan)
     return extras
 
 
 @flow(name="detect_changes", log_prints=False)
-def detect_changes(spec: MapSpec, run: RunOptions) -> RunSummary:
+def detect_changes(spec: MapSpec, run: RunOptions, session: Session | None = None) -> RunSummary:
     """Detect changes between ``spec.before`` and ``spec.after`` and write a change-map COG on BEFORE's grid.
 
     Paths may be fsspec URLs; ``run.storage_options`` (fsspec options as JSON, also mirrored
     into GDAL's settings) is a secret: Prefect stores it masked, and it is used for this run
-    only. Without it the process's options and the environment apply.
+    only. Without it the process's options and the environment apply. ``session`` is the
+    caller's (:class:`pipeline.session.Session`: Ray, the model actors, the checked plan);
+    without one the flow opens its own for its length.
     """
     start = time.perf_counter()
-    with storage.using(storage.StorageOptions.from_json(run.storage_json()) if run.storage_options else None):
-        pre = check_task(spec, run)
-        if pre.alignment.warp_after:
+    with Session.borrow(session, run) as session:
+        plan = check_task(spec, run, session)
+        if plan.alignment.warp_after:
             get_run_logger().info("AFTER %s is warped onto BEFORE's grid (bilinear)", storage.redact_url(spec.after))
-        paths = workdir.paths_for(pre.spec, run)
+        paths = workdir.paths_for(plan.spec, run)
         succeeded = False
         try:
-            made = map_task(pre, paths, run)
-            extras = outputs_task(pre, run, made)
+            with workdir.locked(paths):
+                made = map_task(plan, paths, run, session)
+                extras = outputs_task(plan, run, made)
             succeeded = True
         finally:
             kept = workdir.cleanup(paths, run, succeeded)
             if kept:
                 get_run_logger().info("intermediate stores kept in %s", storage.redact_url(kept))
     seconds = time.perf_counter() - start
-    mp = pre.alignment.grid.megapixels
+    mp = plan.alignment.grid.megapixels
     s = made.stream
     if s.retried:
         get_run_logger().warning("%d tile(s) were predicted again after a lost model actor: %s", len(s.retried),
                                  ", ".join(s.retried))
     return RunSummary(output=run.output, tiles=s.tiles, megapixels=mp, seconds=seconds,
-                      megapixels_per_second=mp / seconds, threshold=pre.threshold, workers=made.workers,
-                      device=made.device, ray_cluster=made.cluster, warped_after=pre.alignment.warp_after,
-                      workdir=kept, statistics=pre.spec.statistics, statistics_passes=made.statistics_passes,
+                      megapixels_per_second=mp / seconds, threshold=plan.threshold, workers=made.workers,
+                      device=made.device, ray_cluster=made.cluster, warped_after=plan.alignment.warp_after,
+                      workdir=kept, statistics=plan.spec.statistics, statistics_passes=made.statistics_passes,
                       tiles_predicted=s.predicted, tiles_reused=s.reused, tiles_retried=len(s.retried),
                       chunks_decoded=s.chunks_decoded, chunks_reused=s.chunks_reused,
                       model_seconds={k: round(v, 3) for k, v in s.model_seconds.items()},

@@ -14,12 +14,15 @@ from typing import Any
 from models import backbones as _backbones  # noqa: F401  (registers the backbones)
 from models import changeformer as _changeformer  # noqa: F401  (registers the models)
 from models import changer as _changer  # noqa: F401
+from models import cva as _cva  # noqa: F401  (registers the scene-fitted models)
 from models import deeplabv3plus as _deeplabv3plus  # noqa: F401
+from models import irmad as _irmad  # noqa: F401
 from models import siamese as _siamese  # noqa: F401
 from models import tinycd as _tinycd  # noqa: F401
 from models import transunet as _transunet  # noqa: F401
 from models.backbones.base import FeatureInfo
 from models.base import ChangeModel
+from models.errors import ModelZooError
 from models.registry import (
     UnknownBackboneError,
     UnknownModelError,
@@ -42,15 +45,15 @@ from models.weights import (
 )
 
 __all__ = [
-    "ChangeModel", "FeatureInfo", "Fetch", "LoadedWeights", "UnknownBackboneError", "UnknownModelError",
+    "ChangeModel", "FeatureInfo", "Fetch", "LoadedWeights", "ModelZooError", "UnknownBackboneError", "UnknownModelError",
     "WeightsError", "WeightsMeta", "build_model", "create_backbone", "create_model", "list_backbones",
     "list_models", "model_info", "model_spec", "register_backbone",
 ]
 
 
-def list_models() -> list[str]:
-    """Names of all registered models."""
-    return registered_names()
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of the registered models: all, or those of one ``kind`` (``deep``, ``scene-fitted``)."""
+    return registered_names(kind)
 
 
 def _create(name: str, in_channels: int | None, num_classes: int | None, weights: str | LoadedWeights | None,
@@ -131,11 +134,12 @@ def model_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def model_info(name: str) -> dict[str, Any]:
-    """Name, description, parameter count and known weights of a registered model."""
+    """Name, kind, description, parameter count and known weights of a registered model."""
     entry = get_entry(name)
     model = entry.factory()
     return {
         "name": name,
+        "kind": entry.kind,
         "description": entry.description,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights": known_weight_names(name),

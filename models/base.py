@@ -7,6 +7,7 @@ A model takes one tensor ``(B, 2, C, H, W)`` (before, after) and returns logits
 from __future__ import annotations
 
 from numbers import Integral
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +23,16 @@ class ChangeModel(nn.Module):
     resizes them bilinearly to the input's height and width (``resize_align_corners``).
     """
 
+    #: ``deep`` (trained weights) or ``scene-fitted`` (parameters fitted to each scene: :mod:`models.fitting`).
+    kind: ClassVar[str] = "deep"
     #: Spatial size the input height and width must be a multiple of.
     size_divisor: int = 1
     num_classes: int = 1
     #: ``align_corners`` of the final bilinear resize of the logits.
     resize_align_corners: bool = False
+    #: The model takes the raw pixel values (any dtype, on its device) and scales them itself; otherwise
+    #: the pipeline feeds it ``(raw * scale - mean) / std`` of its weights' metadata as float32.
+    takes_raw: bool = False
 
     def __init__(self, num_classes: int = 1) -> None:
         super().__init__()

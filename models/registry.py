@@ -16,29 +16,37 @@ from typing import Any
 
 from torch import nn
 
+from models.errors import UnknownBackboneError, UnknownModelError
+
 Factory = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its factory and what the CLI says about it."""
+    """A registered model: its factory and what the CLI says about it.
+
+    ``kind`` is ``deep`` (trained weights, tiles predicted as they come) or ``scene-fitted``
+    (parameters fitted to each scene before its tiles are predicted: :mod:`models.fitting`).
+    """
 
     name: str
     factory: Callable[..., nn.Module]
     description: str
     default_weights: str | None = None
+    kind: str = "deep"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str = "", default_weights: str | None = None):
-    """Decorator registering ``factory`` under ``name``."""
+def register_model(name: str, description: str = "", default_weights: str | None = None, kind: str | None = None):
+    """Decorator registering ``factory`` under ``name``; ``kind`` defaults to the factory class's own (``deep``)."""
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, factory, description or (factory.__doc__ or "").strip(), default_weights)
+        _REGISTRY[name] = ModelEntry(name, factory, description or (factory.__doc__ or "").strip(), default_weights,
+                                     kind or getattr(factory, "kind", "deep"))
         return factory
 
     return wrap
@@ -55,13 +63,11 @@ def get_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def registered_names() -> list[str]:
-    """All registered model names, sorted."""
-    return sorted(_REGISTRY)
+def registered_names(kind: str | None = None) -> list[str]:
+    """The registered model names (of one ``kind`` if given), sorted."""
+    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
 
 
-class UnknownModelError(ValueError):
-    """The model name is not in the registry."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,3 @@ def create_backbone(name: str, *, interaction: Sequence[Any] | None = None, **kw
 def list_backbones(interaction: bool = False) -> list[str]:
     """Names of the registered backbones (with ``interaction=True``: those with an interaction form)."""
     return sorted(n for n, e in _BACKBONES.items() if not interaction or e.pair_factory is not None)
-
-
-class UnknownBackboneError(ValueError):
-    """The backbone name is not in the registry."""

@@ -26,6 +26,7 @@ from urllib.request import url2pathname
 
 import torch
 
+from models.errors import WeightsError
 from models.registry import get_entry
 
 _CATALOG_PATH = Path(__file__).with_name("weights") / "catalog.json"
@@ -36,8 +37,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Fetch = Callable[[str, str], None]
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be found, verified or loaded."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Everything checkable before Prefect's API and Ray start: options, places, inputs, model and weights.
 
-:func:`preflight` runs in the calling process (the CLI calls it before the flow starts; the flow
-calls it again, the model check answered from memory). A user error ends here in one paragraph,
+:func:`preflight` runs in the calling process (the CLI calls it through its session before the flow
+starts, and the flow finds the plan in that session). A user error ends here in one paragraph,
 and the checks run cheapest first, so a typo is answered before torch is even imported:
 
 1. the output is given and is not an input (option values were checked when the run objects were made);
@@ -16,13 +16,12 @@ and the checks run cheapest first, so a typo is answered before torch is even im
 """
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -52,8 +51,8 @@ _OBJECT_STORES = ("s3", "gs", "az")
 
 
 @dataclass(frozen=True)
-class Preflight:
-    """What the checks found out, so the run need not find it again."""
+class RunPlan:
+    """A run resolved by the checks: the map with its model chosen, the grid, the model's weights and bands."""
 
     spec: MapSpec  # with the model resolved
     alignment: Alignment
@@ -63,13 +62,14 @@ class Preflight:
     threshold: float
 
 
-@functools.lru_cache(maxsize=4)
 def check_model(model: str, weights: str | None, in_channels: int | None, statistics: str, tile: int,
-                halo: int) -> tuple[LoadedWeights | None, WeightsMeta]:
+                halo: int, session: Any = None) -> tuple[LoadedWeights | None, WeightsMeta]:
     """Build the model once with its weights (they must fit) and check it can serve ``statistics``.
 
-    Remembered for the process: the CLI's check, the flow's and an archive's pairs build it once.
+    With a ``session`` (:class:`pipeline.session.Session`) it is built once in that session.
     """
+    if session is not None:
+        return session.model(model, weights, in_channels, statistics, tile, halo)
     from pipeline import loader
 
     net, meta, loaded = loader.build(model, weights, in_channels)
@@ -277,29 +277,12 @@ def check_run(run: RunOptions) -> None:
         check_folder(run.workdir, "--workdir")
 
 
-_remembered: dict[str, Preflight] = {}  # a check the CLI made, for the flow it starts next
-
-
-def preflight(spec: MapSpec, run: RunOptions, *, remember: bool = False) -> Preflight:
+def preflight(spec: MapSpec, run: RunOptions, *, session: Any = None) -> RunPlan:
     """Check a run end to end without starting anything; raise a user error naming the fix.
 
     Cheapest first (see the module's docstring): places, then the inputs' headers, the pair's
-    coverage, and last the model, whose import and build take the longest. With ``remember``
-    (the CLI, just before it starts the flow in this process) the result is kept for the next
-    check of the same run, which takes it instead of probing the places and inputs again.
+    coverage, and last the model, whose import and build take the longest (once per ``session``).
     """
-    key = spec.to_json() + run.to_json()
-    found = _remembered.pop(key, None)
-    if found is not None:
-        return found
-    found = _check(spec, run)
-    if remember:
-        _remembered.clear()
-        _remembered[key] = found
-    return found
-
-
-def _check(spec: MapSpec, run: RunOptions) -> Preflight:
     check_places(spec, run)
     alignment = plan_grid(spec.before, spec.after)
     check_coverage(alignment)
@@ -307,13 +290,13 @@ def _check(spec: MapSpec, run: RunOptions) -> Preflight:
 
     spec = spec.model_copy(update={"model": loader.choose_model(spec.model, spec.weights)})
     loaded, meta = check_model(spec.model, spec.weights, len(spec.bands) if spec.bands else None, spec.statistics,
-                               spec.tile, spec.halo)
+                               spec.tile, spec.halo, session)
     bands = loader.select_bands(meta, alignment.before.count, spec.bands)
     threshold = spec.threshold if spec.threshold is not None else meta.threshold
-    return Preflight(spec, alignment, loaded, meta, bands, threshold)
+    return RunPlan(spec, alignment, loaded, meta, bands, threshold)
 
 
-def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions) -> int:
+def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions, session: Any = None) -> int:
     """What an archive run can check before Prefect and Ray: the pair source, the places and the model.
 
     Returns how many bands the model takes from each scene.
@@ -334,5 +317,5 @@ def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOption
 
     model = loader.choose_model(settings.model, settings.weights)
     _, meta = check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
-                          settings.statistics, settings.tile, settings.halo)
+                          settings.statistics, settings.tile, settings.halo, session)
     return meta.in_channels

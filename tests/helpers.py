@@ -1,6 +1,9 @@
 """Helpers shared by the tests: the stores-path oracle, small rasters, servers. No test module imports another."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
@@ -54,3 +57,46 @@ def warp_to(src_path: str, dst_path: str, crs: str, resolution: float) -> str:
                        crs=dst_crs, transform=transform, nodata=0) as dst:
         dst.write(out)
     return dst_path
+
+
+def make_map(spec, run, **session_options):
+    """One scene's map made in this process with a session of its own (Ray: the test's, if it is up)."""
+    from pipeline.engine import scene, workdir
+    from pipeline.session import Session
+
+    with Session(run, **session_options) as session:
+        plan = session.plan(spec, run)
+        return scene.make_map(plan, workdir.paths_for(plan.spec, run), run, session)
+
+
+def dies_once(after: int, marker: Path) -> type:
+    """A model actor class whose process exits on its ``after + 1``-th batch, once per ``marker`` file.
+
+    As a lost node would: its replacement (which finds the marker) carries on.
+    """
+    from pipeline.engine.predictor import TilePredictor
+
+    class DiesOnce(TilePredictor):
+        calls = 0
+
+        def predict_chunks(self, *args, **kwargs):
+            type(self).calls += 1
+            if type(self).calls > after and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().predict_chunks(*args, **kwargs)
+
+    return DiesOnce
+
+
+def predict_stores(predictor, job, tiles) -> int:
+    """Predict ``tiles`` from windows read out of ``job``'s input store into its output store (in this process)."""
+    engine, read, _, valid = predictor._scene(job)
+    out = store.open_array(job.output_store, store.PROBABILITY, mode="r+")
+
+    def write(t, core) -> None:
+        out[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width] = core
+
+    with_data = [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
+    engine.predict(with_data, read, write, job.scene_stats)
+    return len(tiles)

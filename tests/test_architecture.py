@@ -111,6 +111,6 @@ def test_evaluating_a_dataset_does_not_import_ray(tmp_path):
     assert "torch" in loaded and "ray" not in loaded and "prefect" not in loaded
 
 
-@pytest.mark.parametrize("module", ["pipeline.benchmark", "pipeline.cli"])
+@pytest.mark.parametrize("module", ["pipeline.cli", "flows.archive"])
 def test_entry_points_do_not_import_tests(module):
     assert not {m for m in _modules_after(f"import {module}") if m == "tests" or m.startswith("tests.")}

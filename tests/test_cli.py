@@ -1,7 +1,6 @@
 """The changemap CLI: listing models, and one clear paragraph (no output file) for each bad input."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from pipeline import cli
-from pipeline.cli import main
+from pipeline.cli import errors, main
 from pipeline.engine import stream
 from pipeline.errors import CorruptRasterError, InputRasterError, MissingRasterError
 
@@ -129,15 +128,15 @@ def _record(msg: str, exc: BaseException | None = None, level: int = logging.ERR
     (_record("Finished in state Completed()", level=logging.INFO), True),
 ])
 def test_engine_logs_about_a_user_error_are_dropped_and_others_kept(record, kept):
-    assert cli._QuietUserErrors().filter(record) is kept
+    assert errors._QuietUserErrors().filter(record) is kept
 
 
 def test_the_filter_sits_on_the_engines_loggers():
-    cli._quiet_user_errors()
-    cli._quiet_user_errors()  # once is enough, twice does not stack
+    errors.quiet_user_errors()
+    errors.quiet_user_errors()  # once is enough, twice does not stack
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine",
                  "ray._private.worker"):
-        assert logging.getLogger(name).filters.count(cli._QUIET) == 1
+        assert logging.getLogger(name).filters.count(errors._QUIET) == 1
 
 
 def test_a_user_error_wrapped_by_ray_is_told_by_its_own_message():
@@ -155,17 +154,19 @@ def test_a_user_error_wrapped_by_ray_is_told_by_its_own_message():
     (RuntimeError("a bug keeps its traceback"), None),
 ])
 def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypatch, capsys):
-    def detect_changes(spec, run):
+    def detect_changes(spec, run, session=None):
         raise raised
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
     asked = {}
 
-    def services(address=None, warm=None, **options):
-        asked.update(options)
-        return contextlib.nullcontext()
+    def start(session, plan=None, object_store_memory=None):
+        from pipeline.engine.stream import object_store_for
 
-    monkeypatch.setattr("pipeline.engine.ray_runtime.services", services)
+        asked.update(object_store_memory=object_store_memory or object_store_for(plan))
+        return {}
+
+    monkeypatch.setattr("pipeline.session.Session.start", start)
     args = ["run", str(synthetic["before"]), str(synthetic["after"]), "-o", str(tmp_path / "c.tif")]
     store = stream.object_store_bytes(3, 1, 512)  # Ray's object store sized for the pair: 3 uint8 bands, 512² tiles
     if code is None:

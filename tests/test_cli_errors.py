@@ -10,7 +10,6 @@ that disappears) run the real flow.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -163,7 +162,7 @@ def no_flow(monkeypatch):
         raise AssertionError("the flow started: this error was not caught by the checks before Prefect and Ray")
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))
-    monkeypatch.setattr("pipeline.engine.ray_runtime.services", lambda address=None, **options: contextlib.nullcontext())
+    monkeypatch.setattr("pipeline.session.Session.start", lambda session, plan=None, object_store_memory=None: {})
 
 
 def assert_one_paragraph(err: str, text: str) -> str:
@@ -233,31 +232,42 @@ def _no_leftovers_beside(out: Path) -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness", "ray_local")
-@pytest.mark.parametrize("deleted_after", ["the CLI's checks", "the flow's checks"])
+@pytest.mark.parametrize("deleted_after", ["the CLI's checks", "the flow's start"])
 def test_an_s3_object_that_disappears_ends_in_one_paragraph(deleted_after, world, tmp_path, monkeypatch, capfd):
-    """AFTER is deleted once the checks passed: the stream's reads in Ray tasks find it gone (the flow
-    takes the CLI's check, or makes its own first), and say so once."""
+    """AFTER is deleted once the checks passed (before Prefect starts, or once the flow has found the work
+    folder): the stream's reads in Ray tasks find it gone, and say so once."""
+    from pipeline.engine import workdir
+
     key = f"{BUCKET}/vanishing/{tmp_path.name}.tif"
     options = storage.StorageOptions.from_json(world["s3_options"])
     with storage.using(options):
         fs.upload(world["after"], f"s3://{key}")
-    real, calls = checks.preflight, []
+    real, calls, real_paths = checks.preflight, [], workdir.paths_for
+
+    def delete() -> None:
+        with storage.using(options):
+            fs.remove_tree(f"s3://{key}")
 
     def preflight_then_delete(spec, run, **kw):
         result = real(spec, run, **kw)
         calls.append(spec)
-        if len(calls) == (1 if deleted_after == "the CLI's checks" else 2):
-            with storage.using(options):
-                fs.remove_tree(f"s3://{key}")
+        if deleted_after == "the CLI's checks":
+            delete()
         return result
 
+    def paths_then_delete(spec, run):
+        delete()
+        return real_paths(spec, run)
+
     monkeypatch.setattr(checks, "preflight", preflight_then_delete)
+    if deleted_after == "the flow's start":
+        monkeypatch.setattr(workdir, "paths_for", paths_then_delete)
     out = tmp_path / "out" / "change.tif"
     code = main(["run", world["before"], f"s3://{key}", "-o", str(out), "--weights", "none", "--tile", "128",
                  "--halo", "16", "--storage-options", world["s3_options"]])
     err = capfd.readouterr().err
     assert code == 2, err
-    assert len(calls) == 2  # the CLI's checks and the flow's: the second run came from inside the flow
+    assert len(calls) == 1  # the flow takes the plan the CLI's session checked: the checks run once
     assert_one_paragraph(err, f"AFTER raster s3://{key} does not exist")
     assert "deleted or replaced it meanwhile" in err
     assert not out.exists()

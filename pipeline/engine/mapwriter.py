@@ -1,10 +1,16 @@
-"""Export: the output zarr store -> a Cloud-Optimized GeoTIFF on the input grid."""
+"""The map writer: finished tiles into ``output.zarr`` (what a rerun reuses) and the COG's blocks, then the COG.
+
+The writer is the one process that receives every tile's probabilities: it keeps them in
+``output.zarr`` with their completion records (a rerun reuses them), turns them into the map's
+blocks as they arrive (feeding the statistics and polygons on the way), and at the end builds
+the overviews and publishes the Cloud-Optimized GeoTIFF atomically.
+"""
 from __future__ import annotations
 
 import json
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,7 +22,7 @@ from pipeline.grid import Grid
 from pipeline.io.cog import write_cog
 
 if TYPE_CHECKING:
-    from pipeline.checks import Preflight
+    from pipeline.checks import RunPlan
 
 
 def probability_to_uint8(p: np.ndarray) -> np.ndarray:
@@ -43,7 +49,7 @@ class MapFormat:
     compress: str = "deflate"  # the file's codec (a run option: it changes the bytes, not the map)
 
     @classmethod
-    def of(cls, pre: Preflight, compress: str = "deflate") -> MapFormat:
+    def of(cls, pre: RunPlan, compress: str = "deflate") -> MapFormat:
         """The format a run's map spec asks for, written with ``compress``."""
         return cls(pre.spec, pre.threshold, compress)
 
@@ -109,17 +115,25 @@ class MapWriter:
     """
 
     def __init__(self, dest: str, grid: Grid, fmt: MapFormat, tags: dict[str, str], sinks: Sequence[BlockSink],
-                 storage_options: storage.StorageOptions | None = None, queue_size: int = 32) -> None:
+                 storage_options: storage.StorageOptions | None = None, queue_size: int = 32,
+                 keep: Callable[[Sequence[tuple]], None] | None = None) -> None:
         self.dest, self.grid, self.fmt, self.tags, self.sinks = dest, grid, fmt, tags, list(sinks)
-        self.storage_options = storage_options
+        self.storage_options, self.keep = storage_options, keep
         self.blocks = 0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="map-writer", daemon=True)
         self._thread.start()
 
-    def put(self, results: Sequence[tuple]) -> int:
-        """Queue finished tiles ``(tile, probabilities, valid)``; blocks while the queue is full."""
+    def put(self, results: Sequence[tuple], kept: bool = False) -> int:
+        """Take finished tiles ``(tile, probabilities, valid)``; blocks while the block queue is full.
+
+        Unless they are ``kept`` already (read back from ``output.zarr``), ``keep`` stores and
+        records them first, in this call: the stream learns that a tile is safe when its put returns.
+        """
+        if self.keep is not None and not kept and self._error is None:
+            with storage.using(self.storage_options):
+                self.keep(results)
         for t, prob, valid in results:
             if self._error is not None:
                 break
@@ -158,7 +172,7 @@ class MapWriter:
         return self.sinks
 
 
-def map_tags(pre: Preflight) -> dict[str, str]:
+def map_tags(pre: RunPlan) -> dict[str, str]:
     """What a map says about itself: its map spec (only what defines it) and the model's provenance."""
     return {"CHANGEMAP_CONFIG": json.dumps(pre.spec.stamp(), sort_keys=True), "CHANGEMAP_MODEL": pre.meta.model,
             "CHANGEMAP_WEIGHTS_SHA256": pre.meta.sha256, "CHANGEMAP_WEIGHTS_LICENSE": pre.meta.license}

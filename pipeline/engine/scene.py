@@ -1,28 +1,23 @@
-"""One scene's map, end to end behind one call: the stores, Ray, the model actors, the stream, the writer."""
+"""One scene's map, end to end behind one call: the stores, the fit step, the stream, the map writer."""
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline import storage
-from pipeline.checks import Preflight
 from pipeline.config import RunOptions
-from pipeline.engine import mapwriter, ray_runtime, stream
-from pipeline.engine.inference import InferenceJob, borrow_pool, shared_pool
+from pipeline.engine import fit, mapwriter, stream
+from pipeline.engine.predictor import InferenceJob
 from pipeline.engine.workdir import RunPaths
 from pipeline.io import store
 from pipeline.products import outputs
-from pipeline.progress import Progress
-from pipeline.tiling import make_tiles
 
-RemoteMapWriter = ray.remote(num_cpus=0)(mapwriter.MapWriter)
+if TYPE_CHECKING:
+    from pipeline.checks import RunPlan
+    from pipeline.session import Session
 
 
 @dataclass(frozen=True)
@@ -37,87 +32,46 @@ class SceneResult:
     statistics_passes: int = 0
 
 
-def _writer(pre: Preflight, run: RunOptions, sinks: list[Any]):
+def _writer(plan: RunPlan, run: RunOptions, sinks: list[Any], keep: stream.TileKeeper):
     """The map writer actor: on this node for a local output (the file is written where the path is)."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"num_cpus": 0}
     if not storage.is_remote(run.output):
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=False)
-    return RemoteMapWriter.options(**options).remote(run.output, pre.alignment.grid, mapwriter.MapFormat.of(pre, run.compress),
-                                                     mapwriter.map_tags(pre), sinks,
-                                                     storage.installed())
+    return ray.remote(mapwriter.MapWriter).options(**options).remote(
+        run.output, plan.alignment.grid, mapwriter.MapFormat.of(plan, run.compress), mapwriter.map_tags(plan), sinks,
+        storage.installed(), keep=keep)
 
 
-def object_store_for(pre: Preflight) -> int:
-    """The object store a local Ray runtime needs for this scene's stream (its bands, sample size and tile)."""
-    return stream.object_store_bytes(len(pre.bands), np.dtype(pre.alignment.dtype).itemsize, pre.spec.tile)
+def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session) -> SceneResult:
+    """Make the scene's change map at ``run.output`` with ``session``'s actors; the stores keep what a rerun reuses.
 
-
-@contextmanager
-def warm_start(pre: Preflight, run: RunOptions) -> Iterator[None]:
-    """The run's model actors started and the stream's workers warmed, ahead of the flow.
-
-    :func:`pipeline.engine.ray_runtime.services` enters this while Prefect's API starts; the map
-    borrows the actors (:func:`pipeline.engine.inference.borrow_pool`) instead of starting its own.
-    The stores' modules are imported meanwhile, in a thread: this one waits for the actors.
+    The fit step first measures what the model needs of the whole scene (scene statistics), then
+    one stream decodes, predicts and writes the map.
     """
-    imports = threading.Thread(target=store.preload, name="store-imports", daemon=True)
-    imports.start()
-    with shared_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
-                     model_args=dict(pre.meta.model_args), compile=run.compile) as pool:
-        stream.warm_workers(pool.lanes)
-        imports.join()
-        yield
-
-
-def make_map(pre: Preflight, paths: RunPaths, run: RunOptions) -> SceneResult:
-    """Stream the scene's tiles into its change map at ``run.output``; the stores keep what a rerun reuses.
-
-    Window statistics stream decode, model and map together. Scene statistics first decode the
-    whole scene into ``input.zarr`` (its passes need it), then measure and predict on the actor
-    pool, then write the map from the stores.
-    """
-    g, spec = pre.alignment.grid, pre.spec
-    store.create_input_store(paths.input_store, g, pre.alignment.before.count, pre.alignment.dtype, spec.tile)
+    g, spec = plan.alignment.grid, plan.spec
+    store.create_input_store(paths.input_store, g, plan.alignment.before.count, plan.alignment.dtype, spec.tile)
     store.create_output_store(paths.output_store, g, spec.tile)
-    job = stream.SceneStream(pre.alignment, paths.input_store, paths.output_store, paths.run_dir, spec.tile, pre.bands,
-                             storage.installed())
-    infer_job = InferenceJob(paths.input_store, paths.output_store, spec.halo, pre.bands, storage.installed(),
-                             spec.statistics, shape=(g.height, g.width, spec.tile))
-    started = ray_runtime.ensure_ray(run.ray_address, object_store_memory=object_store_for(pre))
+    scene = stream.SceneStream(plan.alignment, paths.input_store, paths.output_store, paths.run_dir, spec.tile,
+                               plan.bands, storage.installed())
+    job = InferenceJob(paths.input_store, paths.output_store, spec.halo, plan.bands, storage.installed(),
+                       spec.statistics, shape=(g.height, g.width, spec.tile))
+    session.start_ray(stream.object_store_for(plan))
+    pool = session.pool(plan)
+    writer = _writer(plan, run, outputs.make_sinks(plan, run), stream.TileKeeper(scene))
     try:
-        with borrow_pool(pre.meta.model, pre.loaded, workers=run.workers, batch_size=run.batch_size,
-                         model_args=dict(pre.meta.model_args), compile=run.compile) as pool:
-            writer = _writer(pre, run, outputs.make_sinks(pre, run))
-            try:
-                before = pool.phase_seconds()  # a shared pool may have served other scenes
-                stats, passes = _stream(job, infer_job, pool, writer, spec.statistics)
-                stats.model_seconds = _since(before, pool.phase_seconds())
-                sinks = ray.get(writer.close.remote())
-            except BaseException:
-                ray.get(writer.abort.remote())  # nothing half-written at or beside the output
-                raise
-            workers, device = pool.workers, pool.device
-        store.mark_complete(paths.output_store)
-        return SceneResult(stats, sinks, workers, device, ray.get_runtime_context().gcs_address, passes)
-    finally:
-        ray_runtime.shutdown_if_started(started)
-
-
-def _stream(job: stream.SceneStream, infer_job: InferenceJob, pool, writer, statistics: str
-            ) -> tuple[stream.StreamStats, int]:
-    """The tiles through the model into the writer; returns the stream's figures and the statistics passes."""
-    if statistics == "scene":
-        decoded, reused = stream.ingest_stream(job)
-        bar = Progress("infer")
-        g = job.alignment.grid
-        tiles = make_tiles(g.height, g.width, job.tile)
-        inferred = pool.run(infer_job, tiles, progress=bar,
-                            on_level=lambda k, n: bar.note(f"statistics pass {k}/{n} over the tiles"))
-        ray.get(stream.feed_from_stores(job, writer, tiles))
-        return stream.StreamStats(tiles=len(tiles), predicted=len(tiles), chunks_decoded=decoded,
-                                  chunks_reused=reused, retried=list(pool.retried)), inferred.statistics_passes
-    return stream.run_stream(job, pool, infer_job, writer), 0
+        before = pool.phase_seconds()  # a session's pool may have served other scenes
+        fitted = fit.fit_scene(scene, job, pool)
+        stats = stream.run_stream(scene, pool, fitted.job, writer)
+        stats.model_seconds = _since(before, pool.phase_seconds())
+        if fitted.passes:  # the scene was decoded before its passes: the stream read it back
+            stats = replace(stats, chunks_decoded=fitted.chunks_decoded, chunks_reused=fitted.chunks_reused)
+        sinks = ray.get(writer.close.remote())
+    except BaseException:
+        ray.get(writer.abort.remote())  # nothing half-written at or beside the output
+        raise
+    store.mark_complete(paths.output_store)
+    return SceneResult(stats, sinks, pool.workers, pool.device, ray.get_runtime_context().gcs_address, fitted.passes)
 
 
 def _since(before: dict[str, float], now: dict[str, float]) -> dict[str, float]:

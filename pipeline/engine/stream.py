@@ -1,35 +1,32 @@
-"""The tile stream of one scene: decode -> model -> map, every stage overlapping the others on Ray.
+"""The tile stream of one scene: decode -> model -> map writer, every stage overlapping the others on Ray.
 
-Each row segment (a few tile chunks of one row) is decoded (read + warp) by a Ray task placed
-anywhere in the cluster, which also writes its chunks to ``input.zarr`` and records them; a batch
-of tiles goes to a model actor as soon as the segments its windows cover are decoded, straight
-from the object store (no zarr round trip); the actor's core probabilities go to
-``output.zarr`` (a write task, then a record) and to the map writer, which writes the COG's
-blocks as tiles finish. In-flight work is bounded (segments decoded a few batches ahead and
-released once no batch needs them soon, read back from ``input.zarr`` for a use further on;
-batches per actor slot), so memory grows with neither the scene's height nor its width.
+Each row segment (a few tile chunks of one row, about a megapixel) is decoded (read + warp) by a
+Ray task placed anywhere in the cluster, which also writes its chunks to ``input.zarr`` and
+records them; a batch of tiles goes to a model actor as soon as the segments its windows cover
+are decoded, straight from the object store (no zarr round trip), through the one
+:class:`~pipeline.engine.scheduler.Scheduler`; the actor's core probabilities go to the map
+writer, which keeps them in ``output.zarr`` with their records and writes the COG's blocks.
+In-flight work is bounded (segments decoded a few batches ahead and released once no batch
+needs them soon, read back from ``input.zarr`` for a use further on; a call per actor slot;
+results waiting for the writer), so memory grows with neither the scene's height nor its width.
 
 Resume: chunks and tiles with a completion record are not redone (a finished tile's
 probabilities are read back from ``output.zarr`` for the map). Lost actors: a batch whose actor
-died is retried on a restarted or another actor, up to :data:`ATTEMPTS` times.
+died is sent again (Ray restarts the actor), up to :attr:`StreamTuning.attempts` times.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import signal
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
 
 from pipeline import storage
+from pipeline.engine.scheduler import TUNING, Batch, Scheduler, StreamTuning
 from pipeline.engine.workdir import Records
 from pipeline.errors import InputRasterError
 from pipeline.grid import Alignment
@@ -38,26 +35,12 @@ from pipeline.io.read import AlignedPairReader
 from pipeline.progress import Progress
 from pipeline.tiling import Tile, chunks_under, make_tiles, padded_shape, tile_window
 
-if TYPE_CHECKING:  # torch stays out of the decode and store workers: they start a second faster
-    from pipeline.engine.inference import InferenceJob, PredictorPool
+if TYPE_CHECKING:  # torch stays out of the decode workers: they start a second faster
+    from pipeline.checks import RunPlan
+    from pipeline.engine.pool import PredictorPool
+    from pipeline.engine.predictor import InferenceJob
 
-LOOKAHEAD_BATCHES = 2  # batches whose chunks are decoded ahead of the model, per actor slot
-# A decoded segment is kept for a batch at most this many lookaheads later; one needed further on
-# is read back from input.zarr then. Its uses are a tile row apart: width / (tile x batch size)
-# batches, 4 for an 8192-pixel-wide scene in batches of four 512-pixel tiles. With one CPU actor
-# (a lookahead of 4 batches, so 8 held) scenes up to 16,384 pixels wide keep every segment between
-# its rows as before; wider ones read segments back rather than hold more rows of them.
-HOLD_FACTOR = 2
-# Decode tasks submitted ahead of need and not yet finished, at most, per forward pass the pool runs
-# at once. Ray starts a worker process for each stream task running at once (150-220 MiB apiece):
-# on a node of many CPUs the lookahead alone had some 20 decode tasks running for one GPU actor.
-# Batches never wait on this bound: the segments of a batch being sent are submitted whatever it.
-# A decode task did 10 MP/s on the H200 machine (input.zarr included): 8 of them fall short of
-# ChangerEx's 124 MP/s there. Paced stream (pipeline.pacing), 8192², those rates slowed tenfold so
-# the runtime's own work does not count, one GPU: 9.8 s at 8 against 7.1 s at 16 for a 5.4 s bound
-# (decodes at once 6.9 and 9.6 on average); at TinyCD's 85 MP/s 10.1 against 9.4 s for 7.9 s.
-DECODES_PER_LANE = 16
-log = logging.getLogger("changemap.stream")
+Key = tuple[int, int]  # a segment's (row, first col)
 
 
 @dataclass(frozen=True)
@@ -71,11 +54,12 @@ class SceneStream:
     tile: int
     bands: tuple[int, ...]  # 1-based, fed to the model
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    segment_width: int = TUNING.segment_width
 
 
 @dataclass
 class StreamStats:
-    """What the stream did: counts and the busy seconds of each stage (summed over workers)."""
+    """What the stream did: counts, and the model actors' phase seconds while it ran."""
 
     tiles: int = 0
     predicted: int = 0
@@ -84,54 +68,50 @@ class StreamStats:
     chunks_reused: int = 0
     chunks_reread: int = 0  # chunks read back from input.zarr for a later batch (scenes wider than the horizon)
     retried: list[str] = field(default_factory=list)  # keys of tiles predicted again after a lost actor
-    model_seconds: dict[str, float] = field(default_factory=dict)  # the model actors' phases while it ran (set by run)
+    model_seconds: dict[str, float] = field(default_factory=dict)  # the model actors' phases (set by the scene)
 
 
-# --- the CPU stages, as plain functions (Ray runs them as tasks anywhere in the cluster) -----------
-
-SEGMENT_WIDTH = 2048  # pixels of a tile row one decode task reads, stores and hands on as one object
-
-
-# Room in a local runtime's object store, in row segments of the scene: the stream holds about
-# three tile rows of them (fewer on scenes wider than the horizon), with its lookahead and results.
-# A 13-band uint16 pair (segments of 53 MiB) in 512 MiB spilled to disk: 2048 x 10980 px with the
-# benchmark's null model took 18.5-25.1 s, against 5.6 s with 2 GiB and 6.2 s with 4 GiB; the peak
-# memory was the same (3,350-3,520 MiB: pages are used only as objects fill them), and an RGB
-# 8192² run's peak did not move with 4 GiB (1,908-1,953 against 1,935-1,945 MiB).
-STORE_SEGMENTS = 48
 UNREAD_ITEMSIZE = 4  # bytes a sample is assumed to take before the scenes are read (an archive's): float32
+DEFAULT_OBJECT_STORE = 512 * 1024**2  # a local runtime's object store, at least
 
 
-def object_store_bytes(bands: int, itemsize: int, tile: int) -> int:
+def object_store_bytes(bands: int, itemsize: int, tile: int, tuning: StreamTuning = TUNING) -> int:
     """Object store for a local Ray runtime streaming scenes of ``bands`` samples of ``itemsize`` bytes.
 
-    Room for :data:`STORE_SEGMENTS` row segments, at least the default (512 MiB: an RGB uint8
-    scene's) and at most 30 % of this machine's memory (Ray's own default share).
+    Room for :attr:`StreamTuning.store_segments` row segments, at least :data:`DEFAULT_OBJECT_STORE`
+    (an RGB uint8 scene's) and at most 30 % of this machine's memory (Ray's own default share). A
+    13-band uint16 pair's segments (53 MiB) spilled to disk in 512 MiB, and ran 3-4x slower.
     """
-    from pipeline.engine.ray_runtime import DEFAULT_OBJECT_STORE
-
-    segment = tile * max(1, SEGMENT_WIDTH // tile) * tile * (2 * bands * itemsize + 1)  # both dates + valid mask
+    segment = tile * max(1, tuning.segment_width // tile) * tile * (2 * bands * itemsize + 1)  # both dates + valid
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(min(max(DEFAULT_OBJECT_STORE, STORE_SEGMENTS * segment), max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
+    return int(min(max(DEFAULT_OBJECT_STORE, tuning.store_segments * segment), max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
 
 
-def make_segments(tiles: list[Tile], tile: int) -> dict[tuple[int, int], tuple[Tile, ...]]:
-    """The tiles grouped into row segments of ``SEGMENT_WIDTH // tile`` chunks (at least one), keyed ``(row, first col)``.
+def object_store_for(plan: RunPlan) -> int:
+    """The object store a local Ray runtime needs for this scene's stream (its bands, sample size and tile)."""
+    return object_store_bytes(len(plan.bands), np.dtype(plan.alignment.dtype).itemsize, plan.spec.tile)
+
+
+def make_segments(tiles: Sequence[Tile], tile: int, width: int = TUNING.segment_width
+                  ) -> dict[Key, tuple[Tile, ...]]:
+    """The tiles grouped into row segments of ``width // tile`` chunks (at least one), keyed ``(row, first col)``.
 
     One task per segment amortises opening the pair, Ray's per-task cost and the store's per-write
     cost over several chunks; one read of a wider window is also cheaper than several narrow ones.
     """
-    segments: dict[tuple[int, int], list[Tile]] = {}
+    segments: dict[Key, list[Tile]] = {}
     for t in tiles:
-        segments.setdefault(segment_of((t.row, t.col), tile), []).append(t)
+        segments.setdefault(segment_of((t.row, t.col), tile, width), []).append(t)
     return {k: tuple(v) for k, v in segments.items()}
 
 
-def segment_of(key: tuple[int, int], tile: int) -> tuple[int, int]:
+def segment_of(key: tuple[int, int], tile: int, width: int = TUNING.segment_width) -> Key:
     """The segment key holding chunk ``(row, col)``."""
-    per = max(1, SEGMENT_WIDTH // tile)
+    per = max(1, width // tile)
     return key[0], key[1] - key[1] % per
 
+
+# --- the CPU stages, as plain functions (Ray runs them as tasks anywhere in the cluster) -----------
 
 def decode_segment(job: SceneStream, tiles: tuple[Tile, ...], done: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read (and warp) one row segment of both dates; store and record its chunks not yet in ``done``.
@@ -166,23 +146,12 @@ def decode_segment(job: SceneStream, tiles: tuple[Tile, ...], done: frozenset[st
     return np.ascontiguousarray(image[:, np.asarray(job.bands) - 1]), valid
 
 
-# A worker keeps the arrays of the few scenes it last wrote: opening input.zarr's two took 1.4 ms
-# a segment, of the 37-43 ms of CPU a 2048 x 512 segment's decode task takes here. Keyed by the
-# whole stream (paths, layout, storage options): a handle never outlives what it was opened for.
+# A stream worker keeps the arrays of the few scenes it last wrote open: opening input.zarr's two
+# took 1.4 ms a segment. Keyed by the whole stream (paths, layout, storage options), so a handle
+# never outlives what it was opened for; this is a cache of the worker process's own file handles.
 @functools.lru_cache(maxsize=4)
 def _input_writer(job: SceneStream) -> store.InputWriter:
     return store.InputWriter(job.input_store)
-
-
-@functools.lru_cache(maxsize=4)
-def _probability_writer(job: SceneStream) -> store.ProbabilityWriter:
-    return store.ProbabilityWriter(job.output_store)
-
-
-def _submit_decode(job: SceneStream, tiles: tuple[Tile, ...], recorded: set[str]) -> tuple[ray.ObjectRef, int]:
-    """Start a segment's decode task; returns it and how many of its chunks an earlier attempt recorded."""
-    done = frozenset(t.key for t in tiles if t.key in recorded)
-    return _decode.remote(job, tiles, done), len(done)
 
 
 def _runs(tiles: list[Tile]) -> list[tuple[Tile, Tile]]:
@@ -196,18 +165,31 @@ def _runs(tiles: list[Tile]) -> list[tuple[Tile, Tile]]:
     return [(r[0], r[-1]) for r in runs]
 
 
-def store_tiles(job: SceneStream, results: list[tuple[Tile, np.ndarray, np.ndarray]]) -> int:
-    """Write a batch's core probabilities into their own chunks of ``output.zarr``, then record them."""
-    with storage.using(job.storage):
-        _probability_writer(job).write([(t.y0, t.x0, prob) for t, prob, _ in results])
-        records, node = Records(job.run_dir), ray.get_runtime_context().get_node_id()
+class TileKeeper:
+    """Keeps finished tiles for a rerun: their core probabilities into their own chunks of ``output.zarr``, then records.
+
+    The map writer calls it with each batch it receives (it holds the pixels already).
+    """
+
+    def __init__(self, job: SceneStream) -> None:
+        self.job = job
+        self._writer: store.ProbabilityWriter | None = None
+
+    def __call__(self, results: Sequence[tuple[Tile, np.ndarray, np.ndarray]]) -> None:
+        """Keep ``(tile, probabilities, valid)`` results: the data first, then the records."""
+        if self._writer is None:
+            self._writer = store.ProbabilityWriter(self.job.output_store)
+        self._writer.write([(t.y0, t.x0, prob) for t, prob, _ in results])
+        records, node = Records(self.job.run_dir), ray.get_runtime_context().get_node_id()
         for t, _, _ in results:
             records.mark("infer", t.key, node)
-    return len(results)
+
+    def __getstate__(self) -> dict:
+        return {"job": self.job, "_writer": None}  # array handles are opened where the keeper runs
 
 
 def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
-    """Finished tiles read back from the stores (resume, and the scene-statistics path)."""
+    """Finished tiles read back from the stores (a resumed run's)."""
     with storage.using(job.storage):
         prob = store.open_array(job.output_store, store.PROBABILITY)
         valid = store.open_array(job.input_store, store.VALID)
@@ -215,16 +197,11 @@ def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarr
                  valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]) for t in tiles]
 
 
-# Every stream task takes half a CPU: Ray starts a worker process for each task it runs at once
-# (150-220 MiB apiece at 8192²), and at a quarter four store tasks ran at once on the CPU a
-# model actor leaves free. Decoding is spread over the cluster's nodes: reads and warps are the
-# stream's heaviest CPU work.
-TASK_CPUS = 0.5
-_decode = ray.remote(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")(decode_segment)
-_store = ray.remote(num_cpus=TASK_CPUS)(store_tiles)
-_load = ray.remote(num_cpus=TASK_CPUS)(load_tiles)
-
-
+# Every stream task takes half a CPU (TUNING.task_cpus): Ray starts a worker process for each task it
+# runs at once. Decoding is spread over the cluster's nodes: reads and warps are the stream's
+# heaviest CPU work.
+_decode = ray.remote(num_cpus=TUNING.task_cpus, scheduling_strategy="SPREAD")(decode_segment)
+_load = ray.remote(num_cpus=TUNING.task_cpus)(load_tiles)
 WARM_HOLD_S = 0.3  # a warm-up task keeps its worker this long, so that tasks submitted together start a process each
 
 
@@ -238,47 +215,34 @@ def _ready() -> int:
     return os.getpid()
 
 
-_warm = ray.remote(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")(_ready)
+_warm = ray.remote(num_cpus=TUNING.task_cpus, scheduling_strategy="SPREAD")(_ready)
 
 
-def stream_workers(lanes: int) -> int:
+def stream_workers(lanes: int, tuning: StreamTuning = TUNING) -> int:
     """Worker processes a stream feeding ``lanes`` forward passes at once runs at most, about.
 
-    Its decodes ahead of need, and four more: decodes of a batch being sent beyond those, and the
-    ``output.zarr`` writes (a paced stream on a 16-CPU node with one GPU, 8 decodes ahead, ran
-    10-12 tasks at once; with 16, 16-18).
+    Its decodes ahead of need, and four more for the decodes of a batch being sent beyond those.
     """
-    return DECODES_PER_LANE * lanes + 4
+    return tuning.decodes_per_lane * lanes + 4
 
 
-def warm_workers(lanes: int = 1) -> list:
+def warm_workers(lanes: int = 1, tuning: StreamTuning = TUNING) -> list:
     """Start the stream's CPU workers (process start and imports, a second or two each) ahead of the stream.
 
     As many as the stream runs at once (:func:`stream_workers`), within the cluster's free CPUs:
-    a worker the stream starts itself leaves its decodes waiting meanwhile (paced stream on a
-    16-CPU node, ``python -m pipeline.benchmark schedule``: its first decodes waited 1-2 s for
-    processes). Returns the tasks' references; nothing needs to wait for them.
+    a worker the stream starts itself leaves its decodes waiting meanwhile. Returns the tasks'
+    references; nothing needs to wait for them.
     """
-    free = int(ray.available_resources().get("CPU", 0) / TASK_CPUS)
-    return [_warm.remote() for _ in range(max(1, min(stream_workers(lanes), free)))]
+    free = int(ray.available_resources().get("CPU", 0) / tuning.task_cpus)
+    return [_warm.remote() for _ in range(max(1, min(stream_workers(lanes, tuning), free)))]
 
 
 def feed_from_stores(job: SceneStream, writer, tiles: list[Tile], group: int = 16) -> list:
     """Send finished tiles, read back from the stores in small groups by Ray tasks, to the map writer."""
-    return [writer.put.remote(_load.remote(job, tiles[i:i + group])) for i in range(0, len(tiles), group)]
+    return [writer.put.remote(_load.remote(job, tiles[i:i + group]), kept=True) for i in range(0, len(tiles), group)]
 
 
-def _kill_point(done: int) -> None:
-    """Fault injection for tests: kill this run like a preempted node.
-
-    ``CHANGEMAP_FAULT_RUN_KILL_AFTER=k`` sends SIGKILL once ``k`` tiles are recorded.
-    """
-    after = os.environ.get("CHANGEMAP_FAULT_RUN_KILL_AFTER")
-    if after is not None and done >= int(after):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def batch_segments(batch: list[Tile], needs: dict[Tile, list[tuple[int, int]]]) -> list[tuple[int, int]]:
+def batch_segments(batch: Sequence[Tile], needs: dict[Tile, list[Key]]) -> list[Key]:
     """The segments a batch's windows cover, each once, in order."""
     return sorted({k for t in batch for k in needs[t]})
 
@@ -291,36 +255,43 @@ class _Segments:
     next batch is more than ``hold`` batches after the one that just finished is let go, and read
     back from ``input.zarr`` (where its first decode stored it) when that batch comes. So the
     stream holds a bounded number of segments whatever the scene's width, as well as its height.
+    ``decode`` is the decode task (``.remote(job, tiles, done)``).
     """
 
-    def __init__(self, job: SceneStream, done: set[str], segments: dict[tuple[int, int], tuple[Tile, ...]],
-                 batches: Iterable[list[Tile]], needs: dict[Tile, list[tuple[int, int]]],
-                 hold: int | None = None, limit: int | None = None) -> None:
+    def __init__(self, job: SceneStream, done: set[str], segments: dict[Key, tuple[Tile, ...]],
+                 batches: Iterable[Sequence[Tile]], needs: dict[Tile, list[Key]], hold: int | None = None,
+                 limit: int | None = None, decode: Any = None) -> None:
         self.job, self.done, self.segments, self.hold, self.limit = job, done, segments, hold, limit
-        self.refs: dict[tuple[int, int], ray.ObjectRef] = {}
+        self.decode = decode or _decode
+        self.refs: dict[Key, ray.ObjectRef] = {}
         self.running: list[ray.ObjectRef] = []  # decode tasks not yet seen finished (kept with a limit)
-        self.uses: dict[tuple[int, int], list[int]] = {}  # indices of the batches still to finish that need it
+        self.uses: dict[Key, list[int]] = {}  # indices of the batches still to finish that need it
         for index, batch in enumerate(batches):
             for key in batch_segments(batch, needs):
                 self.uses.setdefault(key, []).append(index)
-        self.stored: set[tuple[int, int]] = set()  # let go with batches to come: read back when needed
+        self.stored: set[Key] = set()  # let go with batches to come: read back when needed
         self.decoded = self.reused = self.reread = 0  # chunks
 
-    def need(self, key: tuple[int, int]) -> ray.ObjectRef:
+    def _submit(self, tiles: tuple[Tile, ...], done: set[str]) -> tuple[ray.ObjectRef, int]:
+        recorded = frozenset(t.key for t in tiles if t.key in done)
+        return self.decode.remote(self.job, tiles, recorded), len(recorded)
+
+    def need(self, key: Key) -> ray.ObjectRef:
+        """The decode task of a segment, submitted now if it is not running or held."""
         if key not in self.refs:
             tiles = self.segments[key]
             if key in self.stored:  # decoded and stored earlier in this run: read back, not decoded again
-                self.refs[key], _ = _submit_decode(self.job, tiles, self.done | {t.key for t in tiles})
+                self.refs[key], _ = self._submit(tiles, self.done | {t.key for t in tiles})
                 self.reread += len(tiles)
             else:
-                self.refs[key], reused = _submit_decode(self.job, tiles, self.done)
+                self.refs[key], reused = self._submit(tiles, self.done)
                 self.decoded += len(tiles) - reused
                 self.reused += reused
             if self.limit is not None:
                 self.running.append(self.refs[key])
         return self.refs[key]
 
-    def ahead(self, keys: Iterable[tuple[int, int]]) -> bool:
+    def ahead(self, keys: Iterable[Key]) -> bool:
         """Submit the decodes of segments a later batch needs, within the limit; False once it is reached.
 
         Segments are submitted in the order asked for, so the next batches' come first.
@@ -335,7 +306,7 @@ class _Segments:
             self.need(key)
         return True
 
-    def release(self, key: tuple[int, int], index: int) -> None:
+    def release(self, key: Key, index: int) -> None:
         """Batch ``index``, which needed the segment, is done (call once per batch, not per tile).
 
         Its decode task has finished (the batch used its result), so its chunks are in
@@ -350,128 +321,143 @@ class _Segments:
             self.stored.add(key)
 
 
-def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, writer, *,
-               progress: Progress | None = None) -> StreamStats:
-    """Stream every tile of the scene through decode, the model actors and the map writer.
+class _Writes:
+    """The map writer's puts in flight: counted as they finish (their tiles kept), bounded in number."""
 
-    ``writer`` is a Ray actor handle with ``put(results)`` (a :class:`pipeline.engine.mapwriter.MapWriter`).
-    Tiles recorded as predicted by an earlier attempt are read back and written to the map only.
-    """
-    from pipeline.engine.inference import ATTEMPTS, lost_tiles_error
+    def __init__(self, limit: int) -> None:
+        self.limit, self.pending, self.kept = limit, {}, 0
 
+    def add(self, ref: ray.ObjectRef, tiles: int) -> None:
+        self.pending[ref] = tiles
+
+    def drain(self, to: int | None = None) -> None:
+        """Count the finished puts; with ``to``, first wait until at most that many are in flight."""
+        refs = list(self.pending)
+        if not refs:
+            return
+        if to is None:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        else:
+            ready, _ = ray.wait(refs, num_returns=max(0, len(refs) - to))
+        for ref in ready:
+            ray.get(ref)  # a writer's error surfaces here
+            self.kept += self.pending.pop(ref)
+
+
+@dataclass
+class _Plan:
+    """The tiles to predict, their windows' segments, and the batches in the order they are sent."""
+
+    batches: list[list[Tile]]
+    needs: dict[Tile, list[Key]]
+
+
+def _plan(job: SceneStream, todo: list[Tile], pool: PredictorPool, infer_job: InferenceJob) -> _Plan:
     g = job.alignment.grid
-    tiles = make_tiles(g.height, g.width, job.tile)
-    records = Records(job.run_dir)
-    done_in, done_out = records.done("ingest"), records.done("infer")
-    stats = StreamStats(tiles=len(tiles))
-    todo = [t for t in tiles if t.key not in done_out]
-    finished = [t for t in tiles if t.key in done_out]
-    stats.reused = len(finished)
-    bar = progress or Progress("infer")
-    if finished:
-        bar.note(f"{len(finished)} of {len(tiles)} tiles reused from an earlier attempt")
-    windows = {t: tile_window(t, job.tile, infer_job.halo, pool.size_divisor, g.height, g.width, clipped=False)
+    clipped = infer_job.statistics == "scene"
+    windows = {t: tile_window(t, job.tile, infer_job.halo, pool.size_divisor, g.height, g.width, clipped=clipped)
                for t in todo}
-    needs = {t: sorted({segment_of(k, job.tile) for k in chunks_under(windows[t], job.tile)}) for t in todo}
+    needs = {t: sorted({segment_of(k, job.tile, job.segment_width) for k in chunks_under(windows[t], job.tile)})
+             for t in todo}
     # A small scene is cut into smaller batches rather than leave lanes idle (the example pair's 4
     # tiles: one batch of 4 on one of two CPU lanes took 10.1 s, two batches of 2 on both 4.7 s).
     size = max(1, min(pool.batch_size, -(-len(todo) // pool.lanes)))
     if todo:  # a GPU's first pass of a shape is slow: taken while the first segments decode
         pool.warm_up((size, 2, len(job.bands), *padded_shape(windows[todo[0]])), job.alignment.dtype)
-    order = [todo[i:i + size] for i in range(0, len(todo), size)]
-    batches = deque([batch, 0, index] for index, batch in enumerate(order))  # batch, attempt, index
-    ahead = LOOKAHEAD_BATCHES * pool.slots
-    chunks = _Segments(job, done_in, make_segments(tiles, job.tile), order, needs, hold=HOLD_FACTOR * ahead,
-                       limit=DECODES_PER_LANE * pool.lanes)
-    writes = feed_from_stores(job, writer, finished)  # finished tiles first, read back from the stores
-    predicting: dict = {}  # count ref -> (actor, batch, attempt, batch index, segment keys, results ref)
-    storing: dict = {}  # ref -> number of tiles
-    done = len(finished)
-    bar(done, len(tiles))
-    while batches or predicting or storing:
-        # decode ahead: the chunks of the next batches are submitted before an actor is free
-        held_back = False  # segments wanted ahead wait for a running decode to finish
-        for batch, _, _ in islice(batches, ahead):
-            if not chunks.ahead(batch_segments(batch, needs)):
-                held_back = True
-                break
-        # the map writer bounds the stream too: results wait in the object store, not in memory
-        if len(writes) > 4 * pool.slots:
-            _, writes = ray.wait(writes, num_returns=len(writes) - 2 * pool.slots)
-        while batches:
-            actor = pool.acquire(timeout=0 if predicting or storing else 5.0)
-            if actor is None:
-                break
-            batch, attempt, index = batches.popleft()
-            keys = batch_segments(batch, needs)
-            count, results = actor.predict_chunks.options(num_returns=2).remote(
-                infer_job, batch, keys, *[chunks.need(k) for k in keys])
-            predicting[count] = (actor, batch, attempt, index, keys, results)
-        waiting = list(predicting) + list(storing)
-        if not waiting:
-            continue
-        # A decode that finishes wakes the loop too while others wait for it: the next is submitted at
-        # once, not when a batch comes back (with a fast model, the decodes ran only just in time).
-        ready, _ = ray.wait(waiting + (chunks.running if held_back else []), num_returns=1, timeout=1.0,
-                            fetch_local=False)  # a segment is not pulled to the driver's node
-        for ref in ready:
-            if ref not in predicting and ref not in storing:  # a decode ahead: the loop submits the next
-                continue
-            if ref in storing:
-                done += storing.pop(ref)
-                ray.get(ref)
-                bar(done, len(tiles))
-                _kill_point(done - stats.reused)
-                continue
-            actor, batch, attempt, index, keys, results = predicting.pop(ref)
-            pool.release(actor)
-            try:
-                ray.get(ref)  # the count only: the probabilities go from the object store to their writers
-            except RayActorError as exc:
-                if attempt + 1 >= ATTEMPTS:
-                    raise lost_tiles_error(batch, exc) from None
-                pool.replace(actor)
-                stats.retried += [t.key for t in batch]
-                log.warning("a model actor was lost; retrying its %d tile(s) %s (attempt %d of %d)",
-                            len(batch), ", ".join(t.key for t in batch), attempt + 2, ATTEMPTS)
-                bar.note(f"a model actor was lost: {len(batch)} tile(s) predicted again")
-                batches.appendleft([batch, attempt + 1, index])
-                continue
-            for key in keys:
-                chunks.release(key, index)
-            stats.predicted += len(batch)
-            storing[_store.remote(job, results)] = len(batch)
-            writes.append(writer.put.remote(results))
-    ray.get(writes)
-    stats.chunks_decoded, stats.chunks_reused, stats.chunks_reread = chunks.decoded, chunks.reused, chunks.reread
+    return _Plan([todo[i:i + size] for i in range(0, len(todo), size)], needs)
+
+
+def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, writer, *,
+               tuning: StreamTuning = TUNING, decode: Any = None, progress: Progress | None = None) -> StreamStats:
+    """Stream every tile of the scene through decode, the model actors and the map writer.
+
+    ``writer`` is a Ray actor handle with ``put(results, kept=False)`` (a
+    :class:`pipeline.engine.mapwriter.MapWriter`). Tiles recorded as predicted by an earlier
+    attempt are read back and written to the map only. ``decode`` replaces the decode task
+    (a benchmark paces the stream with its own).
+    """
+    g = job.alignment.grid
+    tiles = make_tiles(g.height, g.width, job.tile)
+    records = Records(job.run_dir)
+    done_in, done_out = records.done("ingest"), records.done("infer")
+    todo = [t for t in tiles if t.key not in done_out]
+    finished = [t for t in tiles if t.key in done_out]
+    stats = StreamStats(tiles=len(tiles), reused=len(finished))
+    bar = progress or Progress("infer")
+    if finished:
+        bar.note(f"{len(finished)} of {len(tiles)} tiles reused from an earlier attempt")
+    plan = _plan(job, todo, pool, infer_job)
+    ahead = tuning.lookahead_batches * pool.slots
+    segments = _Segments(job, done_in, make_segments(tiles, job.tile, job.segment_width), plan.batches, plan.needs,
+                         hold=tuning.hold_factor * ahead, limit=tuning.decodes_per_lane * pool.lanes, decode=decode)
+
+    def send(actor, batch: Batch) -> tuple:
+        keys = batch_segments(batch.tiles, plan.needs)
+        count, results = actor.predict_chunks.options(num_returns=2).remote(
+            infer_job, list(batch.tiles), keys, *[segments.need(k) for k in keys])
+        return count, results, keys
+
+    scheduler = Scheduler(pool, send, attempts=tuning.attempts,
+                          on_retry=lambda b: bar.note(f"a model actor was lost: {len(b.tiles)} tile(s) predicted again"))
+    scheduler.add(Batch(tuple(b), i) for i, b in enumerate(plan.batches))
+    writes = _Writes(tuning.writes_per_slot * pool.slots)
+    for ref, group in zip(feed_from_stores(job, writer, finished), range(0, len(finished), 16)):
+        writes.add(ref, len(finished[group:group + 16]))
+    _drive(scheduler, segments, plan, writes, writer, stats, bar, ahead)
+    writes.drain(to=0)
+    bar(writes.kept, len(tiles))
+    stats.retried = list(scheduler.retried)
+    stats.chunks_decoded, stats.chunks_reused, stats.chunks_reread = segments.decoded, segments.reused, segments.reread
     return stats
 
 
-def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flight: int = 4) -> tuple[int, int]:
+def _drive(scheduler: Scheduler, segments: _Segments, plan: _Plan, writes: _Writes, writer, stats: StreamStats,
+           bar: Progress, ahead: int) -> None:
+    """The stream's loop: decode ahead, send batches to free slots, hand finished ones to the writer."""
+    total = stats.tiles
+    while scheduler.busy:
+        # decode ahead: the segments of the next batches are submitted before an actor is free
+        held_back = not all(segments.ahead(batch_segments(b.tiles, plan.needs)) for b in scheduler.upcoming(ahead))
+        # the map writer bounds the stream too: results wait in the object store, not in memory
+        if len(writes.pending) > writes.limit:
+            writes.drain(to=writes.limit // 2)
+        scheduler.fill(timeout=5.0)
+        # A decode that finishes wakes the loop too while others wait for it: the next is submitted at
+        # once, not when a batch comes back (with a fast model, the decodes ran only just in time).
+        for call in scheduler.wait(also=segments.running if held_back else (), timeout=1.0):
+            for key in call.context:
+                segments.release(key, call.batch.index)
+            stats.predicted += len(call.batch.tiles)
+            writes.add(writer.put.remote(call.result), len(call.batch.tiles))
+        writes.drain()
+        bar(writes.kept, total)
+    scheduler.raise_error()
+
+
+def ingest_stream(job: SceneStream, *, progress: Progress | None = None, in_flight: int = 4,
+                  decode: Any = None) -> tuple[int, int]:
     """Decode every chunk not yet recorded into ``input.zarr`` with Ray tasks (a row segment each).
 
-    The scene-statistics path needs the whole scene stored before its passes. Returns (chunks
+    The scene-statistics passes need the whole scene stored before they start. Returns (chunks
     decoded, chunks reused).
     """
     g = job.alignment.grid
     tiles = make_tiles(g.height, g.width, job.tile)
     done = Records(job.run_dir).done("ingest")
-    todo = [seg for seg in make_segments(tiles, job.tile).values() if not all(t.key in done for t in seg)]
+    todo = [seg for seg in make_segments(tiles, job.tile, job.segment_width).values()
+            if not all(t.key in done for t in seg)]
     bar = progress or Progress("ingest", unit="chunks")
+    decode = decode or _decode
     pending: dict = {}
-    decoded = 0
     finished = len(tiles) - sum(len(seg) for seg in todo)
-    for seg in todo:
-        if len(pending) >= in_flight:
+    decoded = 0
+    for seg in [*todo, None]:
+        while pending and (seg is None or len(pending) >= in_flight):
             ready, _ = ray.wait(list(pending), num_returns=1)
             ray.get(ready)
             finished += pending.pop(ready[0])
             bar(finished, len(tiles))
-        ref, reused = _submit_decode(job, seg, done)
-        decoded += len(seg) - reused
-        pending[ref] = len(seg)
-    for ref, n in pending.items():
-        ray.get(ref)
-        finished += n
-        bar(finished, len(tiles))
+        if seg is not None:
+            pending[decode.remote(job, seg, frozenset(t.key for t in seg if t.key in done))] = len(seg)
+            decoded += sum(t.key not in done for t in seg)
     return decoded, len(tiles) - decoded

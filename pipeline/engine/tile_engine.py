@@ -37,7 +37,7 @@ class PhaseClock:
     wait`` (wait for a free lane), ``to device`` (normalise, and start the copy to a GPU),
     ``forward`` (the forward pass and the probabilities back on the host: a GPU's copy and
     compute end there) and ``results`` (each tile's core handed on); a GPU predictor adds
-    ``warm-up`` (its first pass of a shape, :meth:`pipeline.engine.inference.TilePredictor.warm_up`).
+    ``warm-up`` (its first pass of a shape, :meth:`pipeline.engine.predictor.TilePredictor.warm_up`).
     """
 
     def __init__(self) -> None:

@@ -4,16 +4,26 @@ A run folder is named after :meth:`pipeline.config.MapSpec.key` (a hash of the i
 the map settings), under ``--workdir`` or, without it, under the cache
 (``$CHANGEMAP_CACHE/work``). Re-running the identical command finds the folder of an
 attempt that did not finish; a run with other map settings gets another folder, so stale
-work is never reused. The folder is removed after success unless it is to be kept.
+work is never reused. The folder is removed after success unless it is to be kept. A run holds
+the folder's lock while it works in it (:func:`locked`): a second run of the same map at the
+same time is refused, so two runs never share a work folder.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import storage
 from pipeline.config import MapSpec, RunOptions
+from pipeline.errors import ChangemapError
 from pipeline.io import fs
 
 
@@ -46,6 +56,68 @@ def paths_for(spec: MapSpec, run: RunOptions) -> RunPaths:
                      default_place=run.workdir is None)
     fs.write_text(paths.spec_file, spec.to_json())
     return paths
+
+
+class WorkFolderBusyError(ChangemapError):
+    """Another run is making the same map in the same work folder now."""
+
+
+LOCK_NAME = "lock"
+REMOTE_LOCK_REFRESH_S = 30.0  # a remote folder's lock says its holder is alive this often
+REMOTE_LOCK_STALE_S = 120.0  # a remote lock not refreshed for this long was left by a run that died
+
+
+def _busy(paths: RunPaths, holder: str) -> WorkFolderBusyError:
+    return WorkFolderBusyError(
+        f"another run is making the same map in {storage.redact_url(paths.run_dir)} now ({holder}); wait for it to "
+        "finish (its map will be the same), or stop it; a run that was killed frees the folder by itself")
+
+
+@contextmanager
+def locked(paths: RunPaths) -> Iterator[None]:
+    """Hold the run folder's lock while working in it; a second holder is refused at once with a clear line.
+
+    Locally an exclusive ``flock`` on ``run_dir/lock`` (released by the system when its process
+    dies, however it dies); in object storage a lock object naming its holder, refreshed every
+    :data:`REMOTE_LOCK_REFRESH_S` and taken over once :data:`REMOTE_LOCK_STALE_S` old.
+    """
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not storage.is_remote(paths.run_dir):
+        path = Path(storage.local_path(paths.run_dir)) / LOCK_NAME
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise _busy(paths, f.read().strip() or "a process of this machine") from None
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(me))
+            f.flush()
+            yield
+        return
+    url = storage.join(paths.run_dir, LOCK_NAME)
+    try:
+        held = json.loads(fs.read_text(url))
+    except (OSError, ValueError):
+        held = None
+    if held and time.time() - float(held.get("refreshed", 0)) < REMOTE_LOCK_STALE_S:
+        raise _busy(paths, f"host {held.get('host')}, process {held.get('pid')}, since {held.get('since')}")
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(REMOTE_LOCK_REFRESH_S):
+            fs.write_text(url, json.dumps({**me, "refreshed": time.time()}))
+
+    refresh_thread = threading.Thread(target=refresh, name="work-folder-lock", daemon=True)
+    fs.write_text(url, json.dumps({**me, "refreshed": time.time()}))
+    refresh_thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        refresh_thread.join()
+        fs.remove_tree(url)
 
 
 def cleanup(paths: RunPaths, run: RunOptions, succeeded: bool) -> str | None:

@@ -1,6 +1,6 @@
 """Change probability of in-memory image pairs (dataset evaluation and validation during training).
 
-Scenes on disk go through the zarr/Ray pipeline (:mod:`pipeline.engine.inference`); dataset tiles
+Scenes on disk go through the zarr/Ray pipeline (:mod:`pipeline.engine.stream`); dataset tiles
 are small enough to hold whole, so this predicts a ``(2, C, H, W)`` array directly: in one
 pass (padded to the model's size divisor), or in tiles with a halo for large images.
 """

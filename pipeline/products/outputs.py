@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import storage
-from pipeline.checks import Preflight
+from pipeline.checks import RunPlan
 from pipeline.config import RunOptions
 from pipeline.products import mapstats
 from pipeline.progress import Progress
 
 
-def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
+def make_sinks(pre: RunPlan, run: RunOptions) -> list[Any]:
     """The block consumers a run's map feeds as it is written: statistics always, polygons with ``--vector``."""
     grid = pre.alignment.grid
     sinks: list[Any] = [mapstats.ChangeStatistics(grid, pre.threshold)]
@@ -27,7 +27,7 @@ def make_sinks(pre: Preflight, run: RunOptions) -> list[Any]:
     return sinks
 
 
-def finish_outputs(pre: Preflight, run: RunOptions, sinks: list[Any]) -> dict[str, Any]:
+def finish_outputs(pre: RunPlan, run: RunOptions, sinks: list[Any]) -> dict[str, Any]:
     """Write the outputs besides the map from the fed ``sinks`` and the finished COG.
 
     Returns ``{"change": statistics, "outputs": {kind: url}}``.

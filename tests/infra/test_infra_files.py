@@ -33,7 +33,7 @@ def test_dockerfile_builds_the_package_on_a_gpu_ray_image():
     assert f"-t {IMAGE}" in (RAY_DIR / "Dockerfile").read_text()  # the documented build tag
     assert any(k == "CMD" and "changemap" in a for k, a in steps)
     env = " ".join(a for k, a in steps if k == "ENV").split()
-    from pipeline.engine.ray_runtime import FREE_OBJECTS_PERIOD_MS  # cluster nodes free objects as a local runtime does
+    from pipeline.session import FREE_OBJECTS_PERIOD_MS  # cluster nodes free objects as a local runtime does
 
     assert f"RAY_free_objects_period_milliseconds={FREE_OBJECTS_PERIOD_MS}" in env
 

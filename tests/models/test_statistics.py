@@ -75,7 +75,7 @@ ATTENTION = {"changeformer-mit-b0", "changeformer-mit-b1", "changeformer-mit-b2"
 
 # The throughput benchmark's 1x1 null model (registered once pipeline.throughput is imported) has
 # no window-dependent layer, so window and scene statistics cannot be told apart on it.
-@pytest.mark.parametrize("name", [m for m in models.list_models() if m != "benchmark-null"])
+@pytest.mark.parametrize("name", [m for m in models.list_models(kind="deep") if m != "benchmark-null"])
 def test_every_zoo_model_either_reproduces_one_pass_or_is_refused(name):
     """Squeeze-excite (EfficientNet, GhostNet), ASPP image pooling, Changer's gates and InstanceNorm
     must all be found; a window-wide layer the statistics miss would make the maps differ."""

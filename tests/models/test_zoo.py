@@ -29,7 +29,7 @@ def test_the_issue_models_are_registered():
                                          "siamese"}
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", [m for m in models.list_models(kind="deep") if m != "benchmark-null"])
 @pytest.mark.parametrize("in_channels,num_classes", [(3, 2), (6, 1), (13, 2)])
 def test_contract_for_any_bands_and_output_convention(name, in_channels, num_classes):
     model = build(name, in_channels=in_channels, num_classes=num_classes).eval()
@@ -40,7 +40,7 @@ def test_contract_for_any_bands_and_output_convention(name, in_channels, num_cla
     assert p.shape == (1, 64, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", [m for m in models.list_models(kind="deep") if m != "benchmark-null"])
 def test_every_registered_model_runs_non_square_inputs(name):
     """(2, 2, 3, 64, 96) -> logits (2, K, 64, 96), each model as registered (full TransUNet included)."""
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def _levir_batch(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 # The larger MiT variants are the b0 architectures with wider stages (their builds, shapes and
 # parameter counts are tested in test_variants.py): training steps on them would only add minutes.
-TRAINED = [m for m in models.list_models() if not m.endswith(("-mit-b1", "-mit-b2"))]
+TRAINED = [m for m in models.list_models(kind="deep") if not m.endswith(("-mit-b1", "-mit-b2")) and m != "benchmark-null"]
 
 
 @pytest.mark.parametrize("name", TRAINED)

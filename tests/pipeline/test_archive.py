@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import cli
 from pipeline.archive import pairs, report, skip
 from pipeline.archive.pairs import ManifestError, Pair
 from pipeline.archive.report import PairResult
+from pipeline.cli.run import PER_PAIR
 from pipeline.config import ArchiveOptions, MapSpec, RunOptions
 from pipeline.io import cog, fs, raster
 from pipeline.products import stac
@@ -109,7 +109,7 @@ def test_pair_outputs_live_under_the_prefix_named_by_the_id():
     assert plain == {"output": "s3://elsewhere/custom.tif", "stats": "s3://maps/run1/T1.stats.json",
                      "vector": None, "quicklook": None, "stac": None}
     # Run options of one pair: the CLI takes none of them for a whole archive.
-    assert set(plain) <= set(RunOptions.model_fields) and set(plain) <= set(cli._PER_PAIR)
+    assert set(plain) <= set(RunOptions.model_fields) and set(plain) <= set(PER_PAIR)
     every = pairs.pair_outputs(pair, ArchiveOptions(output_prefix="s3://maps/run1/", vector_format="gpkg",
                                                       quicklooks=True, stac=True))
     assert (every["vector"], every["quicklook"], every["stac"]) == (

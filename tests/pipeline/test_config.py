@@ -6,8 +6,9 @@ import json
 import pydantic
 import pytest
 
-from pipeline.cli import _PER_PAIR, _parser
+from pipeline.cli import _parser
 from pipeline.cli.options import flag
+from pipeline.cli.run import PER_PAIR as _PER_PAIR
 from pipeline.config import ArchiveOptions, ConfigError, MapSettings, MapSpec, RunOptions, check_destination
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from models.base import ChangeModel
 from models.registry import _REGISTRY, register_model
 from pipeline import loader
 from pipeline.checks import plan_grid
-from pipeline.engine.inference import GPU_BATCH_SIZE, InferenceJob, PredictorPool, TilePredictor, default_batch_size
+from pipeline.engine import fit
+from pipeline.engine.pool import GPU_BATCH_SIZE, PredictorPool, default_batch_size
+from pipeline.engine.predictor import InferenceJob, TilePredictor
 from pipeline.errors import ChangemapError
 from pipeline.io import store
 from pipeline.learn.predict import normalize, predict_image
@@ -157,7 +160,7 @@ def test_predictor_writes_every_tile_with_data_and_skips_empty_ones(stores):
     predictor = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=3, threads=1)
     job = InferenceJob(inp, out, 16, (1, 2, 3))
     tiles = make_tiles(alignment.grid.height, alignment.grid.width, 64)
-    assert predictor.predict(job, tiles) == len(tiles)
+    assert helpers.predict_stores(predictor, job, tiles) == len(tiles)
     prob = store.open_array(out, store.PROBABILITY)[:]
     valid = store.open_array(inp, store.VALID)[:]
     assert np.isfinite(prob[valid]).all() and (prob[valid] >= 0).all() and (prob[valid] <= 1).all()
@@ -169,7 +172,8 @@ def test_tiled_prediction_equals_a_whole_scene_pass_for_a_window_independent_mod
     """Stitching is exact: with halo >= receptive field, tiles reproduce the one-pass result."""
     alignment, inp, out = stores
     predictor = TilePredictor(local_diff, None, batch_size=4, threads=1)
-    predictor.predict(InferenceJob(inp, out, 16, (1, 2, 3)), make_tiles(alignment.grid.height, alignment.grid.width, 64))
+    helpers.predict_stores(predictor, InferenceJob(inp, out, 16, (1, 2, 3)),
+                           make_tiles(alignment.grid.height, alignment.grid.width, 64))
     tiled = store.open_array(out, store.PROBABILITY)[:]
     image = store.open_array(inp, store.IMAGE)[:]
     meta = predictor.meta
@@ -185,26 +189,42 @@ def test_tiled_prediction_equals_a_whole_scene_pass_for_a_window_independent_mod
     np.testing.assert_allclose(tiled[has_pred], whole.numpy()[has_pred], atol=1e-5)
 
 
-def test_ray_actor_pool_predicts_all_tiles(stores, ray_local):
-    alignment, inp, out = stores
-    pool = PredictorPool("tinycd", models.resolve_weights("tinycd", "levir"), workers=2, batch_size=2)
+def test_ray_actor_pool_predicts_all_tiles(synthetic, tmp_path, ray_local, monkeypatch):
+    from pipeline.config import MapSpec, RunOptions
+    from pipeline.engine import stream, workdir
+
     seen = []
-    try:
-        stats = pool.run(InferenceJob(inp, out, 16, (1, 2, 3)), make_tiles(alignment.grid.height, alignment.grid.width, 64),
-                         progress=lambda done, total: seen.append((done, total)))
-    finally:
-        pool.close()
-    assert stats.tiles == 20 and stats.workers == 2 and stats.device == "cpu"
+
+    class Seen:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __call__(self, done, total) -> None:
+            seen.append((done, total))
+
+        def note(self, text) -> None:
+            pass
+
+    monkeypatch.setattr(stream, "Progress", Seen)
+    spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
+                   probability="float32")
+    run = RunOptions(output=str(tmp_path / "map.tif"), workers=2, batch_size=2, workdir=str(tmp_path / "w"))
+    made = helpers.make_map(spec, run)
+    stats = made.stream
+    assert stats.tiles == 20 and made.workers == 2 and made.device == "cpu"
     assert seen[-1] == (20, 20) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    paths = workdir.paths_for(MapSpec(**{**spec.model_dump(), "model": "tinycd"}), run)
+    inp, out = paths.input_store, paths.output_store
     prob = store.open_array(out, store.PROBABILITY)[:]
     valid = store.open_array(inp, store.VALID)[:]
     assert np.isfinite(prob[valid]).all()
     # Same numbers as one in-process predictor (actors are interchangeable).
     ref = TilePredictor("tinycd", models.resolve_weights("tinycd", "levir"), batch_size=2, threads=1)
+    alignment = plan_grid(spec.before, spec.after)
     tiles = make_tiles(alignment.grid.height, alignment.grid.width, 64)
-    ref_out = out.replace("out.zarr", "ref.zarr")
+    ref_out = str(tmp_path / "ref.zarr")
     store.create_output_store(ref_out, alignment.grid, 64)
-    ref.predict(InferenceJob(inp, ref_out, 16, (1, 2, 3)), tiles)
+    helpers.predict_stores(ref, InferenceJob(inp, ref_out, 16, (1, 2, 3)), tiles)
     np.testing.assert_allclose(prob[valid], store.open_array(ref_out, store.PROBABILITY)[:][valid], atol=1e-5)
 
 
@@ -278,12 +298,15 @@ def test_pool_with_scene_statistics_reproduces_one_pass_over_the_scene(levir_cro
     store.create_output_store(out, alignment.grid, 128)
     pool = PredictorPool("tinycd", weights, workers=2, batch_size=2)
     levels = []
+    tiles = make_tiles(alignment.grid.height, alignment.grid.width, 128)
+    job = InferenceJob(inp, out, 96, (1, 2, 3), statistics="scene")
     try:
-        stats = pool.run(InferenceJob(inp, out, 96, (1, 2, 3), statistics="scene"),
-                         make_tiles(alignment.grid.height, alignment.grid.width, 128), on_level=lambda k, n: levels.append((k, n)))
+        stats, passes = fit.measure_statistics(pool, job, tiles, on_level=lambda k, n: levels.append((k, n)))
     finally:
         pool.close()
-    assert stats.statistics_passes == 17 and levels == [(k, 17) for k in range(1, 18)]
+    assert passes == 17 and levels == [(k, 17) for k in range(1, 18)]
+    predictor = TilePredictor("tinycd", weights, batch_size=2, threads=1)
+    helpers.predict_stores(predictor, replace(job, scene_stats=stats), tiles)
     tiled = store.open_array(out, store.PROBABILITY)[:]
     net, meta, _ = loader.build("tinycd", "levir")
     whole = predict_image(net.eval(), normalize(store.open_array(inp, store.IMAGE)[:], meta))

@@ -16,10 +16,11 @@ import rasterio
 from pipeline import checks
 from pipeline.config import MapSpec, RunOptions
 from pipeline.engine import stream, workdir
-from pipeline.engine.inference import InferenceJob, PredictorPool
-from pipeline.engine.scene import make_map
+from pipeline.engine.predictor import InferenceJob, TilePredictor
+from pipeline.engine.scheduler import TUNING
 from pipeline.io import store
 from pipeline.tiling import assemble, chunks_under, halo_window, make_tiles
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -45,7 +46,7 @@ def test_row_segments_group_chunks_of_one_row():
     assert stream.segment_of((2, 11), 256) == (2, 8) and stream.segment_of((2, 7), 256) == (2, 0)
 
 
-def _walk(rows: int, width_tiles: int, hold: int | None, monkeypatch) -> tuple[stream._Segments, int, list]:
+def _walk(rows: int, width_tiles: int, hold: int | None) -> tuple[stream._Segments, int, list]:
     """The segments of a scene of 64-pixel tiles streamed in order as :func:`stream.run_stream` does.
 
     Batches of 4 tiles, decoding the next 4 batches ahead; returns (segments, peak held, submits).
@@ -57,14 +58,14 @@ def _walk(rows: int, width_tiles: int, hold: int | None, monkeypatch) -> tuple[s
             submits.append((tuple(t.key for t in tiles), done))
             return object()
 
-    monkeypatch.setattr(stream, "_decode", FakeDecode())
-    monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment
     height, width = rows * 64, width_tiles * 64
     tiles = make_tiles(height, width, 64)
-    needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, height, width), 64)})
+    # 2 chunks of 64 per segment
+    needs = {t: sorted({stream.segment_of(k, 64, 128) for k in chunks_under(halo_window(t, 16, 96, height, width), 64)})
              for t in tiles}
     batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]
-    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs, hold=hold)
+    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64, 128), batches, needs, hold=hold,
+                                decode=FakeDecode())
     ahead, peak = 4, 0
     for i, batch in enumerate(batches):
         for later in batches[i:i + ahead]:
@@ -85,8 +86,8 @@ def test_a_local_object_store_has_room_for_the_scenes_row_segments(monkeypatch):
     machine(64)
     assert stream.object_store_bytes(3, 1, 512) == 512 * 2**20
     segment = 512 * 2048 * (2 * 13 * 2 + 1)  # both dates' 13 uint16 bands and the valid mask
-    assert stream.object_store_bytes(13, 2, 512) == stream.STORE_SEGMENTS * segment
-    assert stream.object_store_bytes(13, 2, 1024) == stream.STORE_SEGMENTS * 1024 * 2048 * 53  # 2 chunks a segment
+    assert stream.object_store_bytes(13, 2, 512) == TUNING.store_segments * segment
+    assert stream.object_store_bytes(13, 2, 1024) == TUNING.store_segments * 1024 * 2048 * 53  # 2 chunks a segment
     assert stream.object_store_bytes(13, 2, 4096) == int(0.3 * 64 * 2**30)  # one chunk of 4096²: 30 % of RAM
     machine(4)
     assert stream.object_store_bytes(13, 2, 512) == int(0.3 * 4 * 2**30)
@@ -94,27 +95,27 @@ def test_a_local_object_store_has_room_for_the_scenes_row_segments(monkeypatch):
     assert stream.object_store_bytes(13, 2, 512) == 512 * 2**20  # never below the default
 
 
-def test_decoded_segments_are_released_once_no_batch_needs_them(monkeypatch):
+def test_decoded_segments_are_released_once_no_batch_needs_them():
     """The stream holds a few rows of decoded segments, however many rows the scene has.
 
     Segments are counted per batch and released per batch; counting them per tile kept every
     decoded segment in Ray's object store until the end of the scene (it spilled to disk).
     """
-    segments, peak, submits = _walk(16, 16, None, monkeypatch)  # 16 rows of 8 segments
+    segments, peak, submits = _walk(16, 16, None)  # 16 rows of 8 segments
     assert len(submits) == 16 * 8  # each segment decoded once
     assert peak <= 4 * 8  # the rows above, at and below the tiles in flight, and the next (of 16 rows)
     assert segments.decoded == 16 * 16 and segments.reused == 0
 
 
-def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
+def test_the_segments_held_do_not_grow_with_the_scene_width():
     """A segment whose next batch is beyond the horizon is let go and read back from input.zarr for it.
 
     Without a horizon the stream holds about three rows of segments, as many as the scene is wide.
     """
     peaks, unbounded = {}, {}
     for width_tiles in (64, 128):  # 16 and 32 batches a row: uses of a segment beyond the horizon of 8
-        _, unbounded[width_tiles], _ = _walk(6, width_tiles, None, monkeypatch)
-        segments, peaks[width_tiles], submits = _walk(6, width_tiles, 8, monkeypatch)
+        _, unbounded[width_tiles], _ = _walk(6, width_tiles, None)
+        segments, peaks[width_tiles], submits = _walk(6, width_tiles, 8)
         # Every chunk is decoded from the source once; a later use reads its segment back (all chunks done).
         first = [keys for keys, done in submits if not done]
         tiles = make_tiles(6 * 64, width_tiles * 64, 64)
@@ -126,12 +127,12 @@ def test_the_segments_held_do_not_grow_with_the_scene_width(monkeypatch):
     assert peaks[128] == peaks[64] < unbounded[64] / 2
 
 
-def test_a_scene_within_the_horizon_reads_nothing_back(monkeypatch):
-    segments, _, submits = _walk(6, 8, 8, monkeypatch)  # 2 batches per row: uses 2 batches apart
+def test_a_scene_within_the_horizon_reads_nothing_back():
+    segments, _, submits = _walk(6, 8, 8)  # 2 batches per row: uses 2 batches apart
     assert segments.reread == 0 and all(not done for _, done in submits) and len(submits) == 6 * 4
 
 
-def test_decodes_ahead_of_need_are_bounded(ray_local, tmp_path, monkeypatch):
+def test_decodes_ahead_of_need_are_bounded(ray_local, tmp_path):
     """At most ``limit`` decode tasks run ahead of need; a batch being sent still gets its segments.
 
     Ray starts a worker process for each stream task running at once: on a node of many CPUs the
@@ -147,13 +148,13 @@ def test_decodes_ahead_of_need_are_bounded(ray_local, tmp_path, monkeypatch):
             time.sleep(0.02)
         return len(tiles)
 
-    monkeypatch.setattr(stream, "_decode", held_decode)
-    monkeypatch.setattr(stream, "SEGMENT_WIDTH", 128)  # 2 chunks of 64 per segment: 2 segments a row
     tiles = make_tiles(4 * 64, 4 * 64, 64)
-    needs = {t: sorted({stream.segment_of(k, 64) for k in chunks_under(halo_window(t, 16, 96, 256, 256), 64)})
+    # 2 chunks of 64 per segment: 2 segments a row
+    needs = {t: sorted({stream.segment_of(k, 64, 128) for k in chunks_under(halo_window(t, 16, 96, 256, 256), 64)})
              for t in tiles}
     batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]  # a row each
-    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs, limit=3)
+    segments = stream._Segments(None, set(), stream.make_segments(tiles, 64, 128), batches, needs, limit=3,
+                                decode=held_decode)
     wanted = [k for b in batches for k in stream.batch_segments(b, needs)]
     assert not segments.ahead(wanted)  # three running: the fourth waits
     assert list(segments.refs) == [(0, 0), (0, 2), (1, 0)]  # in the order asked for
@@ -164,7 +165,7 @@ def test_decodes_ahead_of_need_are_bounded(ray_local, tmp_path, monkeypatch):
     assert not segments.ahead(wanted) and len(segments.refs) == 7  # finished ones no longer count
     ray.get(list(segments.refs.values()))
     assert segments.ahead(wanted) and len(segments.refs) == 8
-    unbounded = stream._Segments(None, set(), stream.make_segments(tiles, 64), batches, needs)
+    unbounded = stream._Segments(None, set(), stream.make_segments(tiles, 64, 128), batches, needs, decode=held_decode)
     gate.unlink()
     assert unbounded.ahead(wanted) and len(unbounded.refs) == 8 and unbounded.running == []
     gate.touch()
@@ -178,33 +179,26 @@ def _read(path) -> np.ndarray:
 
 def _stores_map(pre, tmp_path) -> np.ndarray:
     """The map made the old way: ingest to zarr, predict from zarr windows, export from the stores."""
-    from tests import helpers
-
     inp, out = str(tmp_path / "ref-in.zarr"), str(tmp_path / "ref-out.zarr")
     helpers.ingest_pair(pre.alignment, inp, pre.spec.tile)
     store.create_output_store(out, pre.alignment.grid, pre.spec.tile)
-    pool = PredictorPool(pre.meta.model, pre.loaded, batch_size=2)
-    try:
-        pool.run(InferenceJob(inp, out, pre.spec.halo, pre.bands), make_tiles(pre.alignment.grid.height,
-                                                                              pre.alignment.grid.width, pre.spec.tile))
-    finally:
-        pool.close()
+    predictor = TilePredictor(pre.meta.model, pre.loaded, batch_size=2, threads=1)
+    helpers.predict_stores(predictor, InferenceJob(inp, out, pre.spec.halo, pre.bands),
+                           make_tiles(pre.alignment.grid.height, pre.alignment.grid.width, pre.spec.tile))
     dest = tmp_path / "ref.tif"
     helpers.export_map(out, inp, str(dest), probability="float32")
     return _read(dest)
 
 
 @pytest.mark.slow
-def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, tmp_path, ray_local, monkeypatch):
+def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, tmp_path, ray_local):
     spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
                    probability="float32")
     run = RunOptions(output=str(tmp_path / "stream.tif"), workdir=str(tmp_path / "work"), batch_size=2)
     pre = checks.preflight(spec, run)
     reference = _stores_map(pre, tmp_path)
     # The model actor dies on its second batch (once); its batches go to a replacement.
-    monkeypatch.setenv("CHANGEMAP_FAULT_ACTOR_EXIT_AFTER", "1")
-    monkeypatch.setenv("CHANGEMAP_FAULT_MARKER", str(tmp_path / "killed-once"))
-    made = make_map(pre, workdir.paths_for(pre.spec, run), run)
+    made = helpers.make_map(spec, run, predictor=helpers.dies_once(1, tmp_path / "killed-once"))
     assert (tmp_path / "killed-once").exists()
     s = made.stream
     assert s.tiles == 20 and s.reused == 0 and s.chunks_decoded == 20
@@ -218,7 +212,7 @@ def test_stream_map_equals_the_stores_path_and_survives_a_lost_actor(synthetic, 
 
 
 def test_a_worker_opens_a_scenes_stores_once_and_writes_every_chunk(synthetic, tmp_path, ray_local, monkeypatch):
-    """Decode and store tasks in one worker keep the scene's arrays open between segments and batches."""
+    """Decode tasks in one worker, and the map writer's keeper, keep the scene's arrays open between segments and batches."""
     from pipeline.io.read import AlignedPairReader
 
     alignment = checks.plan_grid(str(synthetic["before"]), str(synthetic["after"]))
@@ -229,13 +223,13 @@ def test_a_worker_opens_a_scenes_stores_once_and_writes_every_chunk(synthetic, t
     opened, writable = [], store.writable
     monkeypatch.setattr(store, "writable", lambda path, name: opened.append(name) or writable(path, name))
     stream._input_writer.cache_clear()
-    stream._probability_writer.cache_clear()
     tiles = make_tiles(230, 300, 64)
     for segment in stream.make_segments(tiles, 64).values():
         stream.decode_segment(job, segment, frozenset())
     results = [(t, np.full((t.height, t.width), t.row + t.col / 10, "float32"), None) for t in tiles]
+    keep = stream.TileKeeper(job)
     for i in range(0, len(results), 4):
-        stream.store_tiles(job, results[i:i + 4])
+        keep(results[i:i + 4])
     assert sorted(opened) == ["image", "probability", "valid"]  # once each, for 5 segments and 5 batches
     with AlignedPairReader(alignment) as reader:
         expected_image, expected_valid = reader.read(0, 230, 0, 300)
@@ -246,18 +240,22 @@ def test_a_worker_opens_a_scenes_stores_once_and_writes_every_chunk(synthetic, t
     for t, expected, _ in results:
         np.testing.assert_array_equal(probability[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width], expected)
     assert workdir.Records(str(tmp_path)).done("ingest") == {t.key for t in tiles}
+    assert workdir.Records(str(tmp_path)).done("infer") == {t.key for t in tiles}
 
 
 def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_path, ray_local, monkeypatch):
     """With no horizon every later use of a segment is read back from input.zarr: the map is the same."""
+    from dataclasses import replace
+
     spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
                    probability="float32")
-    maps, made, default = {}, {}, stream.HOLD_FACTOR
+    maps, made, default = {}, {}, TUNING.hold_factor
+    run_stream = stream.run_stream
     for hold in (default, 0):
-        monkeypatch.setattr(stream, "HOLD_FACTOR", hold)
+        monkeypatch.setattr(stream, "run_stream",
+                            lambda *a, hold=hold, **k: run_stream(*a, **k, tuning=replace(TUNING, hold_factor=hold)))
         run = RunOptions(output=str(tmp_path / f"hold{hold}.tif"), workdir=str(tmp_path / f"work{hold}"), batch_size=2)
-        pre = checks.preflight(spec, run)
-        made[hold] = make_map(pre, workdir.paths_for(pre.spec, run), run).stream
+        made[hold] = helpers.make_map(spec, run).stream
         maps[hold] = _read(run.output)
     assert made[default].chunks_reread == 0
     seconds = made[default].model_seconds  # the actors' phases while this scene ran
@@ -268,16 +266,23 @@ def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_pat
     np.testing.assert_array_equal(maps[0], maps[default])
 
 
-def _cli(args, env, log: Path, timeout=900):
+def _cli(args, env, log: Path, timeout=900, kill_at: tuple[Path, int] | None = None):
     """``changemap`` in its own process group (a killed run's Ray processes go with it).
 
-    Output goes to files, not pipes: the Ray processes of a killed run would hold pipes open.
+    ``kill_at=(folder, n)``: the whole group is killed with SIGKILL from outside, as a preempted node
+    would be, once ``n`` completion records exist under ``folder``. Output goes to files, not
+    pipes: the Ray processes of a killed run would hold pipes open.
     """
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env, stdout=out,
                                 stderr=err, start_new_session=True)
         try:
-            proc.wait(timeout=timeout)
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if kill_at and len(list(kill_at[0].glob("changemap-*/records/infer/*"))) >= kill_at[1]:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(0.05)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # whatever the run left (a killed driver's Ray node)
@@ -315,14 +320,12 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir, ray_local
         opts += ["--workdir", str(tmp_path / "work")]
     # The uninterrupted map, made in this process (same map settings and batch size).
     whole = RunOptions(output=str(tmp_path / "whole.tif"), batch_size=2, workdir=str(tmp_path / "ref"))
-    pre = checks.preflight(MapSpec(before=pair[0], after=pair[1], tile=256, halo=32, probability="float32"), whole)
-    make_map(pre, workdir.paths_for(pre.spec, whole), whole)
-    # Killed (SIGKILL) once 8 of its 16 tiles are recorded, like a preempted node.
+    helpers.make_map(MapSpec(before=pair[0], after=pair[1], tile=256, halo=32, probability="float32"), whole)
+    # Killed (SIGKILL, from outside) once 8 of its 16 tiles are recorded, like a preempted node.
     killed = tmp_path / "resumed.tif"
-    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], {**env, "CHANGEMAP_FAULT_RUN_KILL_AFTER": "8"},
-                          tmp_path / "killed")
-    assert code == -signal.SIGKILL and not killed.exists()
     work_root = tmp_path / "work" if with_workdir else tmp_path / "cache" / "work"
+    code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], env, tmp_path / "killed", kill_at=(work_root, 8))
+    assert code == -signal.SIGKILL and not killed.exists()
     assert len(list(work_root.glob("changemap-*/records/infer/*"))) >= 8
     # The identical command continues: only unfinished tiles are predicted, no recorded chunk is decoded again.
     code, out, err = _cli(["run", *pair, "-o", str(killed), *opts], env, tmp_path / "resumed")
@@ -344,8 +347,8 @@ def test_warm_workers_cover_the_tasks_the_stream_runs_at_once(ray_local):
     """
     import ray
 
-    free = int(ray.available_resources()["CPU"] / stream.TASK_CPUS)
+    free = int(ray.available_resources()["CPU"] / TUNING.task_cpus)
     refs = stream.warm_workers(lanes=1)
     assert len(refs) == min(stream.stream_workers(1), free) == free  # 2 CPUs here: fewer than the stream's 20
     assert len(set(ray.get(refs))) >= 2  # several processes, not one worker reused four times
-    assert stream.stream_workers(2) == 2 * stream.DECODES_PER_LANE + 4
+    assert stream.stream_workers(2) == 2 * TUNING.decodes_per_lane + 4

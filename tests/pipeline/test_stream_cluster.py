@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import checks
 from pipeline.config import MapSpec, RunOptions
-from pipeline.engine import workdir
-from pipeline.engine.scene import make_map
+from tests import helpers
 from tests.conftest import REPO
 
 
@@ -89,7 +87,6 @@ def test_two_nodes_share_the_cpu_stages_and_make_the_same_map(synthetic, tmp_pat
     spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=64, halo=16,
                    probability="float32")
     run = RunOptions(output=str(tmp_path / "local.tif"), workdir=str(tmp_path / "local"))
-    pre = checks.preflight(spec, run)
-    make_map(pre, workdir.paths_for(pre.spec, run), run)
+    helpers.make_map(spec, run)
     with rasterio.open(cluster_out) as a, rasterio.open(run.output) as b:
         np.testing.assert_array_equal(a.read(), b.read())

@@ -107,10 +107,10 @@ def _ray_train(cfg: TrainConfig, plan: TrainPlan) -> None:
     import ray
     import ray.train
 
-    from pipeline.engine.ray_runtime import ensure_ray, shutdown_if_started
     from pipeline.errors import ChangemapError
+    from pipeline.session import start_ray
 
-    started = ensure_ray(cfg.ray_address)
+    started = start_ray(cfg.ray_address)
     try:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
@@ -138,4 +138,5 @@ def _ray_train(cfg: TrainConfig, plan: TrainPlan) -> None:
         except failed as exc:  # one paragraph with the workers' own error, not Ray's traceback
             raise ChangemapError(f"Ray Train workers failed: {str(exc).strip()[-1500:]}") from exc
     finally:
-        shutdown_if_started(started)
+        if started:
+            ray.shutdown()

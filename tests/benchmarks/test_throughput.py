@@ -1,4 +1,4 @@
-"""The throughput benchmark's parts: the null model is a 1x1 convolution, stage times add up, the model rate runs."""
+"""The throughput benchmark's parts: the null model, stage times add up, the model rate runs, simulated nodes."""
 from __future__ import annotations
 
 import argparse
@@ -11,19 +11,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import throughput
+from benchmarks import nullmodel, throughput
+from benchmarks.common import parse_node
 from tests.conftest import REPO
 
 
-def test_the_null_model_is_a_one_by_one_convolution_over_both_dates():
+def test_the_null_model_decides_on_a_grid_of_cells_from_the_raw_pixels():
+    """Change where the dates' mean brightness differs by more than its threshold, one value per 16-px cell."""
     from pipeline import loader
 
-    net, _, _ = loader.build(throughput.NULL_MODEL, "none")
-    x = torch.randn(2, 2, 3, 64, 96)
+    nullmodel.register()
+    net, _, _ = loader.build(nullmodel.NULL_MODEL, "none")
+    assert net.takes_raw and net.size_divisor == nullmodel.CELL
+    x = torch.zeros(1, 2, 3, 64, 96, dtype=torch.uint8)
+    x[0, 1, :, 16:32, 32:64] = 200  # two cells of the after date brighter by 200
     with torch.inference_mode():
-        expected = net.mix(torch.cat([x[:, 0], x[:, 1]], 1))
-        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(net.forward_pair(x[:, 0], x[:, 1]), expected, rtol=1e-5, atol=1e-5)
+        p = net.change_probability(net(x))[0]
+    assert p.shape == (64, 96)
+    assert (p[16:32, 32:64] > 0.99).all() and (p[:16] < 0.01).all() and (p[32:] < 0.01).all()
+    assert len(torch.unique(p[16:32, 32:64])) == 1  # one value over each cell
 
 
 def test_stage_busy_sums_each_stage_of_a_ray_timeline(tmp_path):
@@ -31,7 +37,7 @@ def test_stage_busy_sums_each_stage_of_a_ray_timeline(tmp_path):
               {"name": "pipeline.engine.stream.decode_segment", "ph": "X", "dur": 500_000},
               {"name": "predict_chunks", "ph": "X", "dur": 3_000_000},
               {"name": "submit_task", "ph": "X", "dur": 9_000_000},  # not a stage
-              {"name": "pipeline.engine.stream.store_tiles", "ph": "i", "dur": 7_000_000}]  # not a duration event
+              {"name": "MapWriter.put", "ph": "i", "dur": 7_000_000}]  # not a duration event
     trace = tmp_path / "timeline.json"
     trace.write_text(json.dumps(events))
     assert throughput.stage_busy(trace) == {"decode+ingest": 2.0, "model (summed over lanes)": 3.0}
@@ -42,7 +48,7 @@ def test_stream_workers_counts_the_processes_that_ran_stream_tasks(tmp_path):
         return {"name": name, "ph": ph, "dur": 1000, "pid": "127.0.0.1", "tid": f"worker:{worker}"}
 
     events = [event("pipeline.engine.stream.decode_segment", "a"), event("pipeline.engine.stream.decode_segment", "a"),
-              event("pipeline.engine.stream.store_tiles", "b"), event("pipeline.engine.stream.load_tiles", "c"),
+              event("pipeline.engine.stream.decode_segment", "b"), event("pipeline.engine.stream.load_tiles", "c"),
               event("predict_chunks", "d"),  # the model actor: not a stream worker
               event("pipeline.engine.stream.decode_segment", "e", ph="i")]  # not a duration event
     trace = tmp_path / "timeline.json"
@@ -51,7 +57,7 @@ def test_stream_workers_counts_the_processes_that_ran_stream_tasks(tmp_path):
 
 
 def test_the_model_rate_runs_one_pass_per_lane():
-    rate = throughput.model_rate(throughput.NULL_MODEL, tile=32, halo=0, batch=1, device="cpu", repeats=1)
+    rate = throughput.model_rate(nullmodel.NULL_MODEL, tile=32, halo=0, batch=1, device="cpu", repeats=1)
     assert rate > 0
 
 
@@ -96,9 +102,9 @@ def test_batch_sizes_to_compare_are_one_option():
     import argparse
 
     parser = argparse.ArgumentParser()
-    throughput.add_parser(parser.add_subparsers())
-    assert parser.parse_args(["throughput", "--batches", "4,8,16"]).batches == [4, 8, 16]
-    assert parser.parse_args(["throughput"]).batches == []
+    throughput.add_arguments(parser)
+    assert parser.parse_args(["--batches", "4,8,16"]).batches == [4, 8, 16]
+    assert parser.parse_args([]).batches == []
 
 
 def test_several_models_each_get_their_model_rate_whole_run_and_marginal_rate(tmp_path, monkeypatch, capsys):
@@ -117,10 +123,10 @@ def test_several_models_each_get_their_model_rate_whole_run_and_marginal_rate(tm
     monkeypatch.setattr(throughput, "_run", fake_run)
     monkeypatch.setattr(throughput, "decode_rate", lambda *a, **k: 100.0)
     monkeypatch.setattr(throughput, "model_rate", lambda model, *a, **k: {"a": 0.05, "b": 0.02}[model])
-    monkeypatch.setattr("pipeline.measure.make_mosaic", lambda path, *a, **k: Path(path).touch())
+    monkeypatch.setattr("benchmarks.common.make_mosaic", lambda path, *a, **k: Path(path).touch())
     parser = argparse.ArgumentParser()
-    throughput.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["throughput", "--size", "128", "--marginal", "64", "--model", "a,b", "--skip-data-path",
+    throughput.add_arguments(parser)
+    args = parser.parse_args(["--size", "128", "--marginal", "64", "--model", "a,b", "--skip-data-path",
                               "--whole-marginal", "--workdir", str(tmp_path), "--device", "cpu"])
     throughput.throughput(args)
     out = capsys.readouterr().out
@@ -139,7 +145,7 @@ def test_a_wide_mosaic_has_the_height_and_width_asked_for(tmp_path):
     import numpy as np
     import rasterio
 
-    from pipeline.measure import make_mosaic
+    from benchmarks.common import make_mosaic
 
     source = REPO / "examples" / "levir_test_1_A.tif"
     out = tmp_path / "wide.tif"
@@ -149,8 +155,8 @@ def test_a_wide_mosaic_has_the_height_and_width_asked_for(tmp_path):
         block, whole = dst.read(window=((0, 128), (512, 640))), src.read()
         assert any(np.array_equal(block, np.rot90(whole, k, axes=(1, 2))[:, :128, :128]) for k in range(4))
     parser = __import__("argparse").ArgumentParser()
-    throughput.add_parser(parser.add_subparsers())
-    assert parser.parse_args(["throughput", "--wide", "65536"]).wide == 65536
+    throughput.add_arguments(parser)
+    assert parser.parse_args(["--wide", "65536"]).wide == 65536
 
 
 def test_each_run_leaves_its_summary_in_the_work_folder(tmp_path, monkeypatch):
@@ -173,11 +179,11 @@ def test_each_run_leaves_its_summary_in_the_work_folder(tmp_path, monkeypatch):
 
 def test_a_simulated_node_places_gpu_actors_that_run_on_the_cpu(tmp_path):
     """``--simulate-node 8:1``: the pool places its actor as on a GPU node (a GPU's batch and warm-up), on the CPU."""
-    env = {**os.environ, "CHANGEMAP_PLUGINS": "pipeline.throughput", throughput.SIMULATED_NODE: "8:1"}
-    cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(REPO / "examples" / "levir_test_1_A.tif"),
-           str(REPO / "examples" / "levir_test_1_B.tif"), "-o", str(tmp_path / "map.tif"), "--model",
-           throughput.NULL_MODEL, "--weights", "none", "--json", "--workdir", str(tmp_path / "work")]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    cmd = [sys.executable, "-m", "benchmarks.run_scene", "--null", "--simulate-node", "8:1", "--",
+           str(REPO / "examples" / "levir_test_1_A.tif"), str(REPO / "examples" / "levir_test_1_B.tif"),
+           "-o", str(tmp_path / "map.tif"), "--model", nullmodel.NULL_MODEL, "--weights", "none",
+           "--workdir", str(tmp_path / "work")]
+    done = subprocess.run(cmd, env=os.environ, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
     assert summary["device"] == "cuda" and summary["workers"] == 1 and summary["tiles_predicted"] == 4
@@ -185,7 +191,7 @@ def test_a_simulated_node_places_gpu_actors_that_run_on_the_cpu(tmp_path):
 
 
 def test_a_simulated_node_is_given_as_cpus_and_gpus():
-    assert throughput.parse_node("16:1") == (16, 1)
+    assert parse_node("16:1") == (16, 1)
     for bad in ("16", "a:1", "0:1", "4:-1"):
         with pytest.raises(argparse.ArgumentTypeError, match="--simulate-node"):
-            throughput.parse_node(bad)
+            parse_node(bad)

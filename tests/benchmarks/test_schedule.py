@@ -1,4 +1,4 @@
-"""The paced stream (``python -m pipeline.benchmark schedule``): the stream's scheduler on a claimed node."""
+"""The paced stream (``python -m benchmarks.schedule``): the stream's scheduler on a claimed node."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline import pacing
+from benchmarks import schedule as pacing
 from pipeline.engine import stream
 from pipeline.tiling import make_tiles
 from tests.conftest import REPO
@@ -31,7 +31,7 @@ def test_decodes_ahead_run_while_the_model_is_busy(tmp_path):
     back before submitting them, so the GPU found its next batch's segments still decoding.
     """
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "pipeline.benchmark", "schedule", "--size", "4096", "--height", "1536", "--tile", "256",
+    cmd = [sys.executable, "-m", "benchmarks.schedule", "--size", "4096", "--height", "1536", "--tile", "256",
            "--halo", "32", "--node", "16:1", "--runs", "1", "--json", "--decode-mpps", "5.24",
            "--model-mpps", "1.75", "--host-ms", "0", "--store-mpps", "1000", "--writer-mpps", "1000",
            "--decodes-per-lane", "8", "--lookahead-batches", "2"]

@@ -1,4 +1,4 @@
-"""A local pipeline Ray listens on loopback only (checked in a fresh process, as a user runs it)."""
+"""The session: a local Ray on loopback only, attaching to a cluster, what it starts at once and owns until it ends."""
 from __future__ import annotations
 
 import json
@@ -18,28 +18,33 @@ def _fresh_process(code: str) -> dict:
 
 
 PROBE = """
-import pipeline.engine.ray_runtime as rt, ray, json
-started = rt.ensure_ray(num_cpus=1, object_store_memory=80 * 1024**2)
-monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
-rt._stop_autoscaler_monitor()
+import json, os, subprocess
+from pipeline.session import start_ray
+import ray
+started = start_ray(num_cpus=1, object_store_memory=80 * 1024**2)
+pid = str(os.getpid())
+listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout.splitlines()
+ours = [line.split()[3] for line in listening if "raylet" in line or "gcs_server" in line]
 print(json.dumps({"started": started, "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
-                  "ip": ray.util.get_node_ip_address(), "monitor_exit": monitor.poll(),
+                  "ip": ray.util.get_node_ip_address(), "sockets": ours,
                   "task": ray.get(ray.remote(lambda: 1).remote())}))
-rt.shutdown_if_started(started)
+ray.shutdown()
 """
 
 
 def test_local_ray_started_by_the_pipeline_is_on_loopback():
-    """On 127.0.0.1 only; its autoscaler monitor can be stopped ahead of the shutdown and Ray still runs tasks."""
+    """On 127.0.0.1 only: its node, and every port its raylet and GCS listen on; Ray runs tasks."""
     found = _fresh_process(PROBE)
     assert found["started"] is True and found["nodes"] == ["127.0.0.1"] and found["ip"] == "127.0.0.1"
-    assert found["monitor_exit"] is not None and found["task"] == 1
+    assert found["task"] == 1 and found["sockets"]
+    assert all(s.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for s in found["sockets"]), found["sockets"]
 
 
 FREED = """
 import json, time
-import numpy as np, pipeline.engine.ray_runtime as rt, ray
-started = rt.ensure_ray(num_cpus=1, object_store_memory=256 * 1024**2)
+from pipeline.session import start_ray
+import numpy as np, ray
+started = start_ray(num_cpus=1, object_store_memory=256 * 1024**2)
 for i in range(8):  # 32 MiB objects released 0.1 s after their put, like a stream's segments
     ref = ray.put(np.full(32 * 2**20, i, np.uint8))
     del ref
@@ -47,7 +52,7 @@ for i in range(8):  # 32 MiB objects released 0.1 s after their put, like a stre
 with open("/proc/self/smaps_rollup") as f:  # the store's pages this process has touched
     touched = sum(int(line.split()[1]) for line in f if line.startswith("Pss_Shmem")) // 1024
 print(json.dumps({"touched_mib": touched}))
-rt.shutdown_if_started(started)
+ray.shutdown()
 """
 
 
@@ -55,6 +60,15 @@ def test_released_objects_leave_the_store_soon_so_its_space_is_reused():
     """With Ray's default (frees flushed once a second) the eight puts touched 191-223 MiB of the store; here 32-63."""
     found = _fresh_process(FREED)
     assert 32 <= found["touched_mib"] <= 4 * 32
+
+
+def test_a_local_runtime_is_refused_when_ray_was_imported_first_unpinned():
+    """ray imported before pipeline, nothing set: a local runtime would listen on the network, so none starts."""
+    code = ("import json, ray\nfrom pipeline.errors import ChangemapError\nfrom pipeline.session import start_ray\n"
+            "try:\n    start_ray(num_cpus=1)\n    said = None\nexcept ChangemapError as exc:\n    said = str(exc)\n"
+            "print(json.dumps({'said': said, 'up': ray.is_initialized()}))")
+    found = _fresh_process(code)
+    assert found["up"] is False and "import pipeline first" in found["said"]
 
 
 def test_an_explicit_cluster_address_is_not_pinned_to_loopback():
@@ -122,46 +136,45 @@ def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_pat
 
 WARM_PROBE = """
 import json, ray
-from contextlib import contextmanager
-import pipeline.engine.ray_runtime as rt
-from pipeline.engine.inference import borrow_pool, shared_pool
+from pipeline.config import MapSpec, RunOptions
+from pipeline.session import Session
 seen = {}
-@contextmanager
-def warm():
-    seen["ray_up_when_warming"] = ray.is_initialized()
-    with shared_pool("tinycd", None, batch_size=2) as pool:
-        seen["pool"] = id(pool)
-        yield
-    seen["ray_up_after_warm"] = ray.is_initialized()
-with rt.services(None, warm=warm) as startup:
+spec = MapSpec(before="examples/levir_test_1_A.tif", after="examples/levir_test_1_B.tif")
+run = RunOptions(output="/tmp/changemap-warm-probe-never-written.tif", batch_size=2)
+with Session(run) as session:
+    plan = session.plan(spec, run)
+    seen["ray_up_after_plan"] = ray.is_initialized()
+    startup = session.start(plan)
     seen["startup"] = {k: v > 0 for k, v in startup.items()}
-    with borrow_pool("tinycd", None, batch_size=2) as p:
-        seen["borrowed_the_warm_pool"] = id(p) == seen["pool"]
+    seen["pool_up"] = len(session.pool(plan).actors) == 1
+    seen["the_map_borrows_the_warm_pool"] = session.pool(plan) is session.pool(plan)
     from prefect.settings import get_current_settings
     seen["heartbeat"] = get_current_settings().flows.heartbeat_frequency
+    seen["ray_up_in_session"] = ray.is_initialized()
 seen["ray_up_at_end"] = ray.is_initialized()
 print(json.dumps(seen))
 """
 
 
-def test_services_start_the_model_actors_that_the_run_then_borrows():
-    """``services(warm=...)``: actors started while Prefect's API starts are the ones the map uses, closed before Ray."""
-
+def test_a_session_starts_the_model_actors_that_the_run_then_borrows():
+    """``Session.start(plan)``: actors started while Prefect's API starts are the ones the map uses; all stop with it."""
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # a set API: none is started, none contacted
     out = subprocess.run([sys.executable, "-c", WARM_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout
     seen = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
-    assert seen["ray_up_when_warming"] and seen["borrowed_the_warm_pool"]
-    assert seen["ray_up_after_warm"] and not seen["ray_up_at_end"]
+    assert not seen["ray_up_after_plan"]  # the checks start nothing
+    assert seen["pool_up"] and seen["the_map_borrows_the_warm_pool"] and seen["ray_up_in_session"]
+    assert not seen["ray_up_at_end"]
     assert seen["heartbeat"] is not None  # a real API server keeps its flow-run heartbeats
     assert seen["startup"] == {"ray": True, "model actors": True}  # seconds to start each; no API was started
 
 
 EPHEMERAL_PROBE = """
 import json
-import pipeline.engine.ray_runtime as rt
+from pipeline.session import Session
 from prefect.settings import get_current_settings
-with rt.services(None) as startup:
+with Session() as session:
+    startup = session.start()
     print(json.dumps({"heartbeat": get_current_settings().flows.heartbeat_frequency,
                       "started": sorted(k for k, v in startup.items() if v > 0)}))
 """

@@ -1,4 +1,4 @@
-"""``python -m pipeline.benchmark throughput``: how fast pixels move through a run, side by side.
+"""``python -m benchmarks.throughput``: how fast pixels move through a run, side by side.
 
 One invocation prints, for an N x N 3-band pair (a mosaic of LEVIR-CD tiles): the raw decode
 rate of the pair on all cores (rasterio, no pipeline), the model alone (forward passes on the
@@ -28,90 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-NULL_MODEL = "benchmark-null"  # a 1x1 convolution: the data path without the model's compute
+from benchmarks import nullmodel
+from benchmarks.common import parse_node
+from benchmarks.nullmodel import NULL_MODEL
+
 WIDE_HEIGHT = 2048  # the height of the --wide pair
-SIMULATED_NODE = "CHANGEMAP_BENCHMARK_SIMULATED_NODE"  # "CPUS:GPUS", set for a measured run's process
-
-
-def parse_node(spec: str) -> tuple[int, int]:
-    """``"CPUS:GPUS"`` -> (CPUS, GPUS), e.g. ``"16:1"``."""
-    try:
-        cpus, gpus = (int(v) for v in spec.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--simulate-node takes CPUS:GPUS, e.g. 16:1, got {spec!r}") from None
-    if cpus < 1 or gpus < 0:
-        raise argparse.ArgumentTypeError(f"--simulate-node needs at least 1 CPU and 0 or more GPUs, got {spec!r}")
-    return cpus, gpus
-
-
-def simulate_node(cpus: int, gpus: int) -> None:
-    """Benchmark only, in a measured run's process: a local runtime claims ``cpus`` CPUs and ``gpus`` GPUs.
-
-    The pool then places its actors as on such a node (one per GPU, batches of a GPU's size, one
-    lane and a waiting batch), but they run on the CPU. Ray schedules the stream's tasks on the
-    CPUs it is told of: this shows how many worker processes a node of many CPUs starts.
-    """
-    import ray
-
-    import pipeline.engine.inference as inference
-
-    init, remote_predictor = ray.init, inference.RemotePredictor
-
-    def claimed_init(*args, **kwargs):
-        if kwargs.get("address") == "local":
-            kwargs.update(num_cpus=cpus, num_gpus=gpus)
-        return init(*args, **kwargs)
-
-    class Placed:
-        """An actor class with its placement options; started with the device the actors really have."""
-
-        def __init__(self, options: dict) -> None:
-            self.placed = remote_predictor.options(**options)
-
-        def remote(self, *args, **kwargs):
-            return self.placed.remote(*args, **{**kwargs, "device": "cpu"})
-
-    class OnTheCpu:
-        """Stands for ``RemotePredictor``: ``options(...).remote(...)`` as the pool calls it."""
-
-        def options(self, **options) -> Placed:
-            return Placed(options)
-
-    ray.init = claimed_init
-    inference.RemotePredictor = OnTheCpu()
-
-
-def register_null_model() -> None:
-    """Register the negligible-compute model (benchmark only)."""
-    import torch
-
-    from models.base import ChangeModel
-    from models.registry import _REGISTRY, register_model
-
-    class NullChange(ChangeModel):
-        """One 1x1 convolution over both dates: costs next to nothing.
-
-        Computed as a weighted sum of the channels, one matrix product over the pixels of the
-        batch as it comes: torch's NCHW 1x1 convolution with one output channel took 80 ms per
-        batch of four 640² windows, an einsum per date 9.6 ms, the product 2 ms (one CPU thread).
-        """
-
-        def __init__(self, in_channels: int = 3, num_classes: int = 1) -> None:
-            super().__init__()
-            self.num_classes = num_classes
-            self.mix = torch.nn.Conv2d(2 * in_channels, num_classes, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            n, _, c, h, w = x.shape  # (B, 2, C, H, W): both dates' channels are one matrix, no copy
-            # detached: a weight that requires grad keeps torch from folding the batch into one product (13x slower)
-            y = torch.matmul(self.mix.weight[:, :, 0, 0].detach(), x.reshape(n, 2 * c, h * w))
-            return y.add_(self.mix.bias.view(1, -1, 1)).view(n, -1, h, w)
-
-        def forward_pair(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-            return self.forward(torch.stack([before, after], 1))
-
-    if NULL_MODEL not in _REGISTRY:
-        register_model(NULL_MODEL, "benchmark only: a 1x1 convolution")(NullChange)
 
 
 def decode_rate(before: Path, after: Path, threads: int) -> float:
@@ -139,12 +60,12 @@ def model_rate(model: str, tile: int, halo: int, batch: int, device: str, repeat
 
     On a GPU one pass at a time, after three warm-up passes (autotuning, allocator), for at least
     ``gpu_seconds``; on the CPU ``repeats`` passes per lane at once, the cores shared between the
-    lanes (:func:`pipeline.engine.inference.cpu_lanes`), as a CPU actor given all the cores would.
+    lanes (:func:`pipeline.engine.predictor.cpu_lanes`), as a CPU actor given all the cores would.
     """
     import torch
 
     from pipeline import loader
-    from pipeline.engine.inference import cpu_lanes
+    from pipeline.engine.predictor import cpu_lanes
     from pipeline.engine.tile_engine import forward_probability
     from pipeline.tiling import window_size
 
@@ -231,8 +152,8 @@ class GpuSampler:
 
 def stage_busy(timeline: Path) -> dict[str, float]:
     """Busy seconds per stage, summed over Ray's task timeline (Chrome trace events)."""
-    names = {"decode_segment": "decode+ingest", "predict_chunks": "model (summed over lanes)", "store_tiles": "output.zarr",
-             "put": "map writer", "load_tiles": "reload"}
+    names = {"decode_segment": "decode+ingest", "predict_chunks": "model (summed over lanes)",
+             "put": "map writer's calls (output.zarr)", "load_tiles": "reload"}
     busy: dict[str, float] = {}
     for event in json.loads(timeline.read_text()):
         name = str(event.get("name", ""))
@@ -242,11 +163,11 @@ def stage_busy(timeline: Path) -> dict[str, float]:
     return busy
 
 
-STREAM_TASKS = ("decode_segment", "store_tiles", "load_tiles")
+STREAM_TASKS = ("decode_segment", "load_tiles")
 
 
 def stream_workers(timeline: Path) -> int:
-    """How many Ray worker processes ran the stream's CPU tasks (decode, output.zarr, reload).
+    """How many Ray worker processes ran the stream's CPU tasks (decode, reload).
 
     Each is a process of 150-220 MiB: on a node of many CPUs their number sets the run's memory.
     """
@@ -265,26 +186,26 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
     """
     import subprocess
 
-    from pipeline.measure import run_with_peak_memory
+    from benchmarks.common import run_with_peak_memory
 
     trace = work / f"timeline-{out.stem}.json"
-    cmd = [sys.executable, "-m", "pipeline.throughput", "_run", str(pair[0]), str(pair[1]), "-o", str(out),
-           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo),
-           "--model", model, "--json", "--workdir", str(work / "stores")]
+    flags = ["--null"] if model == NULL_MODEL else []
+    if model == NULL_MODEL and getattr(args, "simulate_node", None):
+        flags += ["--simulate-node", args.simulate_node]
+    if timeline:
+        flags += ["--timeline", str(trace)]
+    cmd = [sys.executable, "-m", "benchmarks.run_scene", *flags, "--", str(pair[0]), str(pair[1]), "-o", str(out),
+           "--overwrite", "--tile", str(args.tile), "--halo", str(args.halo), "--model", model,
+           "--workdir", str(work / "stores")]
     if args.batch:  # else the run's own default for its device
         cmd += ["--batch-size", str(args.batch)]
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
-    env = {**os.environ, "CHANGEMAP_PLUGINS": "pipeline.throughput"}
-    if model == NULL_MODEL and getattr(args, "simulate_node", None):
-        env[SIMULATED_NODE] = args.simulate_node
-    if timeline:
-        env["CHANGEMAP_TIMELINE"] = str(trace)
     if memory:
-        code, seconds, (rss, pss), output = run_with_peak_memory(cmd, env)
+        code, seconds, (rss, pss), output = run_with_peak_memory(cmd)
     else:
         start = time.perf_counter()
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         code, seconds, (rss, pss), output = done.returncode, time.perf_counter() - start, (0, 0), done.stdout
     summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
     if code or summary is None:
@@ -309,10 +230,10 @@ def peak_memory(pair: tuple[Path, Path], out: Path, args: argparse.Namespace, wo
 
 def throughput(args: argparse.Namespace) -> None:
     """The benchmark (see the module docstring)."""
-    from pipeline.engine.inference import default_batch_size
-    from pipeline.measure import make_mosaic
+    from benchmarks.common import make_mosaic
+    from pipeline.engine.pool import default_batch_size
 
-    register_null_model()
+    nullmodel.register()
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -429,11 +350,10 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
     return lines
 
 
-def add_parser(sub) -> None:
-    """``throughput`` options."""
-    from pipeline.measure import DEFAULT_DATA
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    from benchmarks.common import DEFAULT_DATA
 
-    t = sub.add_parser("throughput", help="decode, model, data path and whole run rates side by side")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
     t.add_argument("--size", type=int, default=8192)
     t.add_argument("--marginal", type=int, default=None, help="also this size, for the marginal rate (e.g. 4096)")
@@ -469,17 +389,13 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _child(argv: list[str]) -> int:
-    """The measured run: the CLI with the benchmark's null model registered (on a simulated node if asked)."""
-    register_null_model()
-    if os.environ.get(SIMULATED_NODE):
-        simulate_node(*parse_node(os.environ[SIMULATED_NODE]))
-    from pipeline.cli import console
-
-    return console(argv)
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.throughput [options]``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    throughput(parser.parse_args(argv))
 
 
-register_null_model()  # also in the model actors, which import this module (CHANGEMAP_PLUGINS)
-
-if __name__ == "__main__" and sys.argv[1:2] == ["_run"]:
-    sys.exit(_child(["run", *sys.argv[2:]]))
+if __name__ == "__main__":
+    main()

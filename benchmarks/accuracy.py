@@ -1,9 +1,9 @@
-"""Benchmarks that print figures: accuracy on LEVIR-CD, and throughput/peak memory on a large mosaic.
+"""Accuracy on LEVIR-CD, a large mosaic's run with its peak memory, and the zoo's models alone.
 
-    python -m pipeline.benchmark levir  [--data ../shared/data] [--tile 512 --halo 64] [--statistics scene]
-    python -m pipeline.benchmark large  --size 8192 [--tile 512] [--workers N] [--statistics scene] [--extras]
-                                        [--model NAME] [--keep] [--keep-stores]
-    python -m pipeline.benchmark models [--size 256 --batch 8 --threads 2]
+    python -m benchmarks.accuracy levir  [--data ../shared/data] [--tile 512 --halo 64] [--statistics scene]
+    python -m benchmarks.accuracy large  --size 8192 [--tile 512] [--workers N] [--statistics scene] [--extras]
+                                         [--model NAME] [--keep] [--keep-stores]
+    python -m benchmarks.accuracy models [--size 256 --batch 8 --threads 2]
 
 ``levir`` runs the flow on LEVIR-CD test_1..3 (F1 against the labels, COG checks), compares
 the tiled map with one forward pass over the whole image, and repeats test_1 with AFTER
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import DEFAULT_DATA, make_mosaic, run_with_peak_memory
 from pipeline.config import STATISTICS
-from pipeline.measure import DEFAULT_DATA, make_mosaic, run_with_peak_memory
 
 
 def _levir(args: argparse.Namespace) -> None:
@@ -39,10 +39,11 @@ def _levir(args: argparse.Namespace) -> None:
     from flows.change_detection import detect_changes
     from pipeline.checks import check_model
     from pipeline.config import MapSpec, RunOptions
-    from pipeline.engine.inference import TilePredictor
+    from pipeline.engine.predictor import TilePredictor
     from pipeline.engine.tile_engine import forward_probability
-    from pipeline.io import cog, raster, read
+    from pipeline.io import cog, read
     from pipeline.learn.metrics import Confusion, confusion
+    from tests.helpers import warp_to
 
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     loaded, meta = check_model("tinycd", None, None, "window", 512, 64)
@@ -78,7 +79,7 @@ def _levir(args: argparse.Namespace) -> None:
               f"precision {total.precision:.4f} recall {total.recall:.4f}; tiled vs whole-image F1 {agreement.f1:.4f}; "
               f"{near_seam} of {flipped} differing pixels lie within 32 px of an inner tile border "
               f"({100 * seam_px / all_px:.1f} % of the area)")
-        utm = raster.warp_to(str(root / "test_1_B.tif"), str(tmp / "after_utm.tif"), "EPSG:32614", 0.5)
+        utm = warp_to(str(root / "test_1_B.tif"), str(tmp / "after_utm.tif"), "EPSG:32614", 0.5)
         out = tmp / "utm.tif"
         detect_changes(MapSpec(before=str(root / "test_1_A.tif"), after=utm, mask=True, tile=args.tile,
                                halo=args.halo, statistics=args.statistics), RunOptions(output=str(out)))
@@ -156,7 +157,7 @@ def _models(args: argparse.Namespace) -> None:
     x = torch.randn(args.batch, 2, 3, args.size, args.size)
     print(f"{'model':<28} {'parameters':>12} {'MP/s':>8}  (input {args.batch} x 2 x 3 x {args.size}^2, "
           f"{args.threads} threads, inference_mode, CPU)")
-    for name in models.list_models():
+    for name in models.list_models(kind="deep"):
         kwargs = {"backbone": "resnet", "head": "segformer"} if name == "siamese" else {}
         model = models.create_model(name, **kwargs).eval()
         with torch.inference_mode():
@@ -173,7 +174,7 @@ def _models(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of the benchmark."""
-    p = argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="which", required=True)
     for name in ("levir", "large"):
         s = sub.add_parser(name)
@@ -197,14 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                        help="also write polygons (.gpkg), statistics and a quicklook (--vector --stats --quicklook)")
     large.add_argument("--model", default=None,
                        help="registered model (default: tinycd with its weights; others run with --weights none)")
-    from pipeline import pacing, throughput
-
-    throughput.add_parser(sub)
-    pacing.add_parser(sub)
     args = p.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    {"levir": _levir, "large": _large, "models": _models, "throughput": throughput.throughput,
-     "schedule": pacing.schedule}[args.which](args)
+    {"levir": _levir, "large": _large, "models": _models}[args.which](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""What the benchmarks share: the shared data folder, LEVIR mosaics of any size, peak memory of a process tree."""
+"""What the benchmarks share: the shared data folder, LEVIR mosaics of any size, peak memory of a process tree, nodes."""
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import threading
@@ -79,3 +80,14 @@ def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, se
             yield (y0, x0, h, w), np.ascontiguousarray(t[:, :h, :w]), np.ones((h, w), bool)
 
     cog.write_cog(str(path), grid, 3, "uint8", blocks())
+
+
+def parse_node(spec: str) -> tuple[int, int]:
+    """``"CPUS:GPUS"`` -> (CPUS, GPUS), e.g. ``"16:1"``: a node a local runtime claims to be."""
+    try:
+        cpus, gpus = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--simulate-node takes CPUS:GPUS, e.g. 16:1, got {spec!r}") from None
+    if cpus < 1 or gpus < 0:
+        raise argparse.ArgumentTypeError(f"--simulate-node needs at least 1 CPU and 0 or more GPUs, got {spec!r}")
+    return cpus, gpus
