@@ -3,7 +3,10 @@
 Pairs come from a manifest (CSV / JSON lines, path or URL) or two globs paired by a
 rule. Pairs whose output is already a complete map are skipped (checked: readable
 COG with changemap's tags for the same inputs and settings, and every requested extra
-output present) unless ``overwrite``. The rest run as ``detect_changes`` subflows,
+output present and stamped with the same product settings) unless ``overwrite``; a
+complete map whose products are missing or were made with other product settings
+(``--min-area``, ``--simplify``) keeps its map and has its products made again from it.
+The rest run as ``detect_changes`` subflows,
 ``concurrency`` at a time, all borrowing the same model actors, so the model is loaded
 once per actor, not once per pair. Each pair also writes its statistics and the
 requested polygons, quicklook and STAC Item under the prefix
@@ -30,8 +33,9 @@ from pipeline import checks, loader, storage
 from pipeline.archive import pairs, report, skip
 from pipeline.archive.pairs import Plan
 from pipeline.archive.report import PairResult
-from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
+from pipeline.config import ArchiveOptions, MapSettings, MapSpec, ProductSettings, RunOptions
 from pipeline.engine import stream
+from pipeline.products import outputs
 from pipeline.session import Session
 
 _task = dict(cache_policy=NO_CACHE)
@@ -45,28 +49,30 @@ def plan_task(options: ArchiveOptions) -> Plan:
 
 
 @task(name="check-outputs", retries=2, retry_delay_seconds=2, **_task)
-def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, overwrite: bool
-               ) -> tuple[list[pairs.Pair], list[PairResult]]:
-    """Split the pairs into those to run and results for those already complete (or not ours).
+def check_task(plan: Plan, specs: dict[str, MapSpec], options: ArchiveOptions, products: ProductSettings,
+               overwrite: bool) -> tuple[list[pairs.Pair], list[pairs.Pair], list[PairResult]]:
+    """Split the pairs: to run, to make their products again (the map kept), and results of the others.
 
+    The others are complete (skipped) or not ours (failed, unless ``overwrite``).
     A complete pair's statistics are read back, so the summary's totals cover it too.
     """
-    todo, done = [], []
+    todo, remake, done = [], [], []
     logger = get_run_logger()
     for pair in plan.pairs:
         outputs = pairs.pair_outputs(pair, options)
-        state, reason, mp = skip.existing_output(pair, specs[pair.id], outputs)
-        if state in ("missing", "incomplete") or overwrite:
-            if state == "incomplete" and not overwrite:
-                logger.info("pair %s: its map is complete but %s; running it again", pair.id, reason)
+        state, reason, mp = skip.existing_output(pair, specs[pair.id], outputs, products)
+        if state == "missing" or overwrite:
             todo.append(pair)
+        elif state == "products":
+            logger.info("pair %s: its map is complete but %s; making its products again from the map", pair.id, reason)
+            remake.append(pair)
         elif state == "complete":
             done.append(PairResult(pair.id, "skipped", megapixels=mp, output=pair.output,
                                    change=skip.read_statistics(outputs["stats"])))
         else:
             done.append(PairResult(pair.id, "failed", megapixels=mp, output=pair.output,
                                    error=f"output exists and {reason}; pass --overwrite to replace it"))
-    return todo, done
+    return todo, remake, done
 
 
 @task(name="summary", retries=2, retry_delay_seconds=2, **_task)
@@ -83,19 +89,32 @@ def summary_task(results: list[PairResult], output_prefix: str, extra: dict[str,
 @task(name="stac-collection", retries=2, retry_delay_seconds=2, **_task)
 def collection_task(results: list[PairResult], by_id: dict[str, pairs.Pair], options: ArchiveOptions) -> str | None:
     items = [(r.id, pairs.pair_outputs(by_id[r.id], options)["stac"]) for r in results
-             if r.status in ("succeeded", "skipped")]
+             if r.status in ("succeeded", "skipped", "updated")]
     url = report.write_collection(items, options.output_prefix)
     if url is None:
         get_run_logger().warning("no STAC Item to gather: no collection written")
     return url
 
 
-def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions, session: Session) -> PairResult:
-    """Run ``detect_changes`` for one pair; any error becomes a failed row, never an exception."""
+@task(name="remake-products", retries=1, retry_delay_seconds=2, **_task)
+def remake_task(spec: MapSpec, run: RunOptions, products: ProductSettings, session: Session) -> dict:
+    """The products of a kept map made again from it (its settings changed, or a product is missing)."""
+    plan = session.plan(spec, run)
+    return outputs.finish_outputs(plan, run, products, outputs.sinks_from_map(plan, run, products))
+
+
+def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: ArchiveOptions, products: ProductSettings,
+              session: Session, remake: bool = False) -> PairResult:
+    """Run ``detect_changes`` for one pair (or remake its products); any error becomes a failed row, never an exception."""
     start = time.perf_counter()
+    pair_run = run.model_copy(update={**pairs.pair_outputs(pair, options), "overwrite": True})
     try:
-        summary = detect_changes.with_options(flow_run_name=f"pair-{pair.id}")(
-            spec, run.model_copy(update={**pairs.pair_outputs(pair, options), "overwrite": True}), session=session)
+        if remake:
+            made = remake_task(spec, pair_run, products, session)
+            return PairResult(pair.id, "updated", seconds=time.perf_counter() - start, output=pair.output,
+                              change=dict(made["change"]))
+        summary = detect_changes.with_options(flow_run_name=f"pair-{pair.id}")(spec, pair_run, products,
+                                                                                session=session)
     except Exception as exc:  # noqa: BLE001 - one failed pair must not stop the others
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return PairResult(pair.id, "failed", seconds=time.perf_counter() - start, output=pair.output,
@@ -107,7 +126,8 @@ def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: Archive
 
 @flow(name="process_archive", log_prints=False)
 def process_archive(archive_options: ArchiveOptions, settings: MapSettings = MapSettings(),
-                    run: RunOptions = RunOptions(), session: Session | None = None):
+                    run: RunOptions = RunOptions(), products: ProductSettings = ProductSettings(),
+                    session: Session | None = None):
     """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
 
     Every pair's map is made with ``settings``; ``run`` says how (its output paths are each
@@ -117,10 +137,11 @@ def process_archive(archive_options: ArchiveOptions, settings: MapSettings = Map
     is the caller's (:class:`pipeline.session.Session`); without one the flow opens its own.
     """
     with Session.borrow(session, run) as session:
-        return _process(archive_options, settings, run, session)
+        return _process(archive_options, settings, run, products, session)
 
 
-def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions, session: Session):
+def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions, products: ProductSettings,
+             session: Session):
     start = time.perf_counter()
     logger = get_run_logger()
     checks.check_archive(options, settings, run, session)
@@ -130,9 +151,9 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions, se
     # What each pair's map is: an existing output must be this map to be skipped.
     model = loader.choose_model(settings.model, settings.weights)  # a changemap checkpoint names its model
     specs = {p.id: MapSpec.of(p.before, p.after, settings).model_copy(update={"model": model}) for p in plan.pairs}
-    todo, results = check_task(plan, specs, options, run.overwrite)
-    logger.info("%d pairs: %d to run, %d already complete", len(plan.pairs), len(todo),
-                sum(r.status == "skipped" for r in results))
+    todo, remake, results = check_task(plan, specs, options, products, run.overwrite)
+    logger.info("%d pairs: %d to run, %d to make their products again, %d already complete", len(plan.pairs),
+                len(todo), len(remake), sum(r.status == "skipped" for r in results))
     actors = 0
     if todo:
         loaded, meta = checks.check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
@@ -141,9 +162,10 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions, se
         actors = session.pool_for(meta, loaded).workers  # every pair's map borrows these actors
         with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="pair") as ex:
             # Each pair runs in a copy of this flow's context, so it is this run's subflow.
-            futures = [ex.submit(contextvars.copy_context().run, _one_pair, p, specs[p.id], run, options, session)
-                       for p in todo]
+            futures = [ex.submit(contextvars.copy_context().run, _one_pair, p, specs[p.id], run, options, products,
+                                 session) for p in todo]
             results += [f.result() for f in futures]
+    results += [_one_pair(p, specs[p.id], run, options, products, session, remake=True) for p in remake]
     results += [PairResult(storage.basename(url), "unpaired", error=f"{storage.redact_url(url)}: {why}")
                 for url, why in plan.unpaired]
     order = {p.id: i for i, p in enumerate(plan.pairs)}

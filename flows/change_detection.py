@@ -15,7 +15,7 @@ from flows import artifacts
 from models import UnknownModelError, WeightsError
 from pipeline import storage
 from pipeline.checks import RunPlan
-from pipeline.config import MapSpec, RunOptions
+from pipeline.config import MapSpec, ProductSettings, RunOptions
 from pipeline.engine import workdir
 from pipeline.engine.scene import SceneResult, make_map
 from pipeline.errors import ChangemapError
@@ -46,24 +46,27 @@ def check_task(spec: MapSpec, run: RunOptions, session: Session) -> RunPlan:
 
 
 @task(name="map", retries=1, retry_delay_seconds=5, **_task)
-def map_task(plan: RunPlan, paths: workdir.RunPaths, run: RunOptions, session: Session) -> SceneResult:
-    return make_map(plan, paths, run, session)
+def map_task(plan: RunPlan, paths: workdir.RunPaths, run: RunOptions, products: ProductSettings,
+             session: Session) -> SceneResult:
+    return make_map(plan, paths, run, session, products)
 
 
 @task(name="outputs", retries=2, retry_delay_seconds=2, **_task)
-def outputs_task(plan: RunPlan, run: RunOptions, made: SceneResult) -> dict:
-    extras = outputs.finish_outputs(plan, run, made.sinks)
+def outputs_task(plan: RunPlan, run: RunOptions, products: ProductSettings, made: SceneResult) -> dict:
+    extras = outputs.finish_outputs(plan, run, products, made.sinks)
     artifacts.publish(extras, plan)
     return extras
 
 
 @flow(name="detect_changes", log_prints=False)
-def detect_changes(spec: MapSpec, run: RunOptions, session: Session | None = None) -> RunSummary:
+def detect_changes(spec: MapSpec, run: RunOptions, products: ProductSettings = ProductSettings(),
+                   session: Session | None = None) -> RunSummary:
     """Detect changes between ``spec.before`` and ``spec.after`` and write a change-map COG on BEFORE's grid.
 
     Paths may be fsspec URLs; ``run.storage_options`` (fsspec options as JSON, also mirrored
     into GDAL's settings) is a secret: Prefect stores it masked, and it is used for this run
-    only. Without it the process's options and the environment apply. ``session`` is the
+    only. Without it the process's options and the environment apply. ``products`` says how the
+    polygons are made (stamped on the products). ``session`` is the
     caller's (:class:`pipeline.session.Session`: Ray, the model actors, the checked plan);
     without one the flow opens its own for its length.
     """
@@ -76,8 +79,8 @@ def detect_changes(spec: MapSpec, run: RunOptions, session: Session | None = Non
         succeeded = False
         try:
             with workdir.locked(paths):
-                made = map_task(plan, paths, run, session)
-                extras = outputs_task(plan, run, made)
+                made = map_task(plan, paths, run, products, session)
+                extras = outputs_task(plan, run, products, made)
             succeeded = True
         finally:
             kept = workdir.cleanup(paths, run, succeeded)

@@ -4,7 +4,9 @@
 threshold, output type): it is stamped on the COG, compared whole by the archive's skip check
 and hashed to find resumable work. :class:`RunOptions` is how a run goes and where its results
 land (workers, batch size, work folder, Ray address, storage options, output paths): never
-stamped. :class:`ArchiveOptions` says which pairs an archive holds. The CLI's options are
+stamped. :class:`ProductSettings` is what defines the products besides the map (polygons'
+minimum mapping unit and simplification): stamped on the products, so a change redoes them from
+the map. :class:`ArchiveOptions` says which pairs an archive holds. The CLI's options are
 derived from these fields (:mod:`pipeline.cli.options`), and the Prefect flows take the objects
 as parameters (Prefect validates them).
 """
@@ -179,7 +181,8 @@ class RunOptions(Frozen):
     batch_size: int | None = option(None, "windows per forward pass (default: 16 on a GPU, 4 on the CPU)")
     compile: bool = option(False, "compile the model with torch.compile in each actor (opt-in: slow to start, "
                                   "for long GPU runs)")
-    workdir: str | None = option(None, "folder for intermediate zarr stores (default: temporary)")
+    workdir: str | None = option(None, "folder for the intermediate zarr stores (default: under $CHANGEMAP_CACHE/work, "
+                                       "~/.cache/changemap/work; removed after success)")
     keep_workdir: bool = option(False, "keep the intermediate stores after success")
     overwrite: bool = option(False, "replace an existing output")
     compress: Literal["deflate", "zstd"] = option(
@@ -188,9 +191,6 @@ class RunOptions(Frozen):
     ray_address: str | None = option(None, "attach to this Ray cluster (default: a local runtime)")
     vector: str | None = option(None, "also write change polygons here; format by extension: .gpkg, .parquet "
                                       "(GeoParquet), .fgb, .geojson", metavar="PATH")
-    min_area: float = option(0.0, "minimum mapping unit in m²: smaller regions are dropped from the polygons "
-                                  "and the region count (after merging across tiles)")
-    simplify: float = option(0.0, "polygon simplification tolerance in map units (topology-preserving)")
     stats: str | None = option(None, "also write the change statistics as JSON here", metavar="PATH")
     quicklook: str | None = option(None, "also write a PNG: BEFORE | AFTER | AFTER with changes tinted",
                                    metavar="PATH")
@@ -211,13 +211,6 @@ class RunOptions(Frozen):
     def _compress(cls, v: Any, info) -> Any:
         return _one_of(v, info.field_name, COMPRESSIONS)
 
-    @field_validator("min_area", "simplify")
-    @classmethod
-    def _non_negative(cls, v: float, info) -> float:
-        if v < 0:
-            raise ValueError(f"--{info.field_name.replace('_', '-')} must be 0 or more, got {v}")
-        return v
-
     @field_validator("vector")
     @classmethod
     def _vector(cls, v: str | None) -> str | None:
@@ -237,6 +230,26 @@ class RunOptions(Frozen):
     def storage_json(self) -> str | None:
         """The storage options' JSON text (the secret itself; never log it)."""
         return self.storage_options.get_secret_value() if self.storage_options else None
+
+
+class ProductSettings(Frozen):
+    """What defines the products besides the map: stamped on them, compared by the archive's skip check.
+
+    A change here redoes a map's products (polygons, statistics, ...) from the map, not the map.
+    """
+
+    what: ClassVar[str] = "product settings"
+
+    min_area: float = option(0.0, "minimum mapping unit in m²: smaller regions are dropped from the polygons "
+                                  "and the region count (after merging across tiles)")
+    simplify: float = option(0.0, "polygon simplification tolerance in map units (topology-preserving)")
+
+    @field_validator("min_area", "simplify")
+    @classmethod
+    def _non_negative(cls, v: float, info) -> float:
+        if v < 0:
+            raise ValueError(f"--{info.field_name.replace('_', '-')} must be 0 or more, got {v}")
+        return v
 
 
 def check_destination(spec: MapSpec, run: RunOptions) -> None:

@@ -114,3 +114,29 @@ def test_evaluating_a_dataset_does_not_import_ray(tmp_path):
 @pytest.mark.parametrize("module", ["pipeline.cli", "flows.archive"])
 def test_entry_points_do_not_import_tests(module):
     assert not {m for m in _modules_after(f"import {module}") if m == "tests" or m.startswith("tests.")}
+
+
+def test_every_imported_distribution_is_declared():
+    """Each third-party module the packages import belongs to a distribution pyproject.toml declares."""
+    import importlib.metadata as md
+    import re
+
+    import tomllib
+
+    declared = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    by_module = md.packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    missing = {}
+    for path in (p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in stdlib or top in PACKAGES or top == "__future__":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in by_module.get(top, [top])}
+                if not dists & declared:
+                    missing.setdefault(top, str(path.relative_to(REPO)))
+    assert missing == {}

@@ -154,7 +154,7 @@ def test_a_user_error_wrapped_by_ray_is_told_by_its_own_message():
     (RuntimeError("a bug keeps its traceback"), None),
 ])
 def test_errors_from_inside_the_flow(raised, code, synthetic, tmp_path, monkeypatch, capsys):
-    def detect_changes(spec, run, session=None):
+    def detect_changes(*args, **kwargs):
         raise raised
 
     monkeypatch.setitem(sys.modules, "flows.change_detection", types.SimpleNamespace(detect_changes=detect_changes))

@@ -30,7 +30,7 @@ class PairResult:
     """
 
     id: str
-    status: str  # succeeded | failed | skipped | unpaired
+    status: str  # succeeded | failed | skipped | updated (products remade from the kept map) | unpaired
     seconds: float = 0.0
     megapixels: float = 0.0
     output: str = ""
@@ -56,7 +56,7 @@ class PairResult:
 
 def summary_counts(results: Sequence[PairResult]) -> dict[str, int]:
     """How many pairs ended in each status."""
-    counts = {"succeeded": 0, "failed": 0, "skipped": 0, "unpaired": 0}
+    counts = {"succeeded": 0, "failed": 0, "skipped": 0, "updated": 0, "unpaired": 0}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     return counts
@@ -67,6 +67,8 @@ def summary_message(results: Sequence[PairResult]) -> str:
     c = summary_counts(results)
     pairs = len(results) - c["unpaired"]
     msg = f"{pairs} pairs: {c['succeeded']} succeeded, {c['failed']} failed, {c['skipped']} skipped (complete)"
+    if c["updated"]:
+        msg += f", {c['updated']} updated (products made again from the map)"
     if c["unpaired"]:
         msg += f"; {c['unpaired']} unpaired file(s)"
     return msg

@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline import storage
 from pipeline.archive.pairs import Pair
-from pipeline.config import MapSpec
+from pipeline.config import MapSpec, ProductSettings
 from pipeline.errors import ChangemapError
 from pipeline.io import cog, fs
 
@@ -14,15 +14,17 @@ from pipeline.io import cog, fs
 _DEFAULTS = {name: f.default for name, f in MapSpec.model_fields.items() if not f.is_required()}
 
 
-def existing_output(pair: Pair, spec: MapSpec, extras: dict[str, str | None] | None = None
-                    ) -> tuple[str, str, float]:
-    """Whether ``pair.output`` is already a complete map of this pair as ``spec`` states it.
+def existing_output(pair: Pair, spec: MapSpec, extras: dict[str, str | None] | None = None,
+                    products: ProductSettings = ProductSettings()) -> tuple[str, str, float]:
+    """Whether ``pair.output`` is already a complete map of this pair as ``spec`` states it, with its products.
 
     Returns ``(state, reason, megapixels)``: ``missing``; ``complete`` (readable to its
     last block, a valid COG, written by changemap for these inputs and settings, and every
-    requested extra output present); ``incomplete`` (such a map, but an extra output in
-    ``extras`` — :func:`pair_outputs` — is missing: the pair is run again); or ``foreign``
-    with the reason it cannot be skipped (replacing it needs ``--overwrite``).
+    requested extra output in ``extras`` — :func:`~pipeline.archive.pairs.pair_outputs` —
+    present and made from this map with these ``products`` settings, as the statistics' stamp
+    says); ``products`` (such a map, but a product is missing or was made otherwise: the
+    products are made again from the map, the map is kept); or ``foreign`` with the reason it
+    cannot be skipped (replacing it needs ``--overwrite``).
     """
     if not fs.exists(pair.output):
         return "missing", "", 0.0
@@ -42,8 +44,25 @@ def existing_output(pair: Pair, spec: MapSpec, extras: dict[str, str | None] | N
         return "foreign", f"it was made with other settings ({', '.join(differ)} differ)", mp
     missing = [kind for kind, url in (extras or {}).items() if kind != "output" and url and not fs.exists(url)]
     if missing:
-        return "incomplete", f"it lacks its {', '.join(_OUTPUT_NAMES.get(k, k) for k in missing)}", mp
+        return "products", f"it lacks its {', '.join(_OUTPUT_NAMES.get(k, k) for k in missing)}", mp
+    stale = _stale_products((extras or {}).get("stats"), spec, products)
+    if stale:
+        return "products", stale, mp
     return "complete", "", mp
+
+
+def _stale_products(stats_url: str | None, spec: MapSpec, products: ProductSettings) -> str:
+    """Why the products beside a map are not those ``products`` asks for ('' when they are)."""
+    if not stats_url:
+        return ""
+    made = read_statistics(stats_url).get("made_with")
+    if not isinstance(made, dict) or not isinstance(made.get("map"), dict):
+        return "its products carry no stamp of what made them"
+    if _differences(made["map"], spec):
+        return "its products were made from another map"
+    had = made.get("products") or {}
+    differ = sorted(k for k, v in products.to_dict().items() if had.get(k) != v)
+    return f"its products were made with other settings ({', '.join(differ)} differ)" if differ else ""
 
 
 _OUTPUT_NAMES = {"stats": "statistics", "vector": "polygons", "quicklook": "quicklook", "stac": "STAC item"}

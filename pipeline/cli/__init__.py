@@ -14,7 +14,7 @@ from pipeline.cli.errors import user_error
 from pipeline.cli.learn import add_dataset_evaluate_options as _add_dataset_evaluate_options
 from pipeline.cli.learn import add_train_parser as _add_train_parser
 from pipeline.cli.run import PER_PAIR, archive_command, run_command, serve_command
-from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
+from pipeline.config import ArchiveOptions, MapSettings, MapSpec, ProductSettings, RunOptions
 from pipeline.errors import ChangemapError, one_paragraph
 
 _USER_ERROR_EXIT = 2
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="detect changes between two rasters and write a COG change map")
     options.add_fields(run, MapSpec)
     options.add_fields(run, RunOptions)
+    options.add_fields(run, ProductSettings)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON too")
 
     ev = sub.add_parser("evaluate", help="score a change map against a label raster, or a model on a dataset",
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     options.add_fields(arc, MapSettings)
     options.add_fields(arc, RunOptions, exclude=PER_PAIR,
                        help_overrides={"overwrite": "redo pairs whose output is already complete"})
+    options.add_fields(arc, ProductSettings)
     arc.add_argument("--json", action="store_true", help="print the archive summary as JSON too")
 
     srv = sub.add_parser("serve", help="run the Prefect deployments of a prefect.yaml here (schedules + triggered runs)")

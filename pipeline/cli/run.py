@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.cli import options
 from pipeline.cli.errors import quiet_user_errors
-from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
+from pipeline.config import ArchiveOptions, MapSettings, MapSpec, ProductSettings, RunOptions
 from pipeline.session import Session
 from pipeline.summary import RunSummary
 
@@ -21,7 +21,8 @@ from pipeline.summary import RunSummary
 PER_PAIR = ("output", "keep_workdir", "vector", "stats", "quicklook", "stac")
 
 
-def run_pair(spec: MapSpec, run: RunOptions, *, session: Session | None = None) -> RunSummary:
+def run_pair(spec: MapSpec, run: RunOptions, products: ProductSettings = ProductSettings(), *,
+             session: Session | None = None) -> RunSummary:
     """Check a run, start what it needs, and make its map through the ``detect_changes`` flow; its summary.
 
     The checks come first, before Prefect's API and Ray start: a user error costs seconds. Then
@@ -36,7 +37,7 @@ def run_pair(spec: MapSpec, run: RunOptions, *, session: Session | None = None) 
 
         quiet_user_errors()
         startup = session.start(plan)
-        summary = detect_changes(spec, run, session=session)
+        summary = detect_changes(spec, run, products, session=session)
     import psutil  # Ray's dependency
 
     before = begin - psutil.Process().create_time()  # the interpreter and the imports of this command
@@ -44,8 +45,8 @@ def run_pair(spec: MapSpec, run: RunOptions, *, session: Session | None = None) 
         k: round(v, 3) for k, v in {"before the checks": before, "checks": checked, **startup}.items()}})
 
 
-def run_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions, *,
-                session: Session | None = None) -> dict[str, Any]:
+def run_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions,
+                products: ProductSettings = ProductSettings(), *, session: Session | None = None) -> dict[str, Any]:
     """Check an archive run, then process its pairs through the ``process_archive`` flow; its summary data."""
     from pipeline import checks
 
@@ -56,7 +57,7 @@ def run_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions,
 
         quiet_user_errors()
         session.start(object_store_memory=object_store_bytes(bands, UNREAD_ITEMSIZE, settings.tile))
-        state = process_archive(archive, settings, run, session=session, return_state=True)
+        state = process_archive(archive, settings, run, products, session=session, return_state=True)
     data = state.result(raise_on_failure=False)
     if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)
         raise data if isinstance(data, Exception) else RuntimeError(str(state.message))
@@ -65,7 +66,7 @@ def run_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions,
 
 def run_command(args: argparse.Namespace) -> int:
     """``changemap run``."""
-    summary = run_pair(options.take(args, MapSpec), options.take(args, RunOptions))
+    summary = run_pair(options.take(args, MapSpec), options.take(args, RunOptions), options.take(args, ProductSettings))
     if args.json:
         print(summary.model_dump_json())
     for line in summary.lines():
@@ -76,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
 def archive_command(args: argparse.Namespace) -> int:
     """``changemap archive``: exit code 1 when a pair failed."""
     data = run_archive(options.take(args, ArchiveOptions), options.take(args, MapSettings),
-                       options.take(args, RunOptions, exclude=PER_PAIR))
+                       options.take(args, RunOptions, exclude=PER_PAIR), options.take(args, ProductSettings))
     if args.json:
         print(json.dumps(data, sort_keys=True))
     for row in data["pairs"]:

@@ -36,8 +36,11 @@ Window = tuple[int, int, int, int]  # (y0, x0, h, w)
 class BlockSink(Protocol):
     """Something fed every block of the map as it is written (statistics, polygons)."""
 
-    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray) -> None:
-        """Take one block: ``(y0, x0, h, w)``, probabilities (NaN: none) and where both dates have data."""
+    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray, changed: np.ndarray | None = None) -> None:
+        """Take one block: ``(y0, x0, h, w)``, probabilities (NaN: none) and where both dates have data.
+
+        ``changed`` is the map's own change decision where it has one (else probability > threshold).
+        """
 
 
 @dataclass(frozen=True)

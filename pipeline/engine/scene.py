@@ -8,7 +8,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline import storage
-from pipeline.config import RunOptions
+from pipeline.config import ProductSettings, RunOptions
 from pipeline.engine import fit, mapwriter, stream
 from pipeline.engine.predictor import InferenceJob
 from pipeline.engine.workdir import RunPaths
@@ -43,8 +43,11 @@ def _writer(plan: RunPlan, run: RunOptions, sinks: list[Any], keep: stream.TileK
         storage.installed(), keep=keep)
 
 
-def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session) -> SceneResult:
+def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session,
+             products: ProductSettings = ProductSettings()) -> SceneResult:
     """Make the scene's change map at ``run.output`` with ``session``'s actors; the stores keep what a rerun reuses.
+
+    The map feeds its statistics (and, with ``run.vector``, polygons made as ``products`` says) as it is written.
 
     The fit step first measures what the model needs of the whole scene (scene statistics), then
     one stream decodes, predicts and writes the map.
@@ -58,7 +61,7 @@ def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session) 
                        spec.statistics, shape=(g.height, g.width, spec.tile))
     session.start_ray(stream.object_store_for(plan))
     pool = session.pool(plan)
-    writer = _writer(plan, run, outputs.make_sinks(plan, run), stream.TileKeeper(scene))
+    writer = _writer(plan, run, outputs.make_sinks(plan, run, products), stream.TileKeeper(scene))
     try:
         before = pool.phase_seconds()  # a session's pool may have served other scenes
         fitted = fit.fit_scene(scene, job, pool)

@@ -12,7 +12,7 @@ results waiting for the writer), so memory grows with neither the scene's height
 
 Resume: chunks and tiles with a completion record are not redone (a finished tile's
 probabilities are read back from ``output.zarr`` for the map). Lost actors: a batch whose actor
-died is sent again (Ray restarts the actor), up to :attr:`StreamTuning.attempts` times.
+died is sent again to the actor the pool starts in its place, up to :attr:`StreamTuning.attempts` times.
 """
 from __future__ import annotations
 

@@ -120,3 +120,25 @@ def iter_blocks(height: int, width: int, size: int = COG_BLOCKSIZE) -> Iterator[
         for x0 in range(0, width, size):
             yield y0, x0, min(size, height - y0), min(size, width - x0)
 
+
+
+def read_map_blocks(path: str, role: str = "change map") -> Iterator[tuple[tuple[int, int, int, int], np.ndarray,
+                                                                          np.ndarray, np.ndarray | None]]:
+    """A change map's blocks as its products see them: ``(window, probability, valid, changed)``.
+
+    ``probability`` is band 1 in 0..1 (a uint8 band divided by its ``CHANGEMAP_PROBABILITY_SCALE``),
+    NaN where the map has no data; ``changed`` is its mask band (``change_mask``) where it has one,
+    else None (the threshold decides). Read block by block, in bounded memory.
+    """
+    with _open(path, role) as src:
+        scale = float(src.tags().get("CHANGEMAP_PROBABILITY_SCALE", 255 if src.dtypes[0] == "uint8" else 1))
+        descriptions = [d or "" for d in src.descriptions]
+        mask_band = descriptions.index("change_mask") + 1 if "change_mask" in descriptions else None
+        for y0, x0, h, w in iter_blocks(src.height, src.width):
+            window = RioWindow(x0, y0, w, h)
+            valid = src.dataset_mask(window=window) > 0
+            p = src.read(1, window=window).astype("float32") / scale
+            valid &= ~np.isnan(p)
+            p[~valid] = np.nan
+            changed = src.read(mask_band, window=window) > 0 if mask_band else None
+            yield (y0, x0, h, w), p, valid, changed

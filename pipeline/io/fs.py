@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from glob import escape as _escape
@@ -60,6 +61,17 @@ def _sweep(folder: Path, prefix: str) -> None:
             path.unlink(missing_ok=True)
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """This process's umask (read by setting it and back: the only portable way; under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def publish(dest: str, write: Callable[[str], None]) -> None:
     """The one atomic write: ``write(path)`` fills a temporary local file, which is then published at ``dest``.
 
@@ -67,7 +79,8 @@ def publish(dest: str, write: Callable[[str], None]) -> None:
     ``dest`` gets a rename in its own folder; an object store (S3, GCS, Azure) one upload,
     which it makes visible only once complete; other filesystems a temporary name and a move.
     A failure leaves nothing at ``dest`` and no temporary file behind; what a killed writer
-    left (its temporaries carry its host and process) is removed by the next publish.
+    left (its temporaries carry its host and process) is removed by the next publish. A local
+    file gets the mode a new file gets under the process's umask (0644 under umask 022).
     """
     name = storage.basename(dest)
     ext = os.path.splitext(name)[1]
@@ -79,6 +92,7 @@ def publish(dest: str, write: Callable[[str], None]) -> None:
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: readable as the umask says
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):

@@ -45,7 +45,7 @@ def vector_format(dest: str) -> str:
 
 
 def write_vector(dest: str, geometries: Sequence | np.ndarray, attributes: Mapping[str, np.ndarray], crs_wkt: str,
-                 *, layer: str = "changes") -> None:
+                 *, layer: str = "changes", metadata: Mapping[str, str] | None = None) -> None:
     """Write polygons with float64 attributes, format by extension, atomically.
 
     Args:
@@ -54,6 +54,8 @@ def write_vector(dest: str, geometries: Sequence | np.ndarray, attributes: Mappi
         attributes: one array per attribute name, as long as ``geometries`` (stored as float64).
         crs_wkt: the geometries' CRS.
         layer: layer name (GeoPackage).
+        metadata: text stamped on the layer where the format keeps it (GeoPackage and FlatGeobuf layer
+            metadata, GeoParquet file metadata; GeoJSON has no place for it).
 
     Raises:
         ChangemapError: unsupported extension.
@@ -67,15 +69,18 @@ def write_vector(dest: str, geometries: Sequence | np.ndarray, attributes: Mappi
     def write(local: str) -> None:
         Path(local).unlink(missing_ok=True)  # GDAL's drivers create their file; an empty one is no dataset
         if FORMATS[ext] is None:
-            _write_geoparquet(local, geoms, columns, crs_wkt)
+            _write_geoparquet(local, geoms, columns, crs_wkt, metadata)
         else:
+            kept = dict(metadata or {}) if ext != ".geojson" else None
             pyogrio.raw.write(local, shapely.to_wkb(geoms), list(columns.values()), list(columns), layer=layer,
-                              driver=FORMATS[ext], geometry_type="Polygon", crs=crs_wkt, promote_to_multi=False)
+                              driver=FORMATS[ext], geometry_type="Polygon", crs=crs_wkt, promote_to_multi=False,
+                              layer_metadata=kept or None)
 
     fs.publish(dest, write)
 
 
-def _write_geoparquet(path: str, geoms: np.ndarray, columns: dict[str, np.ndarray], crs_wkt: str) -> None:
+def _write_geoparquet(path: str, geoms: np.ndarray, columns: dict[str, np.ndarray], crs_wkt: str,
+                      metadata: Mapping[str, str] | None = None) -> None:
     """A GeoParquet 1.1 file (https://geoparquet.org/releases/v1.1.0/): WKB geometries, PROJJSON CRS, bbox."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -87,8 +92,23 @@ def _write_geoparquet(path: str, geoms: np.ndarray, columns: dict[str, np.ndarra
     table = pa.table({**{name: pa.array(values, pa.float64()) for name, values in columns.items()},
                       "geometry": pa.array(list(shapely.to_wkb(geoms)), pa.binary())})
     geo = {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": geometry_meta}}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"geo": json.dumps(geo).encode()})
+    extra = {k.encode(): v.encode() for k, v in (metadata or {}).items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra, b"geo": json.dumps(geo).encode()})
     pq.write_table(table, path)
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The layer metadata :func:`write_vector` stamped (empty for GeoJSON, or a file without any)."""
+    fs_, local = fs.filesystem(path)
+    if vector_format(path) == ".parquet":
+        import pyarrow.parquet as pq
+
+        with fs_.open(local, "rb") as f:
+            meta = pq.read_schema(f).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items() if k not in (b"geo", b"ARROW:schema")}
+    with fs_.open(local, "rb") as f:
+        info = pyogrio.read_info(f)
+    return dict(info.get("layer_metadata") or {})
 
 
 def shapes(labels: np.ndarray, transform: tuple[float, float, float, float, float, float],

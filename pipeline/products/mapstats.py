@@ -109,12 +109,15 @@ class ChangeStatistics:
         self._valid_m2 = self._changed_m2 = 0.0
         self._valid_px = self._changed_px = self._seen_px = 0
 
-    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray) -> None:
-        """Account one block: ``window=(y0, x0, h, w)``, ``probability (h, w)`` (NaN = nodata), ``valid (h, w)``."""
+    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray, changed: np.ndarray | None = None) -> None:
+        """Account one block: ``window=(y0, x0, h, w)``, ``probability (h, w)`` (NaN = nodata), ``valid (h, w)``.
+
+        ``changed`` is the map's own decision where it has one (its mask band); else probability > threshold.
+        """
         y0, _, h, w = window
         probability = np.asarray(probability)
         ok = np.asarray(valid, dtype=bool) & ~np.isnan(probability)
-        changed = ok & (probability > self.threshold)
+        changed = ok & (probability > self.threshold if changed is None else np.asarray(changed, dtype=bool))
         areas = self.measure.row_areas(y0, h)
         valid_rows, changed_rows = ok.sum(axis=1), changed.sum(axis=1)
         self._valid_m2 += float(valid_rows @ areas)

@@ -1,67 +1,97 @@
 """What a run leaves besides the map: statistics (always), polygons, a quicklook and a STAC Item.
 
 Statistics and polygons are computed from the blocks as the COG is written (no extra pass
-over the pixels); the quicklook reads the finished COG's overviews and decimated inputs.
-The polygon, quicklook and STAC modules (shapely, pyogrio, scipy, PIL, pystac: a third of a
-second) are imported by the runs that ask for them.
+over the pixels), or read back from an existing map (:func:`sinks_from_map`: an archive whose
+product settings changed redoes its products, not its maps); the quicklook reads the finished
+COG's overviews and decimated inputs. Every product is stamped with what defines it (the map's
+settings and :class:`~pipeline.config.ProductSettings`). The polygon, quicklook and STAC modules
+(shapely, pyogrio, scipy, PIL, pystac: a third of a second) are imported by the runs that ask for them.
 """
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
-from pipeline.checks import RunPlan
-from pipeline.config import RunOptions
+from pipeline.config import ProductSettings, RunOptions
 from pipeline.products import mapstats
 from pipeline.progress import Progress
 
+if TYPE_CHECKING:
+    from pipeline.checks import RunPlan
 
-def make_sinks(pre: RunPlan, run: RunOptions) -> list[Any]:
+STAMP_KEY = "CHANGEMAP_PRODUCTS"  # a product's stamp: the map's settings and the product settings, JSON
+
+
+def stamp(plan: RunPlan, products: ProductSettings) -> dict[str, Any]:
+    """What defines a run's products: its map's settings and the product settings."""
+    return {"map": plan.spec.stamp(), "products": products.to_dict()}
+
+
+def make_sinks(plan: RunPlan, run: RunOptions, products: ProductSettings) -> list[Any]:
     """The block consumers a run's map feeds as it is written: statistics always, polygons with ``--vector``."""
-    grid = pre.alignment.grid
-    sinks: list[Any] = [mapstats.ChangeStatistics(grid, pre.threshold)]
+    grid = plan.alignment.grid
+    sinks: list[Any] = [mapstats.ChangeStatistics(grid, plan.threshold)]
     if run.vector:
         from pipeline.products.vectorize import Polygonizer
 
-        sinks.append(Polygonizer(grid, pre.threshold, min_area=run.min_area, simplify=run.simplify))
+        sinks.append(Polygonizer(grid, plan.threshold, min_area=products.min_area, simplify=products.simplify))
     return sinks
 
 
-def finish_outputs(pre: RunPlan, run: RunOptions, sinks: list[Any]) -> dict[str, Any]:
+def sinks_from_map(plan: RunPlan, run: RunOptions, products: ProductSettings) -> list[Any]:
+    """The sinks of :func:`make_sinks`, fed the blocks of the existing map at ``run.output`` (its mask band decides).
+
+    A uint8 map holds its probabilities rounded to 1/255: polygons' mean and maximum probability
+    come from those; the changed pixels are the map's own (its mask band, else the threshold).
+    """
+    from pipeline.io.cog import read_map_blocks
+
+    sinks = make_sinks(plan, run, products)
+    for window, probability, valid, changed in read_map_blocks(run.output):
+        for sink in sinks:
+            sink.add(window, probability, valid, changed)
+    return sinks
+
+
+def finish_outputs(plan: RunPlan, run: RunOptions, products: ProductSettings, sinks: list[Any]) -> dict[str, Any]:
     """Write the outputs besides the map from the fed ``sinks`` and the finished COG.
 
     Returns ``{"change": statistics, "outputs": {kind: url}}``.
     """
-    grid = pre.alignment.grid
+    grid = plan.alignment.grid
     stats = sinks[0]
     polygons = sinks[1] if len(sinks) > 1 else None
     written = {"data": run.output}
+    made = stamp(plan, products)
     regions = classes = None
     if polygons is not None:
         from pipeline.io import vector
 
         bar = Progress("vectorize", unit="steps")
         found = polygons.finish()
-        vector.write_vector(run.vector, found.geometries, found.attributes, found.crs_wkt)
+        vector.write_vector(run.vector, found.geometries, found.attributes, found.crs_wkt,
+                            metadata={STAMP_KEY: json.dumps(made, sort_keys=True)})
         bar(1, 1)
         regions, classes = len(found.geometries), found.size_classes()
         written["polygons"] = run.vector
     change = stats.result(regions, classes)
-    change.update(model=pre.meta.model, weights_sha256=pre.meta.sha256, weights=pre.spec.weights)
+    change.update(model=plan.meta.model, weights_sha256=plan.meta.sha256, weights=plan.spec.weights)
     if run.stats:
-        mapstats.write_json(change, run.stats)
+        mapstats.write_json({**change, "made_with": made}, run.stats)
         written["statistics"] = run.stats
     if run.quicklook:
         from pipeline.products import quicklook
 
-        quicklook.make_quicklook(pre.spec.before, pre.spec.after, run.output, run.quicklook, bands=pre.bands[:3]
-                                 if len(pre.bands) >= 3 else pre.bands[:1], threshold=pre.threshold)
+        quicklook.make_quicklook(plan.spec.before, plan.spec.after, run.output, run.quicklook,
+                                 bands=plan.bands[:3] if len(plan.bands) >= 3 else plan.bands[:1],
+                                 threshold=plan.threshold)
         written["thumbnail"] = run.quicklook
     if run.stac:
         from pipeline.products import stac
 
-        item = stac.map_item(run.output, grid, before=pre.spec.before, after=pre.spec.after, model=pre.meta.model,
-                             weights_sha256=pre.meta.sha256, threshold=pre.threshold, stats=change,
+        item = stac.map_item(run.output, grid, before=plan.spec.before, after=plan.spec.after, model=plan.meta.model,
+                             weights_sha256=plan.meta.sha256, threshold=plan.threshold, stats=change,
                              assets={k: v for k, v in written.items() if k != "data"},
                              item_id=storage.basename(run.output).rsplit(".", 1)[0])
         stac.write_item(item, run.stac)

@@ -116,19 +116,21 @@ class Polygonizer:
         self._pending: dict[tuple[str, int], list[_Edge]] = {}
         self._next_id = 1
 
-    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray) -> None:
+    def add(self, window: Window, probability: np.ndarray, valid: np.ndarray, changed: np.ndarray | None = None) -> None:
         """Vectorize one block.
 
         Args:
             window: ``(y0, x0, h, w)`` of the block in the grid.
             probability: ``(h, w)`` float32 change probabilities, NaN where there is no data.
             valid: ``(h, w)`` bool, True where the map has data.
+            changed: the map's own decision where it has one (its mask band); else probability > threshold.
         """
         y0, x0, h, w = window
         prob = np.asarray(probability, dtype=np.float32)
         if prob.shape != (h, w) or np.shape(valid) != (h, w):
             raise ValueError(f"block arrays {prob.shape} / {np.shape(valid)} do not match window {window}")
-        labels, n = ndimage.label(np.asarray(valid, dtype=bool) & (prob > self.threshold), structure=_STRUCTURE)
+        decided = prob > self.threshold if changed is None else np.asarray(changed, dtype=bool)
+        labels, n = ndimage.label(np.asarray(valid, dtype=bool) & decided, structure=_STRUCTURE)
         to_global = np.zeros(n + 1, dtype=np.int64)
         edges = self._inner_edges(window, labels)
         if n:

@@ -86,7 +86,7 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
     prefix = f"{BUCKET}/maps"
     state, data = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", workdir=f"{BUCKET}/work")
     assert state.is_failed() and state.message == "10 pairs: 9 succeeded, 1 failed, 0 skipped (complete)"
-    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "unpaired": 0}
+    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "updated": 0, "unpaired": 0}
     assert data["tiles_inferred"] == 9 and data["model_actors"] == 1
     failed = [r for r in data["pairs"] if r["status"] == "failed"]
     assert [r["id"] for r in failed] == ["corrupt_pair"] and "corrupt" in failed[0]["error"]
@@ -104,7 +104,7 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
     # Second run, with another batch size (how a map is made, not what it is): the nine complete maps are
     # checked and skipped, nothing is inferred.
     state2, data2 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", batch_size=2)
-    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 9, "unpaired": 0}
+    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 9, "updated": 0, "unpaired": 0}
     assert data2["tiles_inferred"] == 0
 
     # With every map complete, nothing starts: no model actor, no inference.
@@ -139,7 +139,7 @@ def test_glob_form_pairs_by_stem_and_reports_unpaired_with_every_output(s3_archi
     extras = dict(before=f"{BUCKET}/archive/2019/*.tif", after=f"{BUCKET}/archive/2023/*.tif", pair_by="stem",
                   vector_format="gpkg", quicklooks=True, stac=True)
     state, data = _run(s3_archive, prefix, **extras)
-    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "unpaired": 1}
+    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "updated": 0, "unpaired": 1}
     unpaired = [r for r in data["pairs"] if r["status"] == "unpaired"]
     assert unpaired[0]["id"] == "extra_only_after.tif" and "no BEFORE file" in unpaired[0]["error"]
     _check_maps(s3_archive, data, tmp_path)
@@ -177,13 +177,14 @@ def test_glob_form_pairs_by_stem_and_reports_unpaired_with_every_output(s3_archi
     assert item["id"] == succeeded[0] and item["assets"]["polygons"]["href"] == f"{prefix}/{succeeded[0]}.gpkg"
     assert {"data", "statistics", "thumbnail"} <= set(item["assets"])
 
-    # A re-run with an output missing redoes only that pair; the skipped pairs' statistics keep the totals whole.
+    # A re-run with an output missing makes only that pair's products again, from its kept map (no tile is
+    # predicted); the skipped pairs' statistics keep the totals whole.
     s3, _ = fs.filesystem(BUCKET)
     s3.rm(f"scenes/maps-glob/{succeeded[0]}.png")
     state2, data2 = _run(s3_archive, prefix, **extras)
-    assert data2["counts"] == {"succeeded": 1, "failed": 1, "skipped": 8, "unpaired": 1}
-    assert [r["id"] for r in data2["pairs"] if r["status"] == "succeeded"] == [succeeded[0]]
-    assert fs.exists(f"{prefix}/{succeeded[0]}.png") and data2["tiles_inferred"] == 1
+    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 8, "updated": 1, "unpaired": 1}
+    assert [r["id"] for r in data2["pairs"] if r["status"] == "updated"] == [succeeded[0]]
+    assert fs.exists(f"{prefix}/{succeeded[0]}.png") and data2["tiles_inferred"] == 0
     assert data2["totals"] == pytest.approx(totals)
 
 

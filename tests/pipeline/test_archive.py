@@ -12,7 +12,7 @@ from pipeline.archive import pairs, report, skip
 from pipeline.archive.pairs import ManifestError, Pair
 from pipeline.archive.report import PairResult
 from pipeline.cli.run import PER_PAIR
-from pipeline.config import ArchiveOptions, MapSpec, RunOptions
+from pipeline.config import ArchiveOptions, MapSpec, ProductSettings, RunOptions
 from pipeline.io import cog, fs, raster
 from pipeline.products import stac
 
@@ -116,16 +116,22 @@ def test_pair_outputs_live_under_the_prefix_named_by_the_id():
         "s3://maps/run1/T1.gpkg", "s3://maps/run1/T1.png", "s3://maps/run1/T1/T1.json")
 
 
-def test_a_complete_map_without_a_requested_extra_output_is_incomplete(synthetic, tmp_path):
+def test_a_complete_map_without_a_requested_extra_output_has_its_products_made_again(synthetic, tmp_path):
+    """A missing product, or products stamped with other product settings: the products are made again, not the map."""
     pair = Pair("t1", str(synthetic["before"]), str(synthetic["after"]), str(tmp_path / "t1.tif"))
     cfg = MapSpec(before=pair.before, after=pair.after)
     _changemap_output(tmp_path / "t1.tif", synthetic, cfg)
     extras = pairs.pair_outputs(pair, ArchiveOptions(output_prefix=str(tmp_path), quicklooks=True))
-    (tmp_path / "t1.stats.json").write_text('{"valid_area_km2": 1.0}')
+    stats = {"valid_area_km2": 1.0, "made_with": {"map": cfg.stamp(), "products": ProductSettings().to_dict()}}
+    (tmp_path / "t1.stats.json").write_text(json.dumps(stats))
     state, reason, _ = skip.existing_output(pair, cfg, extras)
-    assert (state, reason) == ("incomplete", "it lacks its quicklook")
+    assert (state, reason) == ("products", "it lacks its quicklook")
     (tmp_path / "t1.png").write_bytes(b"png")
     assert skip.existing_output(pair, cfg, extras)[0] == "complete"
+    state, reason, _ = skip.existing_output(pair, cfg, extras, ProductSettings(min_area=50))
+    assert (state, reason) == ("products", "its products were made with other settings (min_area differ)")
+    (tmp_path / "t1.stats.json").write_text('{"valid_area_km2": 1.0}')  # an older run's, unstamped
+    assert skip.existing_output(pair, cfg, extras)[:2] == ("products", "its products carry no stamp of what made them")
     assert skip.read_statistics(extras["stats"]) == {"valid_area_km2": 1.0}
     assert skip.read_statistics(str(tmp_path / "absent.json")) == {}
 

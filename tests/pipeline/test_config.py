@@ -9,7 +9,15 @@ import pytest
 from pipeline.cli import _parser
 from pipeline.cli.options import flag
 from pipeline.cli.run import PER_PAIR as _PER_PAIR
-from pipeline.config import ArchiveOptions, ConfigError, MapSettings, MapSpec, RunOptions, check_destination
+from pipeline.config import (
+    ArchiveOptions,
+    ConfigError,
+    MapSettings,
+    MapSpec,
+    ProductSettings,
+    RunOptions,
+    check_destination,
+)
 
 
 def test_round_trip_and_frozen():
@@ -68,11 +76,11 @@ def _dests(parser_name: str) -> set[str]:
 
 def test_the_cli_options_are_the_objects_fields():
     """One declaration per option: the command line cannot drift from the run objects."""
-    assert _dests("run") == set(MapSpec.model_fields) | set(RunOptions.model_fields)
+    assert _dests("run") == set(MapSpec.model_fields) | set(RunOptions.model_fields) | set(ProductSettings.model_fields)
     per_pair = set(_PER_PAIR) - set(ArchiveOptions.model_fields)  # derived per pair, e.g. each map's output path
     assert per_pair >= {"output", "keep_workdir", "vector", "stats", "quicklook"}
     assert _dests("archive") == (set(ArchiveOptions.model_fields) | set(MapSettings.model_fields)
-                                 | set(RunOptions.model_fields)) - per_pair
+                                 | set(RunOptions.model_fields) | set(ProductSettings.model_fields)) - per_pair
 
 
 def test_cli_defaults_are_the_objects_defaults():

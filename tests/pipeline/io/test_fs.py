@@ -101,3 +101,16 @@ fs.publish({str(dest)!r}, write)
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_published_file_is_readable_as_the_umask_says(tmp_path, umask, mode):
+    """mkstemp makes 0600 files; a map a tile server or a colleague's GIS must read is published as the umask says."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        fs.write_text(str(tmp_path / "out.json"), "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == mode
