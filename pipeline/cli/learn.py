@@ -8,87 +8,65 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import ClassVar, Literal
 
-from pipeline.config import STATISTICS
+from pydantic import field_validator
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.4,0.3, got {text!r}") from None
+from pipeline.cli import options
+from pipeline.config import Frozen, option
+from pipeline.learn.training.config import TrainConfig
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 3,2,1, got {text!r}") from None
+class EvaluateOptions(Frozen):
+    """``changemap evaluate --model NAME --weights W --data DATASET``: the model and the dataset to score it on.
+
+    (``--threshold``, ``--label-values``, ``--align`` and ``--json`` are shared with the
+    ``evaluate PRED LABEL`` form and declared with it.)
+    """
+
+    what: ClassVar[str] = "evaluate options"
+
+    model: str | None = option(None, "registered model or model config (default: the checkpoint's)")
+    weights: str | None = option(None, "known weights name, checkpoint (e.g. RUN_DIR/best.pt) or URL")
+    data: str | None = option(None, "dataset: LEVIR-CD layout folder (A/, B/, label/, list/*.txt) or CSV/JSONL "
+                                    "manifest")
+    split: str | None = option(None, "only this split of the dataset (list/NAME.txt, NAME/ or the manifest's "
+                                     "split column)")
+    bands: tuple[int, ...] | None = option(None, "1-based input bands (default: the weights')")
+    tile: int = option(0, "predict in tiles of this side (default 0: whole images)")
+    halo: int = option(64, "context margin around each tile with --tile")
+    statistics: Literal["window", "scene"] = option(
+        "window", "with --tile: each window's statistics (window) or the image's (scene; as one pass)")
+
+    @field_validator("tile", "halo")
+    @classmethod
+    def _non_negative(cls, v: int, info) -> int:
+        if v < 0:
+            raise ValueError(f"--{info.field_name} must be 0 or more, got {v}")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError(f"--bands are 1-based band numbers, got {v}")
+        return v
 
 
 def add_dataset_evaluate_options(ev: argparse.ArgumentParser) -> None:
-    """``evaluate --model NAME --weights W --data DATASET`` options."""
+    """``evaluate --model NAME --weights W --data DATASET`` options (their defaults set: the PRED LABEL form reads them)."""
     g = ev.add_argument_group("evaluating a model on a dataset")
-    g.add_argument("--model", default=None, help="registered model or model config (default: the checkpoint's)")
-    g.add_argument("--weights", default=None, help="known weights name, checkpoint (e.g. RUN_DIR/best.pt) or URL")
-    g.add_argument("--data", default=None,
-                   help="dataset: LEVIR-CD layout folder (A/, B/, label/, list/*.txt) or CSV/JSONL manifest")
-    g.add_argument("--split", default=None, help="only this split of the dataset (list/NAME.txt, NAME/ or the "
-                                                 "manifest's split column)")
-    g.add_argument("--bands", type=_ints, default=None, help="1-based input bands (default: the weights')")
-    g.add_argument("--tile", type=int, default=0, help="predict in tiles of this side (default 0: whole images)")
-    g.add_argument("--halo", type=int, default=64, help="context margin around each tile with --tile")
-    g.add_argument("--statistics", choices=STATISTICS, default="window",
-                   help="with --tile: each window's statistics (window) or the image's (scene; as one pass)")
+    options.add_fields(g, EvaluateOptions, show_defaults=False, keep_defaults=True)
 
 
 def add_train_parser(sub) -> None:
-    """The ``train`` sub-command (options not given stay unset: a resumed run keeps its saved ones)."""
+    """The ``train`` sub-command, from :class:`TrainConfig`'s fields.
+
+    Options not given stay unset: a resumed run keeps its saved ones.
+    """
     t = sub.add_parser("train", argument_default=argparse.SUPPRESS,
                        help="train or fine-tune a change model on a dataset (one process or Ray Train workers)")
-    t.add_argument("--model", help="registered model or model config file (default with --weights CKPT: the "
-                                   "checkpoint's model)")
-    t.add_argument("--data", help="training dataset: LEVIR-CD layout folder or CSV/JSONL manifest")
-    t.add_argument("--out", required=True, help="run folder: best.pt, last.pt, metrics.csv, curve.png, config.json")
-    t.add_argument("--weights", help="initial weights: known name (e.g. levir), checkpoint or URL (default: random)")
-    t.add_argument("--split", help="training split (default: 'train' when the dataset has one, else all pairs)")
-    t.add_argument("--val", help="validation dataset, or 'none' (default: the dataset's 'val' split, else a "
-                                 "held-out fraction)")
-    t.add_argument("--val-split", help="split of the validation dataset")
-    t.add_argument("--val-fraction", type=float, help="pairs held out for validation without a val split (0.2)")
-    t.add_argument("--epochs", type=int, help="epochs (default 10)")
-    t.add_argument("--batch-size", type=int, help="crops per step and worker (default 8)")
-    t.add_argument("--crop", type=int, help="random crop side in pixels (default 256)")
-    t.add_argument("--crops-per-image", type=int, help="crops drawn from each pair per epoch (default 1)")
-    t.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3; fine-tuning: try 1e-4)")
-    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    t.add_argument("--schedule", choices=("poly", "cosine"), help="decay after the warm-up (default poly)")
-    t.add_argument("--warmup", type=float, help="linear warm-up, as a fraction of all steps (default 0.05)")
-    t.add_argument("--loss", choices=("ce", "dice", "ce+dice"), help="cross-entropy (BCE for 1 output), Dice, or "
-                                                                      "their sum (default)")
-    t.add_argument("--change-weight", help="weight of change pixels in the cross-entropy: a number or auto "
-                                           "(sqrt of the no-change/change ratio, default)")
-    t.add_argument("--bands", type=_ints, help="1-based input bands (default: the weights', else all)")
-    t.add_argument("--mean", type=_floats, help="normalisation mean per band of raw*scale (default: the weights', "
-                                                "else computed from the training data)")
-    t.add_argument("--std", type=_floats, help="normalisation std per band (with --mean)")
-    t.add_argument("--label-values", help="NO_CHANGE,CHANGE[,NODATA] (default: recognised: 0/255, 0/1, 1/2)")
-    t.add_argument("--num-classes", type=int, choices=(1, 2), help="outputs of a model trained from scratch")
-    t.add_argument("--no-augment", dest="augment", action="store_false", help="random crops only")
-    t.add_argument("--swap", type=float, help="temporal-swap probability (default 0.5 from scratch, 0 from weights)")
-    t.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation (default 0)")
-    t.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    t.add_argument("--num-workers", type=int, help="data-parallel workers (Ray Train); default 1 (in-process)")
-    t.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 0 on Ray, the GPU if any "
-                                                         "in-process)")
-    t.add_argument("--cpus-per-worker", type=int, help="CPUs per Ray Train worker (default 1)")
-    t.add_argument("--ray-address", help="train on this Ray cluster (default: a local runtime when --num-workers > 1)")
-    t.add_argument("--loader-workers", type=int, help="data-loading processes per worker (default 0)")
-    t.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps (default: each epoch)")
-    t.add_argument("--val-tile", type=int, help="validate in tiles of this side (default 0: whole images)")
-    t.add_argument("--val-halo", type=int, help="context margin of validation tiles (default 64)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    options.add_fields(t, TrainConfig, show_defaults=False)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -96,9 +74,9 @@ def run_train(args: argparse.Namespace) -> int:
     from models.weights import checkpoint_model
     from pipeline.errors import ChangemapError
     from pipeline.io.fs import download
-    from pipeline.learn.training import TrainConfig, resume_config, train
+    from pipeline.learn.training import resume_config, train
 
-    given = {k: v for k, v in vars(args).items() if k != "command"}
+    given = options.given(args, TrainConfig)
     if given.pop("resume", False):
         cfg = resume_config(given.pop("out"), given)
     else:
@@ -107,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
         missing = [f"--{k}" for k in ("model", "data") if not given.get(k)]
         if missing:
             raise ChangemapError(f"train needs {' and '.join(missing)} (or --resume to continue a run)")
-        cfg = TrainConfig(**given)
+        cfg = options.take(args, TrainConfig, model=given["model"])
     result = train(cfg)
     best = result["best"]
     m = best.get("metrics", {})
@@ -125,7 +103,8 @@ def run_evaluate_dataset(args: argparse.Namespace) -> int:
     from pipeline.errors import ChangemapError
     from pipeline.learn.evaluate import evaluate_dataset, parse_label_values
 
-    if not args.data:
+    opts = options.take(args, EvaluateOptions)
+    if not opts.data:
         raise ChangemapError("evaluate --model/--weights needs --data DATASET (or give PRED LABEL rasters)")
     if args.prediction or args.label:
         raise ChangemapError("give either PRED LABEL or --data DATASET, not both")
@@ -134,9 +113,9 @@ def run_evaluate_dataset(args: argparse.Namespace) -> int:
     def progress(done: int, total: int, name: str) -> None:
         print(f"\r{done}/{total} {name}", end="", file=sys.stderr, flush=True)
 
-    scores = evaluate_dataset(args.model, args.weights, args.data, split=args.split, threshold=args.threshold,
-                              label_values=values, bands=args.bands, tile=args.tile, halo=args.halo,
-                              statistics=args.statistics, align=args.align,
+    scores = evaluate_dataset(opts.model, opts.weights, opts.data, split=opts.split, threshold=args.threshold,
+                              label_values=values, bands=opts.bands, tile=opts.tile, halo=opts.halo,
+                              statistics=opts.statistics, align=args.align,
                               progress=progress if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)
@@ -146,9 +125,9 @@ def run_evaluate_dataset(args: argparse.Namespace) -> int:
               f"  kappa {c.kappa:.4f}")
     c = scores.total
     print(f"{scores.model} ({scores.weights}, threshold {scores.threshold:.2f}) on {len(scores.per_image)} image(s) "
-          f"of {args.data}: F1 {c.f1:.4f}  IoU {c.iou:.4f}  precision {c.precision:.4f}  recall {c.recall:.4f}  "
+          f"of {opts.data}: F1 {c.f1:.4f}  IoU {c.iou:.4f}  precision {c.precision:.4f}  recall {c.recall:.4f}  "
           f"OA {c.overall_accuracy:.4f}  kappa {c.kappa:.4f}  over {c.total:,} labelled pixels "
           f"[[TN {c.tn:,}, FP {c.fp:,}], [FN {c.fn:,}, TP {c.tp:,}]]")
     if args.json:
-        Path(args.json).write_text(json.dumps({"data": args.data, **scores.as_dict()}, indent=2))
+        Path(args.json).write_text(json.dumps({"data": opts.data, **scores.as_dict()}, indent=2))
     return 0

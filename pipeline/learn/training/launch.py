@@ -1,18 +1,21 @@
-"""Start, resume and dispatch a training run: in this process, or on N Ray Train workers (TorchTrainer)."""
+"""Start, resume and dispatch a training run: in this process, or on N Ray Train workers (TorchTrainer).
+
+torch, the model zoo and the loop are imported when a run starts: the CLI imports this module
+(through :mod:`pipeline.learn.training`) to build its parser.
+"""
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from pipeline.learn.training import loop, report, state
+from pipeline.learn.training import report, state
 from pipeline.learn.training.config import RUNTIME_FIELDS, TrainConfig, TrainConfigError
-from pipeline.learn.training.plan import TrainPlan, make_plan
+
+if TYPE_CHECKING:
+    from pipeline.learn.training.plan import TrainPlan
 
 
 def _say(text: str) -> None:
@@ -30,23 +33,25 @@ def resume_config(out: str, given: Mapping[str, Any]) -> TrainConfig:
         raise TrainConfigError(f"--resume: {run_dir} holds no training run ({state.CONFIG} is missing); "
                                "start one without --resume")
     saved, _ = state.read_config(run_dir)
-    conflicts = [k for k, v in given.items()
-                 if k not in RUNTIME_FIELDS and k != "out" and saved.get(k) != (list(v) if isinstance(v, tuple) else v)]
+    cfg = TrainConfig.from_dict({**saved, "out": str(run_dir), "resume": True})
+    asked = cfg.replace(**{**given, "out": str(run_dir), "resume": True})  # the options given, read as the saved ones
+    conflicts = [k for k in given if k not in RUNTIME_FIELDS and k != "out" and getattr(asked, k) != getattr(cfg, k)]
     if conflicts:
         k = conflicts[0]
         raise TrainConfigError(
             f"--resume continues {run_dir} with its saved options, but --{k.replace('_', '-')} {given[k]} differs "
             f"from the saved {saved.get(k)}; drop the option or start a new run folder")
-    runtime = {k: v for k, v in given.items() if k in RUNTIME_FIELDS}
-    return TrainConfig.from_dict({**saved, **runtime, "out": str(run_dir), "resume": True})
+    return cfg.replace(**{**{k: v for k, v in given.items() if k in RUNTIME_FIELDS}, "resume": True})
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, TrainPlan]:
     """The run folder, configuration and plan: saved for a new run, read back for a resumed one."""
+    from pipeline.learn.training.plan import TrainPlan, make_plan
+
     out = Path(cfg.out).resolve()
-    cfg = replace(cfg, out=str(out))
+    cfg = cfg.replace(out=str(out))
     if cfg.weights and "://" not in cfg.weights and Path(cfg.weights).is_file():
-        cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))  # workers run elsewhere
+        cfg = cfg.replace(weights=str(Path(cfg.weights).resolve()))  # workers run elsewhere
     if cfg.resume:
         if not (out / state.CONFIG).exists():
             raise TrainConfigError(f"--resume: {out} holds no training run; start one without --resume")
@@ -77,6 +82,10 @@ def train(cfg: TrainConfig, callback: Callable[[dict], None] | None = None) -> d
     One worker without a Ray address trains in this process (CUDA when available);
     otherwise Ray Train runs ``num_workers`` data-parallel workers (gloo on CPU, NCCL on GPU).
     """
+    import torch
+
+    from pipeline.learn.training import loop
+
     cfg, plan = prepare(cfg)
     _say(describe(cfg, plan))
     if not cfg.distributed:
@@ -94,6 +103,10 @@ def _ray_worker(config: dict) -> None:
     """``train_loop_per_worker`` of the TorchTrainer: the same loop, inside Ray's process group."""
     import ray.train
     import ray.train.torch
+    import torch
+
+    from pipeline.learn.training import loop
+    from pipeline.learn.training.plan import TrainPlan
 
     cfg = TrainConfig.from_dict(config["config"])
     plan = TrainPlan.from_dict(config["plan"])

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +144,52 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+@dataclass
+class _Training:
+    """What one worker's run holds and changes as it goes: the model, its optimiser, and where it stands."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: ChangeLoss
+    dataset: CropDataset
+    per_epoch: int
+    use_amp: bool
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"score": -1.0})
+    # loss sum, batches, tp, fp, fn, tn (this worker's, since the epoch began)
+    acc: np.ndarray = field(default_factory=lambda: np.zeros(6))
+    seconds_before: float = 0.0
+    start: float = 0.0
+
+    def seconds(self) -> float:
+        """Training time of the run so far, over all its sessions."""
+        return self.seconds_before + time.perf_counter() - self.start
+
+
 def run(cfg: TrainConfig, plan: TrainPlan, *, device: torch.device | None = None,
         callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``cfg.out``; returns worker 0's summary of the best epoch."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = Workers.detect(device)
     out = Path(cfg.out)
-    use_amp = cfg.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)
+    t = _setup(cfg, plan, workers)
+    _restore(t, cfg, workers, out)
+    t.start = time.perf_counter()
+    while t.epoch < cfg.epochs:
+        _train_epoch(t, cfg, workers, out, callback)
+        _end_epoch(t, cfg, plan, workers, out, callback)
+    return {"best": t.best, "history": t.history, "run_dir": str(out)}
+
+
+def _build_model(cfg: TrainConfig, plan: TrainPlan, workers: Workers) -> torch.nn.Module:
+    """The model on this worker's device: the initial weights or a seeded initialisation; DDP with several workers."""
+    device = workers.device
     if cfg.weights not in (None, "none", "random"):
         model = models.create_model(plan.model, in_channels=plan.meta.in_channels, weights=cfg.weights,
                                      fetch=download)
@@ -163,115 +201,137 @@ def run(cfg: TrainConfig, plan: TrainPlan, *, device: torch.device | None = None
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def _setup(cfg: TrainConfig, plan: TrainPlan, workers: Workers) -> _Training:
+    """A new run's model, optimiser, schedule, loss and crops (at epoch 0)."""
+    use_amp = cfg.amp and workers.device.type == "cuda"
+    model = _build_model(cfg, plan, workers)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     dataset = CropDataset(plan.train, plan.meta, plan.label_values, crop=cfg.crop,
                           crops_per_image=cfg.crops_per_image, augment=augmentation(cfg), seed=cfg.seed)
     per_epoch = steps_per_epoch(len(dataset), workers.world, cfg.batch_size)
-    scheduler = make_scheduler(optimizer, per_epoch * cfg.epochs, cfg.warmup, cfg.schedule)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = ChangeLoss(cfg.loss, plan.change_weight)
+    return _Training(model=model, optimizer=optimizer,
+                     scheduler=make_scheduler(optimizer, per_epoch * cfg.epochs, cfg.warmup, cfg.schedule),
+                     scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+                     loss_fn=ChangeLoss(cfg.loss, plan.change_weight), dataset=dataset, per_epoch=per_epoch,
+                     use_amp=use_amp)
 
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    history: list[dict] = []
-    best: dict[str, Any] = {"score": -1.0}
-    acc = np.zeros(6)  # loss sum, batches, tp, fp, fn, tn (this worker's, since the epoch began)
-    seconds_before = 0.0
-    if cfg.resume and (out / state.LAST).exists():
-        saved = state.load_last(out, device)
-        _unwrap(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        epoch, step_in_epoch, global_step = int(saved["epoch"]), int(saved["step_in_epoch"]), int(saved["global_step"])
-        history, best = list(saved["history"]), dict(saved["best"])
-        seconds_before = float(saved["seconds"])
-        if workers.main:  # the sums saved were already summed over the workers
-            acc = saved["acc"].cpu().numpy().astype("float64")
-            torch.set_rng_state(saved["rng"].cpu())
-        else:
-            torch.manual_seed(cfg.seed + 1000 * workers.rank + global_step)
-        if workers.main:
-            _say(f"changemap train: resuming {out} at epoch {epoch + 1}, step {step_in_epoch} of {per_epoch}")
-    elif workers.rank:
-        torch.manual_seed(cfg.seed + 1000 * workers.rank)
-    start = time.perf_counter()
 
-    def save_last(next_epoch: int, next_step: int, acc_total: np.ndarray) -> None:
-        state.save_last(out, {
-            "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": next_epoch,
-            "step_in_epoch": next_step, "global_step": global_step, "history": history, "best": best,
-            "acc": torch.from_numpy(acc_total), "rng": torch.get_rng_state(),
-            "seconds": seconds_before + time.perf_counter() - start,
-        })
+def _restore(t: _Training, cfg: TrainConfig, workers: Workers, out: Path) -> None:
+    """Continue from ``last.pt`` when resuming; seed each worker's RNG."""
+    if not (cfg.resume and (out / state.LAST).exists()):
+        if workers.rank:
+            torch.manual_seed(cfg.seed + 1000 * workers.rank)
+        return
+    saved = state.load_last(out, workers.device)
+    _unwrap(t.model).load_state_dict(saved["model"])
+    t.optimizer.load_state_dict(saved["optimizer"])
+    t.scheduler.load_state_dict(saved["scheduler"])
+    t.scaler.load_state_dict(saved["scaler"])
+    t.epoch, t.step_in_epoch, t.global_step = (int(saved["epoch"]), int(saved["step_in_epoch"]),
+                                               int(saved["global_step"]))
+    t.history, t.best = list(saved["history"]), dict(saved["best"])
+    t.seconds_before = float(saved["seconds"])
+    if workers.main:  # the sums saved were already summed over the workers
+        t.acc = saved["acc"].cpu().numpy().astype("float64")
+        torch.set_rng_state(saved["rng"].cpu())
+    else:
+        torch.manual_seed(cfg.seed + 1000 * workers.rank + t.global_step)
+    if workers.main:
+        _say(f"changemap train: resuming {out} at epoch {t.epoch + 1}, step {t.step_in_epoch} of {t.per_epoch}")
 
-    while epoch < cfg.epochs:
-        model.train()
-        items = epoch_items(len(dataset), epoch, cfg.seed, workers.rank, workers.world, cfg.batch_size,
-                            step_in_epoch)
-        # Its own generator: creating a loader must not draw from the global RNG (a resumed run
-        # creates one at another point of the RNG stream than the run it continues).
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=items,
-                                             num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(cfg.seed))
-        bar = _progress(workers, per_epoch, step_in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
-        for x, target, valid in loader:
-            x, target, valid = (t.to(device, non_blocking=True) for t in (x, target, valid))
-            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-                logits = model(x)
-                loss = loss_fn(logits, target, valid)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            with torch.no_grad():
-                pred = change_probability(logits.detach().float()) > 0.5
-                t, v = target.bool(), valid
-                counts = [(pred & t & v).sum(), (pred & ~t & v).sum(), (~pred & t & v).sum(), (~pred & ~t & v).sum()]
-            acc += [float(loss.detach()), 1.0, *(float(n) for n in counts)]
-            step_in_epoch += 1
-            global_step += 1
-            if bar is not None:
-                bar.set_postfix(loss=f"{acc[0] / acc[1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                bar.update(1)
-            if callback:
-                callback({"event": "step", "epoch": epoch, "step": step_in_epoch, "global_step": global_step,
-                          "loss": float(loss.detach())})
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step_in_epoch < per_epoch:
-                total = workers.all_sum(acc)
-                if workers.main:
-                    save_last(epoch, step_in_epoch, total)
+
+def _save_last(t: _Training, out: Path, next_epoch: int, next_step: int, acc_total: np.ndarray) -> None:
+    """``last.pt``: everything a resumed run needs to go on exactly as this one would."""
+    state.save_last(out, {
+        "model": _unwrap(t.model).state_dict(), "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "epoch": next_epoch,
+        "step_in_epoch": next_step, "global_step": t.global_step, "history": t.history, "best": t.best,
+        "acc": torch.from_numpy(acc_total), "rng": torch.get_rng_state(), "seconds": t.seconds(),
+    })
+
+
+def _train_epoch(t: _Training, cfg: TrainConfig, workers: Workers, out: Path,
+                 callback: Callable[[dict], None] | None) -> None:
+    """This worker's remaining steps of the current epoch (``last.pt`` every ``checkpoint_every`` steps)."""
+    device = workers.device
+    t.model.train()
+    items = epoch_items(len(t.dataset), t.epoch, cfg.seed, workers.rank, workers.world, cfg.batch_size,
+                        t.step_in_epoch)
+    # Its own generator: creating a loader must not draw from the global RNG (a resumed run
+    # creates one at another point of the RNG stream than the run it continues).
+    loader = torch.utils.data.DataLoader(t.dataset, batch_size=cfg.batch_size, sampler=items,
+                                         num_workers=cfg.loader_workers, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    bar = _progress(workers, t.per_epoch, t.step_in_epoch, f"epoch {t.epoch + 1}/{cfg.epochs}")
+    for x, target, valid in loader:
+        loss = _step(t, cfg, *(v.to(device, non_blocking=True) for v in (x, target, valid)))
+        t.step_in_epoch += 1
+        t.global_step += 1
         if bar is not None:
-            bar.close()
-        total = workers.all_sum(acc)
-        train_c = Confusion(*(int(n) for n in total[2:]))
-        row = {"epoch": epoch + 1, "steps": global_step, "lr": scheduler.get_last_lr()[0],
-               "train_loss": float(total[0] / max(total[1], 1)), "train_f1": train_c.f1}
-        if plan.val:
-            row.update(validate(model, plan, cfg, workers))
-        row["seconds"] = seconds_before + time.perf_counter() - start
-        history.append(row)
-        score = row.get("val_f1", epoch)  # without validation the last epoch is the best
-        epoch += 1
-        step_in_epoch = 0
-        acc = np.zeros(6)
-        if workers.main:
-            if score >= best["score"]:
-                threshold = row.get("val_threshold", plan.meta.threshold)
-                best = {"score": score, "epoch": row["epoch"], "threshold": threshold, "metrics": row}
-                state.save_best(out, _unwrap(model), with_threshold(plan.meta, threshold), best)
-            save_last(epoch, 0, acc)
-            report.write_metrics(out / state.METRICS, history)
-            report.plot_curves(out / state.CURVE, history, f"{plan.model} on {Path(cfg.data).name}")
-            _say(_epoch_line(row, cfg.epochs, best))
-        workers.barrier()
+            bar.set_postfix(loss=f"{t.acc[0] / t.acc[1]:.4f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
+            bar.update(1)
         if callback:
-            callback({"event": "epoch", **row})
-    return {"best": best, "history": history, "run_dir": str(out)}
+            callback({"event": "step", "epoch": t.epoch, "step": t.step_in_epoch, "global_step": t.global_step,
+                      "loss": loss})
+        if cfg.checkpoint_every and t.global_step % cfg.checkpoint_every == 0 and t.step_in_epoch < t.per_epoch:
+            total = workers.all_sum(t.acc)
+            if workers.main:
+                _save_last(t, out, t.epoch, t.step_in_epoch, total)
+    if bar is not None:
+        bar.close()
+
+
+def _step(t: _Training, cfg: TrainConfig, x: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> float:
+    """One optimiser step on a batch; adds its loss and confusion counts to ``t.acc``; returns the loss."""
+    with torch.autocast("cuda", dtype=torch.float16) if t.use_amp else nullcontext():
+        logits = t.model(x)
+        loss = t.loss_fn(logits, target, valid)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if cfg.clip_grad:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.clip_grad)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.scheduler.step()
+    with torch.no_grad():
+        pred = change_probability(logits.detach().float()) > 0.5
+        c, v = target.bool(), valid
+        counts = [(pred & c & v).sum(), (pred & ~c & v).sum(), (~pred & c & v).sum(), (~pred & ~c & v).sum()]
+    t.acc += [float(loss.detach()), 1.0, *(float(n) for n in counts)]
+    return float(loss.detach())
+
+
+def _end_epoch(t: _Training, cfg: TrainConfig, plan: TrainPlan, workers: Workers, out: Path,
+               callback: Callable[[dict], None] | None) -> None:
+    """The epoch's scores (validation too), then on worker 0: best.pt, last.pt, metrics.csv, curve.png."""
+    total = workers.all_sum(t.acc)
+    train_c = Confusion(*(int(n) for n in total[2:]))
+    row = {"epoch": t.epoch + 1, "steps": t.global_step, "lr": t.scheduler.get_last_lr()[0],
+           "train_loss": float(total[0] / max(total[1], 1)), "train_f1": train_c.f1}
+    if plan.val:
+        row.update(validate(t.model, plan, cfg, workers))
+    row["seconds"] = t.seconds()
+    t.history.append(row)
+    score = row.get("val_f1", t.epoch)  # without validation the last epoch is the best
+    t.epoch += 1
+    t.step_in_epoch = 0
+    t.acc = np.zeros(6)
+    if workers.main:
+        if score >= t.best["score"]:
+            threshold = row.get("val_threshold", plan.meta.threshold)
+            t.best = {"score": score, "epoch": row["epoch"], "threshold": threshold, "metrics": row}
+            state.save_best(out, _unwrap(t.model), with_threshold(plan.meta, threshold), t.best)
+        _save_last(t, out, t.epoch, 0, t.acc)
+        report.write_metrics(out / state.METRICS, t.history)
+        report.plot_curves(out / state.CURVE, t.history, f"{plan.model} on {Path(cfg.data).name}")
+        _say(_epoch_line(row, cfg.epochs, t.best))
+    workers.barrier()
+    if callback:
+        callback({"event": "epoch", **row})
 
 
 def _epoch_line(row: dict, epochs: int, best: dict) -> str:

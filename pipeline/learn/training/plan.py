@@ -8,11 +8,14 @@ resumed run use exactly the same.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from pydantic import field_serializer, field_validator
 
 import models
 from models import WeightsMeta
+from pipeline.config import Frozen
 from pipeline.io.fs import download
 from pipeline.learn.datasets import (
     Sample,
@@ -29,9 +32,13 @@ from pipeline.learn.losses import auto_change_weight
 from pipeline.learn.training.config import TrainConfig, TrainConfigError
 
 
-@dataclass(frozen=True)
-class TrainPlan:
-    """The data and the model description a run trains with (see the module docstring)."""
+class TrainPlan(Frozen):
+    """The data and the model description a run trains with (see the module docstring).
+
+    Saved in RUN_DIR/config.json (:meth:`to_dict`) and read back with :meth:`from_dict`.
+    """
+
+    what: ClassVar[str] = "training plan fields"
 
     model: str
     meta: WeightsMeta  # the checkpoint metadata best.pt gets (its threshold is set by validation)
@@ -42,19 +49,14 @@ class TrainPlan:
     change_weight: float
     normalization: str  # where mean/std come from
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (saved in RUN_DIR/config.json)."""
-        d = asdict(self)
-        d["meta"] = self.meta.to_dict()
-        return d
-
+    @field_validator("meta", mode="before")
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainPlan:
-        """Inverse of :meth:`to_dict`."""
-        return cls(model=d["model"], meta=WeightsMeta.from_dict(d["meta"]),
-                   train=tuple(Sample(**s) for s in d["train"]), val=tuple(Sample(**s) for s in d["val"]),
-                   label_values=LabelValues(**d["label_values"]), change_fraction=d["change_fraction"],
-                   change_weight=d["change_weight"], normalization=d["normalization"])
+    def _meta(cls, v: Any) -> Any:
+        return WeightsMeta.from_dict(v) if isinstance(v, Mapping) else v
+
+    @field_serializer("meta")
+    def _meta_dict(self, meta: WeightsMeta) -> dict[str, Any]:
+        return meta.to_dict()
 
 
 def _datasets(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
@@ -107,7 +109,8 @@ def make_plan(cfg: TrainConfig) -> TrainPlan:
     meta = WeightsMeta(model=name, model_args=args, bands=tuple(bands), scale=scale, mean=tuple(mean),
                        std=tuple(std), threshold=meta.threshold, classes=meta.classes, license=license_)
     weight = auto_change_weight(stats.change_fraction) if cfg.change_weight == "auto" else float(cfg.change_weight)
-    return TrainPlan(name, meta, tuple(train), tuple(val), values, stats.change_fraction, weight, normalization)
+    return TrainPlan(model=name, meta=meta, train=tuple(train), val=tuple(val), label_values=values,
+                     change_fraction=stats.change_fraction, change_weight=weight, normalization=normalization)
 
 
 def with_threshold(meta: WeightsMeta, threshold: float) -> WeightsMeta:
