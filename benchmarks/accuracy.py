@@ -43,7 +43,7 @@ def _levir(args: argparse.Namespace) -> None:
     from pipeline.engine.tile_engine import forward_probability
     from pipeline.io import cog, read
     from pipeline.learn.metrics import Confusion, confusion
-    from tests.helpers import warp_to
+    from tests.data.make_data import reproject_to
 
     root = Path(args.data) / "levir-cd-1024" / "geotiff"
     loaded, meta = check_model("tinycd", None, None, "window", 512, 64)
@@ -79,7 +79,7 @@ def _levir(args: argparse.Namespace) -> None:
               f"precision {total.precision:.4f} recall {total.recall:.4f}; tiled vs whole-image F1 {agreement.f1:.4f}; "
               f"{near_seam} of {flipped} differing pixels lie within 32 px of an inner tile border "
               f"({100 * seam_px / all_px:.1f} % of the area)")
-        utm = warp_to(str(root / "test_1_B.tif"), str(tmp / "after_utm.tif"), "EPSG:32614", 0.5)
+        utm = str(reproject_to(str(root / "test_1_B.tif"), str(tmp / "after_utm.tif"), "EPSG:32614", 0.5))
         out = tmp / "utm.tif"
         detect_changes(MapSpec(before=str(root / "test_1_A.tif"), after=utm, mask=True, tile=args.tile,
                                halo=args.halo, statistics=args.statistics), RunOptions(output=str(out)))

@@ -93,7 +93,8 @@ def detect_changes(spec: MapSpec, run: RunOptions, products: ProductSettings = P
         get_run_logger().warning("%d tile(s) were predicted again after a lost model actor: %s", len(s.retried),
                                  ", ".join(s.retried))
     return RunSummary(output=run.output, tiles=s.tiles, megapixels=mp, seconds=seconds,
-                      megapixels_per_second=mp / seconds, threshold=plan.threshold, workers=made.workers,
+                      megapixels_per_second=mp / seconds, threshold=made.threshold,
+                      threshold_method=plan.threshold_method, fit=made.fit or {}, workers=made.workers,
                       device=made.device, ray_cluster=made.cluster, warped_after=plan.alignment.warp_after,
                       workdir=kept, statistics=plan.spec.statistics, statistics_passes=made.statistics_passes,
                       tiles_predicted=s.predicted, tiles_reused=s.reused, tiles_retried=len(s.retried),

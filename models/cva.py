@@ -77,6 +77,6 @@ class CVA(SceneFittedModel):
 
 @register_model("cva", description="CVA: change vector analysis of per-date standardised bands + Otsu, fitted per scene "
                                    "(training-free)", kind="scene-fitted")
-def cva(in_channels: int = 3, **kw: Any) -> CVA:
+def cva(in_channels: int = 3, smooth_radius: int = 2, **kw: Any) -> CVA:
     """Change vector analysis (scene-fitted)."""
-    return CVA(in_channels=in_channels, **kw)
+    return CVA(in_channels=in_channels, smooth_radius=smooth_radius, **kw)

@@ -223,6 +223,6 @@ class IRMAD(SceneFittedModel):
 
 @register_model("irmad", description="IR-MAD: iteratively reweighted multivariate alteration detection (Nielsen 2007) "
                                      "+ Otsu, fitted per scene (training-free)", kind="scene-fitted")
-def irmad(in_channels: int = 3, **kw: Any) -> IRMAD:
+def irmad(in_channels: int = 3, smooth_radius: int = 2, **kw: Any) -> IRMAD:
     """IR-MAD (scene-fitted)."""
-    return IRMAD(in_channels=in_channels, **kw)
+    return IRMAD(in_channels=in_channels, smooth_radius=smooth_radius, **kw)

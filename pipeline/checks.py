@@ -52,14 +52,20 @@ _OBJECT_STORES = ("s3", "gs", "az")
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run resolved by the checks: the map with its model chosen, the grid, the model's weights and bands."""
+    """A run resolved by the checks: the map with its model chosen, the grid, the model's weights and bands.
+
+    ``threshold`` is None when the scene decides it (Otsu's over the map's scores, once they are
+    all known); ``threshold_method`` says how it is found: ``given``, ``weights`` or ``otsu``.
+    """
 
     spec: MapSpec  # with the model resolved
     alignment: Alignment
     loaded: LoadedWeights | None
     meta: WeightsMeta
     bands: tuple[int, ...]
-    threshold: float
+    threshold: float | None
+    threshold_method: str = "weights"
+    kind: str = "deep"  # the model's: deep or scene-fitted
 
 
 def check_model(model: str, weights: str | None, in_channels: int | None, statistics: str, tile: int,
@@ -70,10 +76,18 @@ def check_model(model: str, weights: str | None, in_channels: int | None, statis
     """
     if session is not None:
         return session.model(model, weights, in_channels, statistics, tile, halo)
+    return build_checked(model, weights, in_channels, statistics, tile, halo)
+
+
+def build_checked(model: str, weights: str | None, in_channels: int | None, statistics: str, tile: int,
+                  halo: int) -> tuple[LoadedWeights | None, WeightsMeta]:
+    """Build the model with its weights and check it can serve the run: scene statistics, a scene-fitted model's rules."""
     from pipeline import loader
 
     net, meta, loaded = loader.build(model, weights, in_channels)
-    if statistics == "scene":
+    if net.kind == "scene-fitted":
+        loader.check_fitted(net, meta.model, weights, statistics, halo)
+    elif statistics == "scene":
         loader.check_scene_statistics(net, meta.model, tile, halo)
     return loaded, meta
 
@@ -289,11 +303,25 @@ def preflight(spec: MapSpec, run: RunOptions, *, session: Any = None) -> RunPlan
     from pipeline import loader
 
     spec = spec.model_copy(update={"model": loader.choose_model(spec.model, spec.weights)})
-    loaded, meta = check_model(spec.model, spec.weights, len(spec.bands) if spec.bands else None, spec.statistics,
-                               spec.tile, spec.halo, session)
+    kind = loader.model_kind(spec.model)
+    # A scene-fitted model takes every band of the rasters unless --bands picks some.
+    bands_in = len(spec.bands) if spec.bands else (alignment.before.count if kind == "scene-fitted" else None)
+    loaded, meta = check_model(spec.model, spec.weights, bands_in, spec.statistics, spec.tile, spec.halo, session)
     bands = loader.select_bands(meta, alignment.before.count, spec.bands)
-    threshold = spec.threshold if spec.threshold is not None else meta.threshold
-    return RunPlan(spec, alignment, loaded, meta, bands, threshold)
+    return RunPlan(spec, alignment, loaded, meta, bands, *_threshold(spec.threshold, kind, meta), kind=kind)
+
+
+def _threshold(asked: float | str | None, kind: str, meta: WeightsMeta) -> tuple[float | None, str]:
+    """The map's threshold and how it is found: asked for, the weights', or Otsu's over the scene (None until then).
+
+    A scene-fitted model's default is Otsu's over the scene's scores (its sample fit gives the
+    scale; the threshold over the whole scene takes its smoothing into account).
+    """
+    if isinstance(asked, float | int) and not isinstance(asked, bool):
+        return float(asked), "given"
+    if asked == "otsu" or kind == "scene-fitted":
+        return None, "otsu"
+    return meta.threshold, "weights"
 
 
 def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions, session: Any = None) -> int:

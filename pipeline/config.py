@@ -102,7 +102,10 @@ class MapSettings(Frozen):
                                                  "(default: the weights' bands)", metavar="B,B,B")
     tile: int = option(512, "core tile side in pixels (= zarr chunk side)")
     halo: int = option(64, "context margin around each tile in pixels")
-    threshold: float | None = option(None, "binary threshold (default: the weights')")
+    threshold: float | Literal["otsu"] | None = option(
+        None, "threshold of the change score for the mask band, polygons and statistics: a number in (0, 1), or otsu "
+              "(Otsu's over the scene's scores); default: the weights' (0.5 for TinyCD), otsu for scene-fitted models",
+        metavar="T|otsu")
     statistics: Literal["window", "scene"] = option(
         "window", "window: InstanceNorm/squeeze-excite layers use each window's statistics (fast); scene: the "
                   "scene's, measured in extra passes, so the map equals one pass over the whole scene")
@@ -116,10 +119,22 @@ class MapSettings(Frozen):
             raise ValueError(f"--tile must be a multiple of 16 between 64 and 8192, got {v}")
         return v
 
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_form(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "otsu":
+            return "otsu"
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"--threshold takes a number between 0 and 1, or otsu; got {v!r}") from None
+        return v
+
     @field_validator("threshold")
     @classmethod
-    def _threshold(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v < 1.0:
+    def _threshold(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float) and not 0.0 < v < 1.0:
             raise ValueError(f"--threshold must lie strictly between 0 and 1, got {v}")
         return v
 

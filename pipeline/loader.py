@@ -19,6 +19,23 @@ from pipeline.tiling import check_scene_tiling
 DEFAULT_MODEL = "tinycd"
 
 
+def model_kind(model: str) -> str:
+    """``deep`` or ``scene-fitted``: the kind of a registered model or of a model config file's model."""
+    return get_entry(models.model_spec(model)[0]).kind
+
+
+def check_fitted(net: ChangeModel, model: str, weights: str | None, statistics: str, halo: int) -> None:
+    """A scene-fitted model takes no weights and no scene statistics, and its smoothing must fit in the halo."""
+    if weights not in (None, "none", "random"):
+        raise ChangemapError(f"model {model} is fitted to each scene and takes no weights; leave out --weights {weights}")
+    if statistics == "scene":
+        raise ChangemapError(f"--statistics scene is for deep models; {model} is fitted to the whole scene already")
+    radius = int(getattr(net, "smooth_radius", 0))
+    if radius > halo:
+        raise ChangemapError(f"model {model} averages its change statistic over {radius} pixels around each pixel, "
+                             f"more than --halo {halo}: tiles would differ at their edges; use --halo {radius} or more")
+
+
 def choose_model(model: str | None, weights: str | None) -> str:
     """``--model`` as given, else the model a changemap checkpoint names, else TinyCD."""
     if model:

@@ -139,15 +139,12 @@ class Session:
     def model(self, name: str, weights: str | None, in_channels: int | None, statistics: str, tile: int,
               halo: int) -> tuple[LoadedWeights | None, WeightsMeta]:
         """A model built once with its weights (they must fit) and checked for ``statistics``; its weights and metadata."""
-        from pipeline import loader
+        from pipeline.checks import build_checked
 
         key = (name, weights, in_channels, statistics, tile, halo)
         with self._lock:
             if key not in self._models:
-                net, meta, loaded = loader.build(name, weights, in_channels)
-                if statistics == "scene":
-                    loader.check_scene_statistics(net, meta.model, tile, halo)
-                self._models[key] = (loaded, meta)
+                self._models[key] = build_checked(name, weights, in_channels, statistics, tile, halo)
             return self._models[key]
 
     def start_ray(self, object_store_memory: int | None = None) -> None:
@@ -162,11 +159,19 @@ class Session:
         return self.pool_for(plan.meta, plan.loaded)
 
     def pool_for(self, meta: WeightsMeta, loaded: LoadedWeights | None) -> PredictorPool:
-        """The model actors of a model with these weights, started once in this session."""
+        """The model actors of a model with these weights, started once in this session.
+
+        A scene-fitted model's actors serve scenes of any band count (each scene's fit builds its
+        own model), so one pool serves an archive whose scenes differ.
+        """
+        from models.registry import get_entry
+
         sha = loaded.meta.sha256 if loaded is not None else "random"
         run = self.run
-        key = json.dumps([meta.model, sha, run.batch_size, run.workers, dict(meta.model_args), run.compile],
-                         sort_keys=True, default=str)
+        args = dict(meta.model_args)
+        if get_entry(meta.model).kind == "scene-fitted":
+            args.pop("in_channels", None)
+        key = json.dumps([meta.model, sha, run.batch_size, run.workers, args, run.compile], sort_keys=True, default=str)
         self.start_ray()
         with self._lock:
             if key not in self._pools:

@@ -17,7 +17,8 @@ class RunSummary(BaseModel):
     seconds: float
     megapixels_per_second: float
     threshold: float
-    workers: int
+    threshold_method: str = "weights"  # given (--threshold N), weights (the weights' own), otsu (the scene's)
+    workers: int = 1
     device: str
     ray_cluster: str = ""
     warped_after: bool = False
@@ -36,6 +37,9 @@ class RunSummary(BaseModel):
     # Ray, the model actors and Prefect's API, the last started at the same time as the other two)
     startup_seconds: dict[str, float] = {}
     change: dict[str, Any] = {}  # areas, changed %, regions, size classes (pipeline.products.mapstats)
+    # A scene-fitted model's fit (models.fitting.FitReport): method, samples, iterations, correlations,
+    # dropped bands, threshold, and the fit step's seconds
+    fit: dict[str, Any] = {}
     outputs: dict[str, str] = {}  # kind (data, polygons, statistics, thumbnail, stac) -> path or URL
 
     def __getitem__(self, key: str) -> Any:

@@ -67,11 +67,17 @@ def halo_window(t: Tile, halo: int, size: int, height: int, width: int) -> Windo
     return Window(cy0, cy1, cx0, cx1, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
 
 
-def pad_window(raw: np.ndarray, w: Window) -> np.ndarray:
-    """Reflect-pad the part of a window read inside the scene (``(..., h, w)``) to the window's size."""
+def pad_window(raw: np.ndarray, w: Window, nodata: bool = False) -> np.ndarray:
+    """Pad the part of a window read inside the scene (``(..., h, w)``) to the window's size.
+
+    Reflected, or with ``nodata`` NaN: beyond the scene is then no data, as a nodata pixel
+    inside it is (a scene-fitted model's local mean leaves both out).
+    """
     pads = ((0, 0),) * (raw.ndim - 2) + ((w.pad_top, w.pad_bottom), (w.pad_left, w.pad_right))
     if not any(p for pair in pads for p in pair):
         return raw
+    if nodata:
+        return np.pad(raw, pads, mode="constant", constant_values=np.nan)
     # numpy reflects repeatedly for pads wider than the data; a 1-pixel edge cannot reflect.
     return np.pad(raw, pads, mode="reflect" if min(raw.shape[-2:]) > 1 else "edge")
 

@@ -4,11 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import rasterio
-from rasterio.crs import CRS
-from rasterio.enums import Resampling
-
 from pipeline.config import MapSettings
 from pipeline.engine.mapwriter import MapFormat, publish_cog
 from pipeline.grid import Alignment, Grid
@@ -40,23 +35,6 @@ def export_map(output_store: str, input_store: str, dest: str, *, probability: s
               for y0, x0, h, w in iter_blocks(grid.height, grid.width))
     publish_cog(dest, grid, fmt, blocks)
     return grid
-
-
-def warp_to(src_path: str, dst_path: str, crs: str, resolution: float) -> str:
-    """Warp a raster to another CRS and resolution (bilinear; nodata 0), e.g. an AFTER scene to UTM."""
-    from rasterio.warp import calculate_default_transform, reproject
-
-    dst_crs = CRS.from_user_input(crs)
-    with rasterio.open(src_path) as src:
-        transform, w, h = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds,
-                                                      resolution=resolution)
-        out = np.zeros((src.count, h, w), dtype=src.dtypes[0])
-        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
-                  dst_crs=dst_crs, resampling=Resampling.bilinear, dst_nodata=0)
-    with rasterio.open(dst_path, "w", driver="GTiff", width=w, height=h, count=out.shape[0], dtype=out.dtype,
-                       crs=dst_crs, transform=transform, nodata=0) as dst:
-        dst.write(out)
-    return dst_path
 
 
 def make_map(spec, run, **session_options):

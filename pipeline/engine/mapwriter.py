@@ -11,14 +11,15 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipeline import storage
 from pipeline.config import MapSettings
 from pipeline.grid import Grid
+from pipeline.io import store
 from pipeline.io.cog import write_cog
 
 if TYPE_CHECKING:
@@ -48,13 +49,13 @@ class MapFormat:
     """How probabilities become the map's bands: the map settings' output options, and the threshold."""
 
     settings: MapSettings = MapSettings()
-    threshold: float = 0.5
+    threshold: float | None = 0.5  # None: Otsu's over the scene, known once every tile is (the writer's two passes)
     compress: str = "deflate"  # the file's codec (a run option: it changes the bytes, not the map)
 
     @classmethod
-    def of(cls, pre: RunPlan, compress: str = "deflate") -> MapFormat:
+    def of(cls, plan: RunPlan, compress: str = "deflate") -> MapFormat:
         """The format a run's map spec asks for, written with ``compress``."""
-        return cls(pre.spec, pre.threshold, compress)
+        return cls(plan.spec, plan.threshold, compress)
 
     @property
     def probability(self) -> str:
@@ -108,25 +109,37 @@ class MapAborted(RuntimeError):
 _ABORT = object()
 
 
+HISTOGRAM_BINS = 1024  # of the scores, for a threshold the scene decides (Otsu's): 1/1024 wide in 0..1
+
+
 class MapWriter:
     """Writes a change map as its tiles finish (blocks in any order), then the COG at the end.
 
-    Fed ``put([(tile, probabilities, valid), ...])`` by the stream; a thread turns them into
-    blocks of a tiled GeoTIFF while more tiles are predicted, feeding the statistics (and the
-    polygons) on the way. :meth:`close` builds the overviews and publishes the COG atomically,
-    and returns the statistics sinks. Ray runs it as an actor.
+    Fed ``put([(tile, probabilities, valid), ...])`` by the stream; ``keep`` stores and records the
+    tiles first (``output.zarr``, what a rerun reuses), then a thread turns them into blocks of a
+    tiled GeoTIFF while more tiles are predicted, feeding the statistics (and the polygons) on
+    the way. :meth:`close` builds the overviews and publishes the COG atomically, and returns the
+    statistics sinks. Ray runs it as an actor.
+
+    With no threshold yet (``fmt.threshold`` None: Otsu's over the scene's scores), the tiles are
+    only kept and counted into a histogram of their scores (:meth:`histogram`); the caller
+    computes the threshold from it and :meth:`close` writes the map from the stores of ``scene``
+    (``input_store``, ``output_store``) in a second pass, feeding the sinks then.
     """
 
     def __init__(self, dest: str, grid: Grid, fmt: MapFormat, tags: dict[str, str], sinks: Sequence[BlockSink],
                  storage_options: storage.StorageOptions | None = None, queue_size: int = 32,
-                 keep: Callable[[Sequence[tuple]], None] | None = None) -> None:
+                 keep: Callable[[Sequence[tuple]], None] | None = None, scene: Any = None) -> None:
         self.dest, self.grid, self.fmt, self.tags, self.sinks = dest, grid, fmt, tags, list(sinks)
-        self.storage_options, self.keep = storage_options, keep
+        self.storage_options, self.keep, self.scene = storage_options, keep, scene
         self.blocks = 0
+        self.deferred = fmt.threshold is None
+        self.counts = np.zeros(HISTOGRAM_BINS, np.int64)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="map-writer", daemon=True)
-        self._thread.start()
+        if not self.deferred:
+            self._thread.start()
 
     def put(self, results: Sequence[tuple], kept: bool = False) -> int:
         """Take finished tiles ``(tile, probabilities, valid)``; blocks while the block queue is full.
@@ -137,11 +150,21 @@ class MapWriter:
         if self.keep is not None and not kept and self._error is None:
             with storage.using(self.storage_options):
                 self.keep(results)
+        if self.deferred:
+            for _, prob, valid in results:
+                ok = valid & np.isfinite(prob)
+                bins = np.clip((prob[ok] * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
+                self.counts += np.bincount(bins, minlength=HISTOGRAM_BINS)
+            return len(results)
         for t, prob, valid in results:
             if self._error is not None:
                 break
             self._queue.put(((t.y0, t.x0, t.height, t.width), prob, valid))
         return len(results)
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """Counts and edges (``HISTOGRAM_BINS`` bins over 0..1) of the valid scores put so far."""
+        return self.counts.copy(), np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
 
     def _items(self):
         while (item := self._queue.get()) is not None:
@@ -150,13 +173,26 @@ class MapWriter:
             self.blocks += 1
             yield self.fmt.encode(*item, self.sinks)
 
+    def _stored_items(self):
+        """The map's blocks read back from the scene's stores (the second pass of a deferred threshold)."""
+        from pipeline.io.cog import iter_blocks
+
+        prob = store.open_array(self.scene.output_store, store.PROBABILITY)
+        valid = store.open_array(self.scene.input_store, store.VALID)
+        for y0, x0, h, w in iter_blocks(self.grid.height, self.grid.width):
+            if not self._queue.empty() and self._queue.get_nowait() is _ABORT:
+                raise MapAborted("the run stopped before its map was complete")
+            self.blocks += 1
+            yield self.fmt.encode((y0, x0, h, w), prob[y0:y0 + h, x0:x0 + w], valid[y0:y0 + h, x0:x0 + w], self.sinks)
+
     def _write(self) -> None:
         try:
             with storage.using(self.storage_options):
-                publish_cog(self.dest, self.grid, self.fmt, self._items(), self.tags)
+                items = self._stored_items() if self.deferred else self._items()
+                publish_cog(self.dest, self.grid, self.fmt, items, self.tags)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by close()
             self._error = exc
-            if isinstance(exc, MapAborted):
+            if isinstance(exc, MapAborted) or self.deferred:
                 return
             while self._queue.get() not in (None, _ABORT):  # let blocked puts return, until close() or abort()
                 pass
@@ -164,11 +200,24 @@ class MapWriter:
     def abort(self) -> None:
         """Stop without a map: the temporary files are removed, nothing is published."""
         self._queue.put(_ABORT)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
-    def close(self) -> list[BlockSink]:
-        """Finish the COG (overviews, COG layout, publish) and return the fed sinks."""
-        self._queue.put(None)
+    def close(self, threshold: float | None = None, tags: dict[str, str] | None = None) -> list[BlockSink]:
+        """Finish the COG (overviews, COG layout, publish) and return the fed sinks.
+
+        A deferred map needs its ``threshold`` now (and may add ``tags``, e.g. the fit it came from).
+        """
+        if self.deferred:
+            if threshold is None:
+                raise ValueError("a map whose threshold the scene decides needs it to close: pass threshold")
+            self.fmt = replace(self.fmt, threshold=float(threshold))
+            for sink in self.sinks:
+                sink.threshold = float(threshold)
+            self.tags = {**self.tags, **(tags or {})}
+            self._thread.start()
+        else:
+            self._queue.put(None)
         self._thread.join()
         if self._error is not None:
             raise self._error

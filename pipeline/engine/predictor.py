@@ -36,6 +36,7 @@ class InferenceJob:
     statistics: str = "window"  # "scene": windows clipped at the scene edge, scene statistics (models.statistics)
     scene_stats: Stats | None = None  # the measured scene statistics, set for the prediction pass
     shape: tuple[int, int, int] = (0, 0, 0)  # (height, width, tile) of a streamed scene (no store to read it from)
+    fitted: dict | None = None  # a scene-fitted model's fit to this scene (models.fitting.FitReport.to_dict())
 
 
 class TilePredictor:
@@ -47,8 +48,11 @@ class TilePredictor:
         if threads:  # torch threads of each lane (forward passes running at once): see cpu_lanes
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model_name, self.model_args = model_name, dict(model_args or {})
         self.model, self.meta = loader.build_loaded(model_name, weights, model_args)
         self.model.to(self.device)
+        # A scene-fitted model sees nodata as NaN: its local mean of the change statistic leaves it out.
+        self._nan_nodata = self.model.kind == "scene-fitted"
         if compile:  # opt-in: minutes of compilation, paid back on long GPU runs
             self.model = torch.compile(self.model)
         self.batch_size = batch_size
@@ -71,7 +75,7 @@ class TilePredictor:
         pass of each shape; warmed while the stream decodes its first segments, that falls on no
         tile. Counted in the phase clock as ``warm-up``; returns its seconds (0 if done before).
         """
-        if (shape, dtype) in self._warmed:
+        if (shape, dtype) in self._warmed or self._nan_nodata:  # a scene-fitted model has no kernels to load
             return 0.0
         self._warmed.add((shape, dtype))
         begin = time.perf_counter()
@@ -100,9 +104,32 @@ class TilePredictor:
         raw = raw.to(self.device, non_blocking=True)
         return raw if raw_input else normalize(raw, self.meta)
 
+    def fit_scene(self, target: int, *samples: tuple[np.ndarray, np.ndarray]) -> dict:
+        """Fit a scene-fitted model to a scene's sample of valid pixels; the fit (``FitReport.to_dict()``).
+
+        ``samples`` are parts ``(before (n, C), after (n, C))`` the fit step read
+        (:func:`pipeline.engine.fit.fit_model`); at most ``target`` of their pixels are kept, drawn
+        with a fixed seed. The model is built for their band count.
+        """
+        before = np.concatenate([b for b, _ in samples])
+        after = np.concatenate([a for _, a in samples])
+        if len(before) > target:
+            keep = np.sort(np.random.default_rng(0).choice(len(before), target, replace=False))
+            before, after = before[keep], after[keep]
+        model, _ = loader.build_loaded(self.model_name, None, {**self.model_args, "in_channels": int(before.shape[1])})
+        return model.fit(before, after).to_dict()
+
+    def _model(self, job: InferenceJob):
+        """The model of one scene: the loaded one, or a scene-fitted model applying the scene's fit."""
+        if job.fitted is None:
+            return self.model
+        from models.fitting import FitReport
+
+        return self.model.for_scene(FitReport.from_dict(job.fitted)).to(self.device)
+
     def _engine(self, job: InferenceJob, height: int, width: int, tile: int) -> TileEngine:
-        """An engine for one scene, sharing this predictor's model, lanes, phase clock and batch buffers."""
-        return TileEngine(self.model, self._prepare, height=height, width=width, tile=tile, halo=job.halo,
+        """An engine for one scene, sharing this predictor's lanes, phase clock and batch buffers."""
+        return TileEngine(self._model(job), self._prepare, height=height, width=width, tile=tile, halo=job.halo,
                           batch_size=self.batch_size, statistics=job.statistics, lanes=self._lanes,
                           clock=self.clock, buffers=self._buffers, prepare_ahead=self.device.type == "cuda")
 
@@ -153,8 +180,16 @@ class TilePredictor:
                 valids[(row, first + i)] = valid[:, i * tile:(i + 1) * tile]
         found: dict[Tile, np.ndarray] = {}
         with_data = [t for t in tiles if valids[(t.row, t.col)].any()]
-        engine.predict(with_data, lambda w: assemble(w, tile, images),
-                       lambda t, core: found.__setitem__(t, core.astype("float32", copy=True)), job.scene_stats)
+
+        def read(w: Window) -> np.ndarray:
+            if not self._nan_nodata:
+                return assemble(w, tile, images)
+            x = assemble(w, tile, images).astype("float32")
+            x[..., ~assemble(w, tile, valids)] = np.nan
+            return x
+
+        engine.predict(with_data, read, lambda t, core: found.__setitem__(t, core.astype("float32", copy=True)),
+                       job.scene_stats)
         return len(tiles), [(t, found.get(t, np.full((t.height, t.width), np.nan, "float32")),
                              np.ascontiguousarray(valids[(t.row, t.col)])) for t in tiles]
 

@@ -157,6 +157,8 @@ class TileEngine:
         self._buffers = buffers or threading.local()  # each calling thread's reused batch (see batches)
         self.height, self.width, self.tile, self.halo = height, width, tile, halo
         self.batch_size, self.statistics = batch_size, statistics
+        # A scene-fitted model reads nodata as NaN, and beyond the scene as nodata (not reflected).
+        self.nan_padding = getattr(model, "kind", "deep") == "scene-fitted"
         self._scene: SceneStatistics | None = None
 
     def window(self, t: Tile) -> Window:
@@ -176,7 +178,7 @@ class TileEngine:
         windows = {t: self.window(t) for t in tiles}
         for batch in batch_by_shape(list(tiles), lambda t: padded_shape(windows[t]), self.batch_size):
             wins = [windows[t] for t in batch]
-            raws = [pad_window(read(w), w) for w in wins]
+            raws = [pad_window(read(w), w, self.nan_padding) for w in wins]
             yield batch, wins, np.stack(raws, out=self._stacked((len(raws), *raws[0].shape), raws[0].dtype))
 
     def _stacked(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -114,15 +114,46 @@ def evaluate_dataset(model: str | None, weights: str | None, data: str, *, split
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(dev)
     values = label_values or infer_dataset_label_values(samples)
-    cut = threshold if threshold is not None else meta.threshold
+    fitted = net.kind == "scene-fitted"
+    cut = threshold if threshold is not None else (None if fitted else meta.threshold)
     rows = []
     for i, s in enumerate(samples, 1):
         pair, valid = read_pair(s)
-        chosen = select_bands(meta, pair.shape[1], bands)
-        x = normalize(pair[:, np.asarray(chosen) - 1], meta)
-        prob = predict_image(net, x, device=dev, tile=tile, halo=halo, statistics=statistics)
+        if fitted:  # fitted to each image's valid pixels; every band unless some are chosen
+            chosen = tuple(bands) if bands else tuple(range(1, pair.shape[1] + 1))
+            prob, image_cut = fit_and_score(name, pair[:, np.asarray(chosen) - 1], valid, device=dev)
+            image_cut = cut if cut is not None else image_cut
+        else:
+            chosen = select_bands(meta, pair.shape[1], bands)
+            x = normalize(pair[:, np.asarray(chosen) - 1], meta)
+            prob = predict_image(net, x, device=dev, tile=tile, halo=halo, statistics=statistics)
+            image_cut = cut
         change, labelled = read_labelled(s, values, pair.shape[-2:], align)
-        rows.append((s.name, confusion(prob > cut, change, valid & labelled)))
+        rows.append((s.name, confusion(prob > image_cut, change, valid & labelled)))
         if progress:
             progress(i, len(samples), s.name)
-    return DatasetScores(name, str(weights if weights is not None else meta.source or "default"), cut, tuple(rows))
+    weights_name = "none (fitted to each image)" if fitted else str(weights if weights is not None else meta.source
+                                                                    or "default")
+    return DatasetScores(name, weights_name, cut if cut is not None else float("nan"), tuple(rows))
+
+
+def fit_and_score(model: str, pair: np.ndarray, valid: np.ndarray, *, device="cpu") -> tuple[np.ndarray, float]:
+    """A scene-fitted model fitted to one image pair's valid pixels: its scores ``(H, W)`` and Otsu's threshold.
+
+    The threshold is Otsu's over the image's own scores (over the model's native statistic, as a
+    run takes it over a scene: :mod:`models.fitting`); NaN marks the pixels without data.
+    """
+    import torch
+
+    from pipeline import loader
+
+    model_net, _ = loader.build_loaded(model, None, {"in_channels": int(pair.shape[1])})
+    before, after = (pair[d].reshape(pair.shape[1], -1).T[valid.ravel()] for d in (0, 1))
+    scene = model_net.for_scene(model_net.fit(before, after)).to(device)
+    x = pair.astype("float32")
+    x[:, :, ~valid] = np.nan
+    with torch.inference_mode():
+        score = scene.change_probability(scene(torch.from_numpy(x)[None].to(device))).cpu().numpy()[0]
+    ok = np.isfinite(score)
+    counts, edges = np.histogram(score[ok], bins=1024, range=(0.0, 1.0))
+    return score, float(scene.threshold_from_histogram(counts, edges)) if ok.any() else 0.5

@@ -103,8 +103,9 @@ class ChangeStatistics:
         threshold: probability above which a pixel is changed.
     """
 
-    def __init__(self, grid: Grid, threshold: float) -> None:
-        self.grid, self.threshold = grid, float(threshold)
+    def __init__(self, grid: Grid, threshold: float | None) -> None:
+        self.grid = grid
+        self.threshold = float(threshold) if threshold is not None else None  # None: set once the scene decides it
         self.measure = GroundMeasure(grid)
         self._valid_m2 = self._changed_m2 = 0.0
         self._valid_px = self._changed_px = self._seen_px = 0

@@ -28,14 +28,18 @@ def stamp(plan: RunPlan, products: ProductSettings) -> dict[str, Any]:
     return {"map": plan.spec.stamp(), "products": products.to_dict()}
 
 
-def make_sinks(plan: RunPlan, run: RunOptions, products: ProductSettings) -> list[Any]:
-    """The block consumers a run's map feeds as it is written: statistics always, polygons with ``--vector``."""
+def make_sinks(plan: RunPlan, run: RunOptions, products: ProductSettings, threshold: float | None = None) -> list[Any]:
+    """The block consumers a run's map feeds as it is written: statistics always, polygons with ``--vector``.
+
+    Their threshold is the plan's (None: the map writer sets it once the scene decides it), or ``threshold``.
+    """
     grid = plan.alignment.grid
-    sinks: list[Any] = [mapstats.ChangeStatistics(grid, plan.threshold)]
+    threshold = threshold if threshold is not None else plan.threshold
+    sinks: list[Any] = [mapstats.ChangeStatistics(grid, threshold)]
     if run.vector:
         from pipeline.products.vectorize import Polygonizer
 
-        sinks.append(Polygonizer(grid, plan.threshold, min_area=products.min_area, simplify=products.simplify))
+        sinks.append(Polygonizer(grid, threshold, min_area=products.min_area, simplify=products.simplify))
     return sinks
 
 
@@ -45,9 +49,10 @@ def sinks_from_map(plan: RunPlan, run: RunOptions, products: ProductSettings) ->
     A uint8 map holds its probabilities rounded to 1/255: polygons' mean and maximum probability
     come from those; the changed pixels are the map's own (its mask band, else the threshold).
     """
-    from pipeline.io.cog import read_map_blocks
+    from pipeline.io.cog import inspect_cog, read_map_blocks
 
-    sinks = make_sinks(plan, run, products)
+    tags = inspect_cog(run.output, "change map")[2]
+    sinks = make_sinks(plan, run, products, float(tags.get("CHANGEMAP_THRESHOLD", plan.threshold or 0.5)))
     for window, probability, valid, changed in read_map_blocks(run.output):
         for sink in sinks:
             sink.add(window, probability, valid, changed)
@@ -61,6 +66,7 @@ def finish_outputs(plan: RunPlan, run: RunOptions, products: ProductSettings, si
     """
     grid = plan.alignment.grid
     stats = sinks[0]
+    threshold = stats.threshold  # the map's (the scene's own when Otsu's decided it)
     polygons = sinks[1] if len(sinks) > 1 else None
     written = {"data": run.output}
     made = stamp(plan, products)
@@ -85,13 +91,13 @@ def finish_outputs(plan: RunPlan, run: RunOptions, products: ProductSettings, si
 
         quicklook.make_quicklook(plan.spec.before, plan.spec.after, run.output, run.quicklook,
                                  bands=plan.bands[:3] if len(plan.bands) >= 3 else plan.bands[:1],
-                                 threshold=plan.threshold)
+                                 threshold=threshold)
         written["thumbnail"] = run.quicklook
     if run.stac:
         from pipeline.products import stac
 
         item = stac.map_item(run.output, grid, before=plan.spec.before, after=plan.spec.after, model=plan.meta.model,
-                             weights_sha256=plan.meta.sha256, threshold=plan.threshold, stats=change,
+                             weights_sha256=plan.meta.sha256, threshold=threshold, stats=change,
                              assets={k: v for k, v in written.items() if k != "data"},
                              item_id=storage.basename(run.output).rsplit(".", 1)[0])
         stac.write_item(item, run.stac)

@@ -102,8 +102,9 @@ class Polygonizer:
     (geodesic on a geographic CRS).
     """
 
-    def __init__(self, grid: Grid, threshold: float, *, min_area: float = 0.0, simplify: float = 0.0) -> None:
-        self.grid, self.threshold = grid, float(threshold)
+    def __init__(self, grid: Grid, threshold: float | None, *, min_area: float = 0.0, simplify: float = 0.0) -> None:
+        self.grid = grid
+        self.threshold = float(threshold) if threshold is not None else None  # None: set once the scene decides it
         self.min_area, self.simplify = float(min_area), float(simplify)
         self.measure = GroundMeasure(grid)
         a, b, c, d, e, f = grid.transform
