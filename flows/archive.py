@@ -1,7 +1,8 @@
 """Prefect flow ``process_archive``: many pairs through ``detect_changes``, one Ray runtime, one set of actors.
 
-Pairs come from a manifest (CSV / JSON lines, path or URL) or two globs paired by a
-rule. Pairs whose output is already a complete map are skipped (checked: readable
+Pairs come from a manifest (CSV / JSON lines, path or URL), a STAC catalog search (one pair
+per tile, :mod:`pipeline.archive.choose`; the choice kept as ``PREFIX/search-pairs.csv``) or two
+globs paired by a rule. Pairs whose output is already a complete map are skipped (checked: readable
 COG with changemap's tags for the same inputs and settings, and every requested extra
 output present and stamped with the same product settings) unless ``overwrite``; a
 complete map whose products are missing or were made with other product settings
@@ -42,10 +43,16 @@ _task = dict(cache_policy=NO_CACHE)
 
 
 @task(name="plan-archive", retries=2, retry_delay_seconds=2, **_task)
-def plan_task(options: ArchiveOptions) -> Plan:
-    if options.manifest:
-        return pairs.read_manifest(options.manifest, options.output_prefix)
-    return pairs.glob_pairs(options.before, options.after, options.pair_by, options.output_prefix)
+def plan_task(options: ArchiveOptions, session: Session) -> Plan:
+    """The archive's pairs (listed, globbed or searched once per session); a search's choice kept as a manifest."""
+    plan = session.pairs(options)
+    if plan.found is not None:
+        from pipeline.archive import choose
+
+        choose.write_manifest(plan.found, choose.manifest_url(options.output_prefix), options.output_prefix)
+        for line in plan.found.report():
+            get_run_logger().info("search: %s", line)
+    return plan
 
 
 @task(name="check-outputs", retries=2, retry_delay_seconds=2, **_task)
@@ -128,7 +135,7 @@ def _one_pair(pair: pairs.Pair, spec: MapSpec, run: RunOptions, options: Archive
 def process_archive(archive_options: ArchiveOptions, settings: MapSettings = MapSettings(),
                     run: RunOptions = RunOptions(), products: ProductSettings = ProductSettings(),
                     session: Session | None = None):
-    """Process every pair of an archive (manifest, or ``before``/``after`` globs paired by ``pair_by``).
+    """Process every pair of an archive (manifest, catalog search, or ``before``/``after`` globs paired by ``pair_by``).
 
     Every pair's map is made with ``settings``; ``run`` says how (its output paths are each
     pair's, :func:`pipeline.archive.pairs.pair_outputs`). Returns a Completed state when no pair
@@ -145,9 +152,9 @@ def _process(options: ArchiveOptions, settings: MapSettings, run: RunOptions, pr
     start = time.perf_counter()
     logger = get_run_logger()
     checks.check_archive(options, settings, run, session)
-    plan = plan_task(options)
+    plan = plan_task(options, session)
     for url, why in plan.unpaired:
-        logger.warning("unpaired: %s: %s", storage.redact_url(url), why)
+        logger.warning("unpaired: %s: %s", storage.redact_url(url), why)  # a file, or a searched tile without a pair
     # What each pair's map is: an existing output must be this map to be skipped.
     model = loader.choose_model(settings.model, settings.weights)  # a changemap checkpoint names its model
     specs = {p.id: MapSpec.of(p.before, p.after, settings).model_copy(update={"model": model}) for p in plan.pairs}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,11 +28,12 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.archive.pairs import ManifestError
-from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions, check_destination
+from pipeline.config import ArchiveOptions, ConfigError, MapSettings, MapSpec, RunOptions, check_destination
 from pipeline.errors import (
     AccessDeniedError,
     ChangemapError,
     EndpointUnreachableError,
+    GridError,
     NoValidPixelsError,
     OutputExistsError,
     OutputLocationError,
@@ -40,11 +41,12 @@ from pipeline.errors import (
     one_paragraph,
     storage_failure,
 )
-from pipeline.grid import Alignment, plan_alignment
+from pipeline.grid import Alignment, RasterInfo, plan_alignment
 from pipeline.io import fs, raster, read
 
 if TYPE_CHECKING:  # the model zoo imports torch: only the model check needs it
     from models import LoadedWeights, WeightsMeta
+    from pipeline.archive.pairs import Plan
 
 _PROBE_TIMEOUT_S = 3.0
 _OBJECT_STORES = ("s3", "gs", "az")
@@ -92,10 +94,34 @@ def build_checked(model: str, weights: str | None, in_channels: int | None, stat
     return loaded, meta
 
 
-def plan_grid(before: str, after: str) -> Alignment:
-    """Read both rasters' metadata and decide the output grid (BEFORE's) and AFTER's warp."""
-    b = raster.read_info(before, "BEFORE")
-    a = raster.read_info(after, "AFTER")
+def date_info(url: str, role: str, *, assets: tuple[str, ...] | None = None, cloud_mask: bool = False,
+              default_bands: int | None = None) -> RasterInfo:
+    """What a run needs to know about one date: a raster's header, or a STAC item with its chosen bands.
+
+    ``default_bands`` is the number of bands an item gives without ``assets`` (3: red, green, blue;
+    None: every spectral band), see :func:`pipeline.io.items.load_item`.
+    """
+    from pipeline.io import items
+
+    if items.is_item(url):
+        date = items.load_item(url, assets, cloud_mask=cloud_mask, default_bands=default_bands)
+        return replace(items.read_info(date), item=date)
+    if assets or cloud_mask:
+        option = "--assets" if assets else "--cloud-mask"
+        raise ConfigError(f"{option} picks the bands and mask of dates given as STAC items, but {role} "
+                          f"{storage.redact_url(url)} is a raster; choose a raster's bands with --bands")
+    return raster.read_info(url, role)
+
+
+def plan_grid(before: str, after: str, *, assets: tuple[str, ...] | None = None, cloud_mask: bool = False,
+              default_bands: int | None = 3) -> Alignment:
+    """Read both dates' metadata and decide the output grid (BEFORE's) and AFTER's warp."""
+    b = date_info(before, "BEFORE", assets=assets, cloud_mask=cloud_mask, default_bands=default_bands)
+    a = date_info(after, "AFTER", assets=assets, cloud_mask=cloud_mask, default_bands=default_bands)
+    if (b.item is None) != (a.item is None):
+        raise GridError(f"BEFORE {storage.redact_url(before)} and AFTER {storage.redact_url(after)} must both be STAC "
+                        "items or both be rasters: an item's bands are read as reflectance (scaled), a raster's as "
+                        "they are stored, so the two would not compare")
     same = raster.same_crs(b.grid.crs_wkt, a.grid.crs_wkt)
     footprint = a.grid.bounds if same else raster.bounds_in_crs(a, b.grid.crs_wkt)
     dtype = str(np.result_type(b.dtype, a.dtype))
@@ -298,12 +324,23 @@ def preflight(spec: MapSpec, run: RunOptions, *, session: Any = None) -> RunPlan
     coverage, and last the model, whose import and build take the longest (once per ``session``).
     """
     check_places(spec, run)
-    alignment = plan_grid(spec.before, spec.after)
-    check_coverage(alignment)
+    from pipeline.io.items import is_item
+
+    def grid(kind: str | None) -> Alignment:
+        # An item's default bands: red, green, blue for a deep model, every spectral band for a scene-fitted one.
+        return plan_grid(spec.before, spec.after, assets=spec.assets, cloud_mask=spec.cloud_mask,
+                         default_bands=None if kind == "scene-fitted" else 3)
+
+    # Rasters (and items with --assets) are read before the model zoo is imported; items whose
+    # default bands depend on the model's kind, right after.
+    by_kind = not spec.assets and any(is_item(u) for u in (spec.before, spec.after))
+    alignment = None if by_kind else grid(None)
     from pipeline import loader
 
     spec = spec.model_copy(update={"model": loader.choose_model(spec.model, spec.weights)})
     kind = loader.model_kind(spec.model)
+    alignment = alignment or grid(kind)
+    check_coverage(alignment)
     # A scene-fitted model takes every band of the rasters unless --bands picks some.
     bands_in = len(spec.bands) if spec.bands else (alignment.before.count if kind == "scene-fitted" else None)
     loaded, meta = check_model(spec.model, spec.weights, bands_in, spec.statistics, spec.tile, spec.halo, session)
@@ -324,26 +361,95 @@ def _threshold(asked: float | str | None, kind: str, meta: WeightsMeta) -> tuple
     return meta.threshold, "weights"
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+_SEARCH_OPTIONS = ("collections", "bbox", "intersects", "before_dates", "after_dates", "max_cloud", "dry_run")
+
+
+def check_source(archive: ArchiveOptions) -> None:
+    """One source of pairs (a manifest, two globs, or a catalog search with what it needs), and its date windows."""
+    sources = [name for name, given in (("a MANIFEST", archive.manifest), ("--before/--after globs",
+                                                                          archive.before or archive.after),
+                                        ("--catalog", archive.catalog)) if given]
+    if len(sources) > 1:
+        raise ManifestError(f"give one source of pairs, not {' and '.join(sources)}")
+    if not sources:
+        raise ManifestError("an archive needs its pairs: a MANIFEST, both --before and --after glob patterns, or "
+                            "--catalog with --collections, --before-dates and --after-dates")
+    if (archive.before or archive.after) and not (archive.before and archive.after):
+        raise ManifestError("the glob form needs both --before and --after glob patterns")
+    search = [_flag(name) for name in _SEARCH_OPTIONS if getattr(archive, name) not in (None, False)]
+    if not archive.catalog:
+        if search:
+            raise ManifestError(f"{', '.join(search)} describe a STAC search and need --catalog (a STAC API URL, "
+                                "static catalog or stac-geoparquet file); give one, or leave them out")
+        return
+    missing = [_flag(n) for n in ("collections", "before_dates", "after_dates") if getattr(archive, n) is None]
+    if missing:
+        raise ManifestError(f"a search of --catalog needs {', '.join(missing)}, e.g. --collections sentinel-2-l2a "
+                            "--before-dates 2023-06-01/2023-08-31 --after-dates 2024-06-01/2024-08-31")
+    if archive.bbox and archive.intersects:
+        raise ManifestError("give the area of interest once: --bbox or --intersects, not both")
+    from pipeline.archive.windows import check_windows, parse_window
+
+    check_windows(parse_window(archive.before_dates, "--before-dates"), parse_window(archive.after_dates, "--after-dates"))
+
+
+def check_items(plan: Plan, settings: MapSettings, default_bands: int | None) -> int | None:
+    """Every STAC Item of an archive's pairs has the asked bands (and mask); the band count of the first.
+
+    Reads each Item's JSON (a few at a time), never a pixel. Returns None when no date is an Item.
+    """
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.io import items
+
+    urls = list(dict.fromkeys(u for p in plan.pairs for u in (p.before, p.after) if items.is_item(u)))
+    if not urls:
+        return None
+
+    def load(url: str) -> int:
+        return len(items.load_item(url, settings.assets, cloud_mask=settings.cloud_mask,
+                                   default_bands=default_bands).bands)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="item-check") as ex:
+        # each in a copy of this thread's context: the run's storage options go with it
+        counts = [f.result() for f in [ex.submit(contextvars.copy_context().run, load, u) for u in urls]]
+    return counts[0]
+
+
 def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions, session: Any = None) -> int:
     """What an archive run can check before Prefect and Ray: the pair source, the places and the model.
 
+    A catalog's search runs here (once per ``session``), and every chosen Item is read to check
+    it has the asked bands: a bad search costs seconds, before anything starts or is written.
     Returns how many bands the model takes from each scene.
     """
-    if archive.manifest and (archive.before or archive.after):
-        raise ManifestError("give either a MANIFEST or --before/--after globs, not both")
-    if not archive.manifest and not (archive.before and archive.after):
-        raise ManifestError("an archive needs a MANIFEST, or both --before and --after glob patterns")
+    check_source(archive)
     places = [(role, url) for role, url in (("MANIFEST", archive.manifest), ("--before", archive.before),
-                                            ("--after", archive.after), ("--output-prefix", archive.output_prefix))
+                                            ("--after", archive.after), ("--catalog", archive.catalog),
+                                            ("--output-prefix", archive.output_prefix))
               if url]
     for role, url in places:
         check_protocol(url, role)
     for role, url in places:
-        check_endpoint(url, role)
+        if not (role == "--catalog" and storage.protocol(url) == "http"):  # an API: the search says it
+            check_endpoint(url, role)
     check_run(run)
     from pipeline import loader
 
     model = loader.choose_model(settings.model, settings.weights)
-    _, meta = check_model(model, settings.weights, len(settings.bands) if settings.bands else None,
-                          settings.statistics, settings.tile, settings.halo, session)
+    fitted = loader.model_kind(model) == "scene-fitted"
+    bands_in = len(settings.bands) if settings.bands else None
+    if archive.catalog:
+        from pipeline.archive.pairs import plan_pairs
+
+        plan = session.pairs(archive) if session is not None else plan_pairs(archive)
+        count = check_items(plan, settings, None if fitted else 3)
+        if fitted and not bands_in:
+            bands_in = count
+    _, meta = check_model(model, settings.weights, bands_in, settings.statistics, settings.tile, settings.halo, session)
     return meta.in_channels

@@ -99,7 +99,14 @@ class MapSettings(Frozen):
     weights: str | None = option(None, "known weights name (e.g. levir, whu), a local checkpoint or a URL; "
                                        "'none' for random")
     bands: tuple[int, ...] | None = option(None, "1-based input bands for the model, e.g. 3,2,1 "
-                                                 "(default: the weights' bands)", metavar="B,B,B")
+                                                 "(default: the weights' bands; every band for a scene-fitted model)",
+                                           metavar="B,B,B")
+    assets: tuple[str, ...] | None = option(
+        None, "for dates given as STAC items: the bands, as asset keys or common names, e.g. red,green,blue,nir, "
+              "each read from its own file onto the finest one's grid (default: red,green,blue for a deep model, "
+              "every spectral band for a scene-fitted one)", metavar="NAME,NAME")
+    cloud_mask: bool = option(False, "for dates given as STAC items: cloud, shadow and no-data pixels of the item's "
+                                     "mask asset (Sentinel-2 SCL, Landsat QA_PIXEL) are nodata in both dates")
     tile: int = option(512, "core tile side in pixels (= zarr chunk side)")
     halo: int = option(64, "context margin around each tile in pixels")
     threshold: float | Literal["otsu"] | None = option(
@@ -294,6 +301,21 @@ class ArchiveOptions(Frozen):
     quicklooks: bool = option(False, "also write each pair's quicklook PNG as PREFIX/{id}.png")
     stac: bool = option(False, "also write a STAC Item per pair (PREFIX/{id}/{id}.json) and a Collection of them "
                                "(PREFIX/collection.json)")
+    catalog: str | None = option(None, "find the pairs in a STAC catalog: an API URL, a static catalog or collection "
+                                       "JSON, or a stac-geoparquet file (path or any URL)", metavar="SOURCE")
+    collections: tuple[str, ...] | None = option(None, "with --catalog: the collections to search, e.g. "
+                                                       "sentinel-2-l2a", metavar="C,C")
+    bbox: tuple[float, ...] | None = option(None, "with --catalog: the area of interest, west,south,east,north in "
+                                                  "degrees (WGS 84)", metavar="W,S,E,N")
+    intersects: str | None = option(None, "with --catalog: the area of interest as a GeoJSON geometry, Feature or "
+                                          "FeatureCollection (text, path or URL)", metavar="GEOJSON")
+    before_dates: str | None = option(None, "with --catalog: the BEFORE window START/END (dates, times, .. for "
+                                            "open, or now-30d)", metavar="START/END")
+    after_dates: str | None = option(None, "with --catalog: the AFTER window START/END", metavar="START/END")
+    max_cloud: float | None = option(None, "with --catalog: the most cloud cover (percent, eo:cloud_cover) an item "
+                                           "may have", metavar="PCT")
+    dry_run: bool = option(False, "with --catalog: print the chosen pairs and write them as the manifest "
+                                  "PREFIX/search-pairs.csv, then stop (no pixel is read)")
 
     @field_validator("concurrency")
     @classmethod
@@ -301,3 +323,34 @@ class ArchiveOptions(Frozen):
         if v < 1:
             raise ValueError(f"--concurrency must be at least 1, got {v}")
         return v
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is None:
+            return v
+        if len(v) != 4:
+            raise ValueError(f"--bbox takes four numbers west,south,east,north, got {len(v)}: {list(v)}")
+        w, s, e, n = v
+        if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s < n <= 90):
+            raise ValueError(f"--bbox must be west,south,east,north in degrees (longitudes -180..180, latitudes "
+                             f"-90..90, south below north), got {list(v)}")
+        return v
+
+    @field_validator("max_cloud")
+    @classmethod
+    def _max_cloud(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v <= 100:
+            raise ValueError(f"--max-cloud is a percentage between 0 and 100, got {v:g}")
+        return v
+
+    @field_validator("collections")
+    @classmethod
+    def _collections(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and not v:
+            raise ValueError("--collections names at least one collection, e.g. sentinel-2-l2a")
+        return v
+
+    def source(self) -> str:
+        """Where the pairs come from: ``manifest``, ``catalog`` or ``globs`` (:func:`pipeline.checks.check_archive`)."""
+        return "manifest" if self.manifest else "catalog" if self.catalog else "globs"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.errors import GridError
 
@@ -39,13 +40,14 @@ class Grid:
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """What a run needs to know about one input raster."""
+    """What a run needs to know about one input raster (or STAC Item: ``item`` is its chosen bands, read as one)."""
 
     path: str
     grid: Grid
     count: int
     dtype: str
     nodata: float | None
+    item: Any = None  # a STAC Item date (pipeline.io.items.ItemDate), read band file by band file
 
 
 @dataclass(frozen=True)

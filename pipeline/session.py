@@ -2,7 +2,8 @@
 
 A :class:`Session` owns the run's storage options (in force inside it), the Ray runtime (started
 on 127.0.0.1, or attached to with ``--ray-address``; stopped at the end only if started here),
-the model actor pools (one per model, weights and batch size: an archive loads its model once),
+the model actors (of one model, weights and batch size at a time: an archive loads its model
+once; a run of another model closes them first),
 and the checked plans and loaded models (checked once, however many steps ask). The CLI opens
 one around a command and hands it to the flow; a flow called without one opens its own.
 """
@@ -18,11 +19,12 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
-from pipeline.config import MapSpec, RunOptions
+from pipeline.config import ArchiveOptions, MapSpec, RunOptions
 from pipeline.errors import ChangemapError
 
 if TYPE_CHECKING:  # Ray and torch are imported when a run starts, not by a command line with a typo
     from models import LoadedWeights, WeightsMeta
+    from pipeline.archive.pairs import Plan
     from pipeline.checks import RunPlan
     from pipeline.engine.pool import PredictorPool
 
@@ -103,6 +105,7 @@ class Session:
         self.predictor, self.device = predictor, device
         self.num_cpus, self.num_gpus, self.object_store_memory = num_cpus, num_gpus, object_store_memory
         self._plans: dict[str, RunPlan] = {}
+        self._archives: dict[str, Plan] = {}
         self._models: dict[tuple, tuple[LoadedWeights | None, WeightsMeta]] = {}
         self._pools: dict[str, PredictorPool] = {}
         self._lock = threading.Lock()  # an archive's pairs run in threads
@@ -135,6 +138,15 @@ class Session:
         if key not in self._plans:
             self._plans[key] = checks.preflight(spec, run, session=self)
         return self._plans[key]
+
+    def pairs(self, options: ArchiveOptions) -> Plan:
+        """An archive's pairs (:func:`pipeline.archive.pairs.plan_pairs`), listed or searched once in this session."""
+        from pipeline.archive.pairs import plan_pairs
+
+        key = options.to_json()
+        if key not in self._archives:
+            self._archives[key] = plan_pairs(options)
+        return self._archives[key]
 
     def model(self, name: str, weights: str | None, in_channels: int | None, statistics: str, tile: int,
               halo: int) -> tuple[LoadedWeights | None, WeightsMeta]:
@@ -176,6 +188,11 @@ class Session:
         with self._lock:
             if key not in self._pools:
                 from pipeline.engine.pool import PredictorPool
+
+                # One model's actors at a time: another's would hold the CPUs (or GPUs) the stream needs.
+                for other in self._pools.values():
+                    other.close()
+                self._pools.clear()
 
                 extra: dict[str, Any] = {"predictor": self.predictor} if self.predictor else {}
                 self._pools[key] = PredictorPool(meta.model, loaded, workers=run.workers, batch_size=run.batch_size,

@@ -4,8 +4,8 @@ Every input and output place is a local path or an fsspec URL (``s3://``, ``gs:/
 ``az://``/``abfs://``, ``http(s)://``, ``file://``, ``memory://``). Credentials come
 from the usual places (environment variables, profiles, instance roles: fsspec and
 GDAL find those themselves) or from ``--storage-options``: a JSON object passed to
-fsspec (``{"key": ..., "secret": ..., "endpoint_url": ...}``), either flat (applies to
-every protocol) or keyed by protocol (``{"s3": {...}, "gs": {...}}``). The raster I/O
+fsspec (``{"key": ..., "secret": ..., "endpoint_url": ...}``), either flat (applies to every
+object store, not to HTTP) or keyed by protocol (``{"s3": {...}, "gs": {...}}``). The raster I/O
 module mirrors them into GDAL's settings.
 
 :class:`StorageOptions` never shows its values: ``repr``/``str`` list only the key names,
@@ -93,13 +93,13 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True, repr=False, eq=True)
 class StorageOptions:
-    """fsspec storage options, per protocol (``"*"``: every protocol). Values never printed."""
+    """fsspec storage options, per protocol (``"*"``: every object store). Values never printed."""
 
     _by_protocol: tuple[tuple[str, str], ...] = ()  # (protocol, JSON text) pairs, hashable and picklable
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> StorageOptions:
-        """Flat ``{"key": ...}`` (every protocol) or ``{"s3": {...}, "gs": {...}}``."""
+        """Flat ``{"key": ...}`` (every object store) or ``{"s3": {...}, "gs": {...}}``."""
         if not options:
             return cls()
         if not isinstance(options, Mapping):
@@ -127,11 +127,16 @@ class StorageOptions:
         return cls.from_mapping(value)
 
     def for_protocol(self, proto: str) -> dict[str, Any]:
-        """The fsspec keyword arguments for one protocol."""
+        """The fsspec keyword arguments for one protocol.
+
+        Flat options (keys, secrets, endpoints) are an object store's: HTTP(S) takes only options
+        keyed ``"http"`` (its client refuses an object store's keywords, and a STAC item or catalog
+        is often read over HTTPS while its bands are in a bucket).
+        """
         proto = PROTOCOL_ALIASES.get(proto, proto)
         out: dict[str, Any] = {}
         for p, text in self._by_protocol:
-            if p in ("*", proto):
+            if p == proto or (p == "*" and proto != "http"):
                 out.update(json.loads(text))
         return out
 

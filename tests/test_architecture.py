@@ -123,8 +123,9 @@ def test_every_imported_distribution_is_declared():
 
     import tomllib
 
-    declared = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-")
-                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    declared = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in requirements}
     by_module = md.packages_distributions()
     stdlib = set(sys.stdlib_module_names)
     missing = {}
@@ -136,7 +137,7 @@ def test_every_imported_distribution_is_declared():
                 top = name.split(".")[0]
                 if top in stdlib or top in PACKAGES or top == "__future__":
                     continue
-                dists = {d.lower().replace("_", "-") for d in by_module.get(top, [top])}
+                dists = {d.lower().replace("_", "-") for d in by_module.get(top, [top.replace("_", "-")])}
                 if not dists & declared:
                     missing.setdefault(top, str(path.relative_to(REPO)))
     assert missing == {}

@@ -1,4 +1,4 @@
-"""Which pairs an archive holds: a manifest (CSV or JSON lines) or two globs paired by a rule.
+"""Which pairs an archive holds: a manifest (CSV or JSON lines), a STAC search, or two globs paired by a rule.
 
 Each pair's outputs live under the archive's prefix, named by the pair id (:func:`pair_outputs`).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline import manifest, storage
 from pipeline.config import ArchiveOptions
@@ -35,7 +36,9 @@ class Plan:
     """The pairs of an archive, and the files the glob form could not pair."""
 
     pairs: tuple[Pair, ...]
-    unpaired: tuple[tuple[str, str], ...] = ()  # (file URL, why it has no partner)
+    unpaired: tuple[tuple[str, str], ...] = ()  # (file URL or search tile, why it has no partner)
+    found: Any = None  # a catalog search's choice (pipeline.archive.choose.SearchPlan): dates, cloud cover
+
 
 
 def default_output(prefix: str, pair_id: str) -> str:
@@ -153,6 +156,17 @@ def pair_files(before: Iterable[str], after: Iterable[str], rule: str, output_pr
         raise ManifestError(f"no BEFORE/AFTER files pair up by {rule!r}: {why}")
     _check_ids(pairs, "--pair-by")
     return Plan(tuple(pairs), tuple(unpaired))
+
+
+def plan_pairs(options: ArchiveOptions) -> Plan:
+    """The pairs of an archive: from its manifest, its catalog search, or its two globs."""
+    if options.manifest:
+        return read_manifest(options.manifest, options.output_prefix)
+    if options.catalog:
+        from pipeline.archive import choose  # pystac, shapely: only for a search
+
+        return choose.as_plan(choose.search_archive(options), options.output_prefix)
+    return glob_pairs(options.before, options.after, options.pair_by, options.output_prefix)
 
 
 def glob_pairs(before_pattern: str, after_pattern: str, rule: str, output_prefix: str) -> Plan:

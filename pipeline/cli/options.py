@@ -2,7 +2,7 @@
 
 One declaration per option: a field's type gives the argparse type (bool -> flag, ``--no-NAME``
 for one that defaults to True, whose help then says what that flag does; Literal -> choices;
-tuple[int, ...] or tuple[float, ...] -> comma list; a number or a word, e.g.
+tuple[int, ...], tuple[float, ...] or tuple[str, ...] -> comma list; a number or a word, e.g.
 ``float | Literal["auto"]`` -> the text, read by the model), its default and description give
 the help. Only the options a user gave are passed on, so the objects' own defaults apply.
 
@@ -72,7 +72,10 @@ def _form(name: str, annotation: Any, default: Any) -> dict[str, Any]:
         kinds = {type(c) for c in choices}
         return {"choices": choices, **({"type": kinds.pop()} if kinds in ({int}, {float}) else {})}
     if typing.get_origin(base) is tuple:
-        return {"type": _comma_floats(name) if float in typing.get_args(base) else _comma_ints(name)}
+        kind = typing.get_args(base)[0]
+        if kind is str:
+            return {"type": lambda text: tuple(v.strip() for v in text.split(",") if v.strip())}
+        return {"type": _comma_floats(name) if kind is float else _comma_ints(name)}
     if base in (int, float):
         return {"type": base}
     if base in (str, SecretStr) or _number_or_word(base):

@@ -50,6 +50,8 @@ def run_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions,
     """Check an archive run, then process its pairs through the ``process_archive`` flow; its summary data."""
     from pipeline import checks
 
+    if archive.dry_run:
+        return search_only(archive, settings, run, session=session)
     with Session.borrow(session, run) as session:
         bands = checks.check_archive(archive, settings, run, session)
         from flows.archive import process_archive  # imports Prefect and Ray: only once the checks passed
@@ -62,6 +64,53 @@ def run_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions,
     if not isinstance(data, dict):  # the flow itself failed (bad manifest, unknown model, ...)
         raise data if isinstance(data, Exception) else RuntimeError(str(state.message))
     return data
+
+
+def search_only(archive: ArchiveOptions, settings: MapSettings, run: RunOptions, *,
+                session: Session | None = None) -> dict[str, Any]:
+    """``archive --catalog ... --dry-run``: search, check the chosen Items' bands, write the manifest; no pixel read.
+
+    Neither Prefect nor Ray starts. The manifest (``PREFIX/search-pairs.csv``) is what
+    ``changemap archive MANIFEST --output-prefix PREFIX`` maps unchanged.
+    """
+    from pipeline import checks, loader
+    from pipeline.archive import choose
+
+    begin = time.perf_counter()
+    with Session.borrow(session, run) as session:
+        checks.check_source(archive)
+        if not archive.catalog:
+            raise checks.ManifestError("--dry-run shows the pairs a --catalog search chooses; add --catalog (a manifest "
+                                       "or globs are their own list of pairs)")
+        for role, url in (("--catalog", archive.catalog), ("--output-prefix", archive.output_prefix)):
+            checks.check_protocol(url, role)
+        plan = session.pairs(archive)
+        fitted = loader.model_kind(loader.choose_model(settings.model, settings.weights)) == "scene-fitted"
+        checks.check_items(plan, settings, None if fitted else 3)
+        url = choose.manifest_url(archive.output_prefix)
+        choose.write_manifest(plan.found, url, archive.output_prefix)
+    found = plan.found
+    rows = [{"id": p.id, "tile": p.tile, "before": p.before.id, "before_date": f"{p.before.datetime:%Y-%m-%d}",
+             "before_cloud": p.before.cloud_cover, "after": p.after.id, "after_date": f"{p.after.datetime:%Y-%m-%d}",
+             "after_cloud": p.after.cloud_cover, "status": "chosen"} for p in found.pairs]
+    rows += [{"id": tile, "tile": tile, "status": "unpaired", "error": reason} for tile, reason in found.skipped]
+    message = f"{len(found.pairs)} pairs chosen, {len(found.skipped)} tiles without a pair"
+    return {"message": message, "dry_run": True, "manifest": url, "output_prefix": archive.output_prefix,
+            "pairs": rows, "seconds": time.perf_counter() - begin,
+            "counts": {"chosen": len(found.pairs), "unpaired": len(found.skipped), "failed": 0}}
+
+
+def _print_search(data: dict[str, Any]) -> None:
+    """The dry run's table: one line per tile."""
+    for row in data["pairs"]:
+        if row["status"] == "chosen":
+            clouds = ["?" if c is None else f"{c:g} %" for c in (row["before_cloud"], row["after_cloud"])]
+            print(f"  {row['tile']}: {row['before']} ({row['before_date']}, cloud {clouds[0]}) -> "
+                  f"{row['after']} ({row['after_date']}, cloud {clouds[1]})")
+        else:
+            print(f"  {row['tile']}: no pair: {row['error']}")
+    print(f"changemap archive: {data['message']}; manifest {data['manifest']} (map them with: changemap archive "
+          f"{data['manifest']} --output-prefix {data['output_prefix']} and the same model options)")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -80,6 +129,9 @@ def archive_command(args: argparse.Namespace) -> int:
                        options.take(args, RunOptions, exclude=PER_PAIR), options.take(args, ProductSettings))
     if args.json:
         print(json.dumps(data, sort_keys=True))
+    if data.get("dry_run"):
+        _print_search(data)
+        return 0
     for row in data["pairs"]:
         if row["status"] in ("failed", "unpaired"):
             print(f"  {row['id']}: {row['status']}: {row['error']}", file=sys.stderr)

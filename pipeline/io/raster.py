@@ -48,11 +48,17 @@ def _endpoint(options: dict) -> str | None:
     return url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+# GDAL retries a read that got HTTP 429 or 5xx (its default codes: 429, 500, 502, 503, 504) with an
+# exponential backoff from 1 s (GDAL's /vsicurl/ and /vsis3/ family, RFC 6585); and merges the
+# range requests of neighbouring blocks, so a COG window costs few requests.
+HTTP_RETRIES = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1", "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES"}
+
+
 def _gdal_session(url: str) -> tuple[object | None, dict[str, str]]:
     """A rasterio session and GDAL options mirroring the fsspec storage options of ``url``."""
     proto = storage.protocol(url)
     opts = storage.options_for(url)
-    config: dict[str, str] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    config: dict[str, str] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", **HTTP_RETRIES}
     if proto == "s3":
         endpoint = _endpoint(opts)
         host = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
@@ -19,7 +20,11 @@ from pipeline.io.raster import _READ_ERRORS, _all_valid, _failure, _open, _rio, 
 
 
 class AlignedPairReader:
-    """Reads windows of both dates on the output grid (AFTER through a WarpedVRT when needed)."""
+    """Reads windows of both dates on the output grid (AFTER through a WarpedVRT when needed).
+
+    A date that is a STAC Item is read band file by band file onto the grid
+    (:class:`pipeline.io.items.ItemReader`), as one multi-band image.
+    """
 
     def __init__(self, alignment: Alignment) -> None:
         self.alignment = alignment
@@ -30,6 +35,11 @@ class AlignedPairReader:
         a = self.alignment
         try:
             for info, role in ((a.before, "BEFORE"), (a.after, "AFTER")):
+                if info.item is not None:
+                    from pipeline.io.items import ItemReader
+
+                    self._sources.append(self._stack.enter_context(ItemReader(info.item, a.grid, role)))
+                    continue
                 try:
                     src = self._stack.enter_context(_rio(info.path))
                     if role == "AFTER" and a.warp_after:
@@ -56,6 +66,12 @@ class AlignedPairReader:
         """One date's bands (if ``data``; into ``out`` if given) and where it has data (nodata, GDAL mask/alpha, NaN)."""
         info, role = ((self.alignment.before, "BEFORE"), (self.alignment.after, "AFTER"))[i]
         src = self._sources[i]
+        if info.item is not None:  # an Item's reader says where it has data itself
+            rows, cols = window.toranges()
+            image, mask = src.read(rows[0], rows[1], cols[0], cols[1])
+            if out is not None:
+                out[...] = image
+            return (image if data else None), mask
         try:
             image = (src.read(list(range(1, info.count + 1)), window=window, out=out)
                      if data or info.dtype[0] == "f" else None)
@@ -205,7 +221,8 @@ def _decimated_grid(grid: Grid, max_side: int) -> Grid:
 
 
 def read_decimated(path: str, bands: tuple[int, ...] | list[int], max_side: int, *, grid: Grid | None = None,
-                   resampling: str = "average", role: str = "raster") -> tuple[np.ndarray, np.ndarray, Grid]:
+                   resampling: str = "average", role: str = "raster", item: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray, Grid]:
     """A reduced view of a raster, at most ``max_side`` pixels on its longer side, for quicklooks.
 
     Reads go through GDAL's decimated ``RasterIO`` (``out_shape``), which takes the nearest
@@ -221,12 +238,21 @@ def read_decimated(path: str, bands: tuple[int, ...] | list[int], max_side: int,
         grid: the full-resolution grid to put the raster on (default: its own).
         resampling: a rasterio ``Resampling`` name (``average`` for images, ``nearest`` for masks).
         role: how error messages name the raster (``BEFORE``, ``AFTER``, ...).
+        item: the STAC Item date ``path`` stands for (:class:`pipeline.io.items.ItemDate`): its band
+            files are warped onto the reduced grid (GDAL's warper reads their overviews).
 
     Returns:
         ``data (len(bands), h, w)``, ``valid (h, w)`` and the reduced grid the pixels lie on.
     """
     method = Resampling[resampling]
     bands = [int(b) for b in bands]
+    if item is not None:
+        from pipeline.io.items import ItemReader
+
+        small = _decimated_grid(grid or item.grid, max_side)
+        with ItemReader(item, small, role) as reader:
+            data, valid = reader.read(0, small.height, 0, small.width)
+        return data[np.asarray(bands) - 1], valid, small
     with _open(path, role) as src:
         own = Grid(src.crs.to_wkt() if src.crs else "", tuple(src.transform)[:6], src.width, src.height)
         target = grid or own

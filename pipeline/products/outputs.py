@@ -91,7 +91,7 @@ def finish_outputs(plan: RunPlan, run: RunOptions, products: ProductSettings, si
 
         quicklook.make_quicklook(plan.spec.before, plan.spec.after, run.output, run.quicklook,
                                  bands=plan.bands[:3] if len(plan.bands) >= 3 else plan.bands[:1],
-                                 threshold=threshold)
+                                 threshold=threshold, items=(plan.alignment.before.item, plan.alignment.after.item))
         written["thumbnail"] = run.quicklook
     if run.stac:
         from pipeline.products import stac

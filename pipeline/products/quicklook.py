@@ -10,6 +10,8 @@ Layout: a caption strip of :data:`HEADER` pixels, then the three panels left to 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -49,7 +51,8 @@ def stretch(images: list[np.ndarray], valids: list[np.ndarray]) -> list[np.ndarr
 
 
 def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands: tuple[int, ...] = (1, 2, 3),
-                   max_side: int = 1024, threshold: float = 0.5) -> tuple[int, int]:
+                   max_side: int = 1024, threshold: float = 0.5, items: tuple[Any, Any] = (None, None)
+                   ) -> tuple[int, int]:
     """Write a side-by-side PNG: BEFORE | AFTER | AFTER with changed pixels tinted red.
 
     Args:
@@ -63,15 +66,16 @@ def make_quicklook(before: str, after: str, change: str, dest_png: str, *, bands
         bands: the three (or one, shown grey) 1-based bands to show.
         max_side: the longest side of each panel in pixels.
         threshold: probability above which a pixel is tinted.
+        items: the STAC Item dates BEFORE and AFTER stand for, when they are items (their chosen bands).
 
     Returns:
         ``(width, height)`` of each panel.
     """
     if len(bands) not in (1, 3):
         raise ValueError(f"a quicklook shows 1 or 3 bands, got {len(bands)}: {bands}")
-    grid = raster.read_info(before, "BEFORE").grid
-    img_b, ok_b, small = read.read_decimated(before, bands, max_side, role="BEFORE")
-    img_a, ok_a, _ = read.read_decimated(after, bands, max_side, grid=grid, role="AFTER")
+    grid = items[0].grid if items[0] is not None else raster.read_info(before, "BEFORE").grid
+    img_b, ok_b, small = read.read_decimated(before, bands, max_side, role="BEFORE", item=items[0])
+    img_a, ok_a, _ = read.read_decimated(after, bands, max_side, grid=grid, role="AFTER", item=items[1])
     prob, ok_c, _ = read.read_decimated(change, (1,), max_side, grid=grid, resampling="nearest", role="change")
     rgb_b, rgb_a = (np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x for x in stretch([img_b, img_a], [ok_b, ok_a]))
     scale = float(read.read_metadata(change, "change")[0].get(SCALE_TAG, 1))

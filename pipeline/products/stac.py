@@ -22,6 +22,7 @@ from pipeline import storage
 from pipeline.errors import ChangemapError
 from pipeline.grid import Grid
 from pipeline.io import fs
+from pipeline.io.items import is_item
 
 PREFIX = "changemap"
 _MEDIA_TYPES = {
@@ -73,7 +74,8 @@ def map_item(cog_url: str, grid: Grid, *, before: str, after: str, model: str, w
     Args:
         cog_url: the change-probability COG (asset ``data``).
         grid: the map's grid (footprint, bbox, projection extension).
-        before: BEFORE's path or URL (stored without credentials).
+        before: BEFORE's path or URL (stored without credentials); a STAC Item is also linked
+            (``derived_from``).
         after: AFTER's path or URL.
         model: model name.
         weights_sha256: SHA-256 of the weights file.
@@ -102,6 +104,10 @@ def map_item(cog_url: str, grid: Grid, *, before: str, after: str, model: str, w
         id=item_id or os.path.splitext(storage.basename(cog_url))[0], geometry=geometry, bbox=bbox,
         datetime=None if start_datetime else (datetime or now), properties=properties,
         start_datetime=start_datetime, end_datetime=end_datetime)
+    for source in (before, after):  # STAC best practice: a derived product links the Items it was made from
+        if is_item(source):
+            item.add_link(pystac.Link("derived_from", storage.redact_url(storage.absolute(source)),
+                                      media_type=pystac.MediaType.JSON))
     item.add_asset("data", pystac.Asset(href=cog_url, media_type=pystac.MediaType.COG, roles=["data"],
                                        title="change probability"))
     for key, url in (assets or {}).items():

@@ -1,6 +1,7 @@
 """Deployments: the shipped prefect.yaml builds, and a served deployment's triggered run executes the flow."""
 from __future__ import annotations
 
+import datetime
 import inspect
 import json
 import os
@@ -22,7 +23,7 @@ PREFECT_YAML = REPO / "infra" / "prefect" / "prefect.yaml"
 
 def test_shipped_deployments_build_with_schedules_and_valid_parameters():
     entries = read_definitions(PREFECT_YAML)
-    assert {e["name"] for e in entries} == {"nightly-archive", "yearly-mosaic"}
+    assert {e["name"] for e in entries} == {"nightly-archive", "yearly-mosaic", "weekly-sentinel2"}
     flow_params = set(inspect.signature(process_archive.fn).parameters)
     for entry in entries:
         dep = to_deployment(entry)
@@ -36,6 +37,22 @@ def test_shipped_deployments_build_with_schedules_and_valid_parameters():
         hints = typing.get_type_hints(process_archive.fn)
         for name, value in dep.parameters.items():
             hints[name](**value)
+
+
+def test_the_weekly_stac_deployment_searches_a_rolling_window_a_year_apart():
+    from pipeline.archive.windows import check_windows, parse_window
+    from pipeline.checks import check_source
+    from pipeline.config import ArchiveOptions
+
+    entry = next(e for e in read_definitions(PREFECT_YAML) if e["name"] == "weekly-sentinel2")
+    options = ArchiveOptions(**to_deployment(entry).parameters["archive_options"])
+    check_source(options)  # a catalog, its collections, both windows in order
+    now = datetime.datetime(2026, 12, 7, tzinfo=datetime.timezone.utc)
+    before, after = parse_window(options.before_dates, now=now), parse_window(options.after_dates, now=now)
+    check_windows(before, after)
+    assert after == (now - datetime.timedelta(days=30), now)
+    assert before == (now - datetime.timedelta(days=395), now - datetime.timedelta(days=365))
+    assert options.catalog.startswith("https://") and options.collections == ("sentinel-2-l2a",)
 
 
 def test_bad_deployment_files_are_clear_errors(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline import errors
+from pipeline import errors, storage
 from pipeline.checks import plan_grid
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Grid
@@ -272,3 +272,15 @@ def test_a_corrupt_block_in_the_middle_is_named_with_its_window(tmp_path):
 def test_a_folder_is_not_a_raster(tmp_path):
     with pytest.raises(InputRasterError, match="is a folder; give the raster file inside it"):
         raster.read_info(str(tmp_path), "BEFORE")
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"s3": {"requester_pays": True, "key": "AK", "secret": "SK"}}, {"AWS_REQUEST_PAYER": "requester"}),  # USGS Landsat
+    ({"s3": {"anon": True}}, {"AWS_NO_SIGN_REQUEST": "YES"}),  # public buckets (Sentinel-2 COGs on AWS)
+])
+def test_requester_pays_and_unsigned_buckets_reach_gdal(options, expected):
+    with storage.using(storage.StorageOptions.from_mapping(options)):
+        session, config = raster._gdal_session("s3://usgs-landsat/collection02/level-2/B4.TIF")
+    assert expected.items() <= session.get_credential_options().items()
+    # reads of every kind retry throttling and server errors with a backoff
+    assert config["GDAL_HTTP_MAX_RETRY"] == "5" and config["GDAL_HTTP_RETRY_DELAY"] == "1"
