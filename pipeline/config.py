@@ -309,8 +309,8 @@ class ArchiveOptions(Frozen):
                                                   "degrees (WGS 84)", metavar="W,S,E,N")
     intersects: str | None = option(None, "with --catalog: the area of interest as a GeoJSON geometry, Feature or "
                                           "FeatureCollection (text, path or URL)", metavar="GEOJSON")
-    before_dates: str | None = option(None, "with --catalog: the BEFORE window START/END (dates, times, .. for "
-                                            "open, or now-30d)", metavar="START/END")
+    before_dates: str | None = option(None, "with --catalog: the BEFORE window START/END: dates, ISO times, "
+                                            "now or now-Nd (e.g. now-395d/now-365d)", metavar="START/END")
     after_dates: str | None = option(None, "with --catalog: the AFTER window START/END", metavar="START/END")
     max_cloud: float | None = option(None, "with --catalog: the most cloud cover (percent, eo:cloud_cover) an item "
                                            "may have", metavar="PCT")

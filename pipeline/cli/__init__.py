@@ -75,9 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--align", action="store_true", help="warp the label onto the prediction's grid (nearest)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
 
-    arc = sub.add_parser("archive", help="process many pairs (manifest or globs) into change maps",
+    arc = sub.add_parser("archive", help="process many pairs (manifest, globs or a STAC search) into change maps",
                          usage="changemap archive MANIFEST --output-prefix PREFIX [options]\n"
                                "       changemap archive --before GLOB --after GLOB [--pair-by stem|REGEX] "
+                               "--output-prefix PREFIX [options]\n"
+                               "       changemap archive --catalog SOURCE --collections C [--bbox W,S,E,N] "
+                               "--before-dates START/END --after-dates START/END [--max-cloud PCT] [--dry-run] "
                                "--output-prefix PREFIX [options]")
     options.add_fields(arc, ArchiveOptions)
     options.add_fields(arc, MapSettings)
