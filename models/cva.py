@@ -63,16 +63,17 @@ class CVA(SceneFittedModel):
         }
         return _Fitted(params, dropped=sorted(dropped, key=lambda d: d["band"]))
 
-    def _statistic(self, before: torch.Tensor, after: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _statistic(self, pair: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         used = [c for c, w in enumerate(self._parameters_json["weight"]) if w]
+        before, after = pair[:, 0], pair[:, 1]
         total = torch.zeros_like(before[:, 0])
-        for c in used:
-            d = ((after[:, c] - params["mean_after"][c]) / params["std_after"][c]
-                 - (before[:, c] - params["mean_before"][c]) / params["std_before"][c])
-            total = total + d * d
+        for c in used:  # in place: a few passes over one band at a time
+            d = (after[:, c] - params["mean_after"][c]) / params["std_after"][c]
+            d.sub_((before[:, c] - params["mean_before"][c]) / params["std_before"][c])
+            total.addcmul_(d, d)
         if self.rms:
-            total = total / len(used)
-        return torch.sqrt(total)
+            total.div_(len(used))
+        return total.sqrt_()
 
 
 @register_model("cva", description="CVA: change vector analysis of per-date standardised bands + Otsu, fitted per scene "

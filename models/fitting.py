@@ -464,7 +464,10 @@ class SceneFittedModel(ChangeModel):
         with _no_autocast(x.device):
             params = self._params(x.device)
             dtype = compute_dtype(x.device)
-            stat = self._statistic(x[:, 0].to(dtype), x[:, 1].to(dtype), params)
+            # window by window: the compute dtype's copies of a batch (13 bands of float64) would
+            # hold gigabytes on a CPU actor with several lanes
+            stat = torch.cat([self._statistic(x[i:i + 1].to(dtype), params)
+                              for i in range(x.shape[0])]) if x.shape[0] else x.new_zeros((0, *x.shape[3:]), dtype=dtype)
             if smooth and self.smooth_radius:
                 stat = local_mean(stat, self.smooth_radius)
         return stat
@@ -531,7 +534,8 @@ class SceneFittedModel(ChangeModel):
     def _fit_parameters(self, x: np.ndarray, y: np.ndarray) -> _Fitted:
         raise NotImplementedError
 
-    def _statistic(self, before: torch.Tensor, after: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _statistic(self, pair: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The native statistic ``(B, H, W)`` of ``pair`` ``(B, 2, C, H, W)`` in the compute dtype."""
         raise NotImplementedError
 
     def _extra_thresholds(self, fitted: _Fitted) -> dict[str, float]:

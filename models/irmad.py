@@ -133,7 +133,7 @@ class IRMAD(SceneFittedModel):
                 it -= 1
                 break
             m = w @ d / sw
-            s = (d * w[:, None]).T @ d / sw - np.outer(m, m)
+            s = _weighted_products(d, w) / sw - np.outer(m, m)
             s = (s + s.T) / 2
             s11, s22, s12 = s[:p, :p].copy(), s[p:, p:].copy(), s[:p, p:]
             s11[np.diag_indices(p)] += ridge * np.trace(s11) / p
@@ -165,8 +165,7 @@ class IRMAD(SceneFittedModel):
                 break
             sigma = np.sqrt(np.maximum(2.0 * (1.0 - rho), 1e-12))
             proj = np.vstack([a, -b]) / sigma
-            mad = d @ proj - m @ proj
-            z = np.einsum("ij,ij->i", mad, mad)
+            z = _chi_squares(d, proj, m @ proj)
             w = gammaincc(p / 2.0, z / 2.0)  # no-change probability 1 - chi2.cdf(z, p)
             n_eff = w.sum() ** 2 / max(float((w * w).sum()), 1e-300)
             if not n_eff >= min_eff:
@@ -196,29 +195,59 @@ class IRMAD(SceneFittedModel):
         return {"chi2": float(np.sqrt(2 * gammaincinv(p / 2, alpha)))}  # chi2.ppf(alpha, p) = 2 P^-1(p/2, alpha)
 
     # ------------------------------------------------------------------------ apply
-    def _mad(self, before: torch.Tensor, after: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Standardised MAD variates ``(B, p, H, W)``: one fixed sum per pixel, band by band."""
-        a, b, sigma = params["a"], params["b"], params["sigma"]
-        p = sigma.shape[0]
-        bsz, _, h, w = before.shape
-        mad = before.new_zeros(bsz, p, h, w)
-        for c in self._parameters_json["bands"]:
-            mad = (mad + (before[:, c:c + 1] - params["mean_before"][c]) * a[c].view(1, p, 1, 1)
-                   - (after[:, c:c + 1] - params["mean_after"][c]) * b[c].view(1, p, 1, 1))
-        return mad / sigma.view(1, p, 1, 1)
+    def _mad(self, pair: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Standardised MAD variates ``(B, p, H, W)`` of ``pair`` ``(B, 2, C, H, W)``: one matrix product per window.
 
-    def _statistic(self, before: torch.Tensor, after: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        mad = self._mad(before, after, params)
+        ``MAD_i / sigma_i = sum_c x_c a_ci / sigma_i - y_c b_ci / sigma_i - offset_i``, the means
+        folded into the offset and dropped bands given weight 0; a pixel's result depends on its
+        own values only (float64: the sums' rounding, 1e-16 relative, is far below any threshold).
+        """
+        a, b, sigma = params["a"], params["b"], params["sigma"]
+        kept = self._parameters_json["bands"]
+        p = sigma.shape[0]
+        used = torch.zeros(a.shape[0], 1, dtype=a.dtype, device=a.device)
+        used[kept] = 1.0
+        weights = (torch.cat([a * used, -b * used]) / sigma).T.contiguous()  # (p, 2C)
+        offset = ((params["mean_before"] * used[:, 0]) @ a - (params["mean_after"] * used[:, 0]) @ b) / sigma
+        bsz, _, c, h, w = pair.shape
+        out = []
+        for i in range(bsz):
+            mad = weights @ pair[i].reshape(2 * c, h * w)  # (p, h*w)
+            out.append(mad.sub_(offset[:, None]).view(p, h, w))
+        return torch.stack(out)
+
+    def _statistic(self, pair: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        mad = self._mad(pair, params)
         if self.statistic == "max":
             return mad.abs().amax(dim=1)
-        return torch.sqrt((mad * mad).sum(dim=1))
+        return torch.linalg.vector_norm(mad, dim=1)
 
     def mad_variates(self, x: torch.Tensor) -> torch.Tensor:
         """The standardised MAD variates ``MAD_i / sigma_i`` (ascending rho), ``(B, p, H, W)``, of raw ``(B, 2, C, H, W)``."""
         with _no_autocast(x.device):
             params = self._params(x.device)
-            dtype = params["a"].dtype
-            return self._mad(x[:, 0].to(dtype), x[:, 1].to(dtype), params)
+            return self._mad(x.to(params["a"].dtype), params)
+
+
+_CHUNK = 1 << 16  # rows of the sample per product: its copies stay in the CPU's cache (twice as fast as one product)
+
+
+def _weighted_products(d: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``sum_n w_n d_n d_n^T``, chunk by chunk."""
+    out = np.zeros((d.shape[1], d.shape[1]))
+    for i in range(0, len(d), _CHUNK):
+        part = d[i:i + _CHUNK]
+        out += (part * w[i:i + _CHUNK, None]).T @ part
+    return out
+
+
+def _chi_squares(d: np.ndarray, proj: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``|d_n proj - offset|^2`` per row (the chi-square distance of the standardised MAD variates), chunk by chunk."""
+    z = np.empty(len(d))
+    for i in range(0, len(d), _CHUNK):
+        mad = d[i:i + _CHUNK] @ proj - offset
+        z[i:i + _CHUNK] = np.einsum("ij,ij->i", mad, mad)
+    return z
 
 
 @register_model("irmad", description="IR-MAD: iteratively reweighted multivariate alteration detection (Nielsen 2007) "
