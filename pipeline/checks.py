@@ -445,7 +445,7 @@ def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOption
     fitted = loader.model_kind(model) == "scene-fitted"
     bands_in = len(settings.bands) if settings.bands else None
     if archive.catalog:
-        from pipeline.archive.pairs import plan_pairs
+        from pipeline.archive.sources import plan_pairs
 
         plan = session.pairs(archive) if session is not None else plan_pairs(archive)
         count = check_items(plan, settings, None if fitted else 3)

@@ -141,7 +141,7 @@ class Session:
 
     def pairs(self, options: ArchiveOptions) -> Plan:
         """An archive's pairs (:func:`pipeline.archive.pairs.plan_pairs`), listed or searched once in this session."""
-        from pipeline.archive.pairs import plan_pairs
+        from pipeline.archive.sources import plan_pairs
 
         key = options.to_json()
         if key not in self._archives:

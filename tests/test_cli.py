@@ -84,7 +84,7 @@ def test_an_existing_output_is_not_replaced_without_overwrite(synthetic, tmp_pat
 
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("args, message", [
-    (["--output-prefix", "{tmp}/maps"], "needs a MANIFEST, or both --before and --after"),
+    (["--output-prefix", "{tmp}/maps"], "needs its pairs: a MANIFEST, both --before and --after"),
     (["{tmp}/missing.csv", "--output-prefix", "{tmp}/maps"], "missing.csv does not exist"),
     (["--before", "{tmp}/none/*.tif", "--after", "{tmp}/none/*.tif", "--output-prefix", "{tmp}/maps"],
      "no files match"),

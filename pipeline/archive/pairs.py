@@ -158,17 +158,6 @@ def pair_files(before: Iterable[str], after: Iterable[str], rule: str, output_pr
     return Plan(tuple(pairs), tuple(unpaired))
 
 
-def plan_pairs(options: ArchiveOptions) -> Plan:
-    """The pairs of an archive: from its manifest, its catalog search, or its two globs."""
-    if options.manifest:
-        return read_manifest(options.manifest, options.output_prefix)
-    if options.catalog:
-        from pipeline.archive import choose  # pystac, shapely: only for a search
-
-        return choose.as_plan(choose.search_archive(options), options.output_prefix)
-    return glob_pairs(options.before, options.after, options.pair_by, options.output_prefix)
-
-
 def glob_pairs(before_pattern: str, after_pattern: str, rule: str, output_prefix: str) -> Plan:
     """The glob form: list both patterns (any fsspec URL) and pair the files."""
     before, after = fs.glob(before_pattern), fs.glob(after_pattern)
