@@ -91,3 +91,48 @@ def s3_server():
                "endpoint_url": f"http://{host}:{port}"}
     yield options
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def status_server():
+    """An HTTP server on loopback answering ``GET /<status>/...`` with that status (403, 404, 500, ...)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(int(self.path.strip("/").split("/")[0]))
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stac_world(s3_server, tmp_path_factory):
+    """The Items of :data:`tests.helpers.stac.SCENES` in moto S3: a static catalog, stac-geoparquet, a live STAC API."""
+    from tests.helpers.stac import build_world
+
+    world, server = build_world(s3_server, tmp_path_factory.mktemp("stac-world"))
+    yield world
+    server.stop()
+
+
+@pytest.fixture
+def run_storage(s3_server):
+    """The moto endpoint and keys as the run's storage options for s3:// (never the environment).
+
+    Keyed by protocol: flat options would also be handed to fsspec's HTTP filesystem, which
+    refuses ``endpoint_url`` (the STAC API's Item URLs are http://).
+    """
+    from pipeline import storage
+
+    with storage.using(storage.StorageOptions.from_mapping({"s3": s3_server})) as options:
+        yield options

@@ -20,9 +20,8 @@ from pipeline.cli.run import run_archive, run_pair
 from pipeline.config import ArchiveOptions, MapSettings, MapSpec, RunOptions
 from pipeline.errors import ChangemapError
 from pipeline.io.items import ItemError
-from tests import stac_fixtures as sf
+from tests.helpers import stac as sf
 
-stac_world, run_storage = sf.stac_world, sf.run_storage  # pytest fixtures
 pytestmark = [pytest.mark.usefixtures("prefect_harness", "ray_local"), pytest.mark.timeout(600)]
 
 KEYS = ("red", "green", "blue", "nir", "swir16")  # four 10 m bands and a 20 m one

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.crs import CRS
-from rasterio.transform import from_origin
 
 from pipeline import checks, storage
 from pipeline.config import MapSpec, RunOptions
@@ -25,24 +21,8 @@ from pipeline.errors import (
     storage_failure,
 )
 from pipeline.io import fs, read
+from tests import helpers
 from tests.conftest import REPO
-
-
-def write_tif(path, data: np.ndarray, nodata: float | None = 0, origin=(600000.0, 3340000.0), **extra) -> str:
-    """A small UTM GeoTIFF of ``data`` (bands, rows, cols)."""
-    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
-               "dtype": data.dtype.name, "crs": CRS.from_epsg(32614), "transform": from_origin(*origin, 1.0, 1.0),
-               "nodata": nodata, **extra}
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return str(path)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("detail,kind", [
@@ -80,10 +60,10 @@ def scenes(tmp_path_factory):
     right[:, :, :250] = 0
     speck = np.zeros((3, 1200, 1500), dtype="uint8")
     speck[:, 150:153, 180:183] = 9  # 3 x 3 valid pixels between the sample windows
-    paths = {name: write_tif(d / f"{name}.tif", data) for name, data in
+    paths = {name: helpers.write_tif(d / f"{name}.tif", data) for name, data in
              (("full", full), ("empty", empty), ("left", left), ("right", right))}
-    paths["speck"] = write_tif(d / "speck.tif", speck, compress="deflate")
-    paths["full_large"] = write_tif(d / "full_large.tif", np.full_like(speck, 7), compress="deflate")
+    paths["speck"] = helpers.write_tif(d / "speck.tif", speck, compress="deflate")
+    paths["full_large"] = helpers.write_tif(d / "full_large.tif", np.full_like(speck, 7), compress="deflate")
     return paths
 
 
@@ -118,7 +98,7 @@ def test_coverage_of_a_warped_after_is_looked_for_in_its_footprint(synthetic):
 # --- places -------------------------------------------------------------------------------------
 
 def test_an_endpoint_that_refuses_connections_is_named_at_once():
-    port = free_port()
+    port = helpers.free_port()
     options = storage.StorageOptions.from_json(json.dumps({"endpoint_url": f"http://127.0.0.1:{port}"}))
     start = time.perf_counter()
     with storage.using(options), pytest.raises(EndpointUnreachableError) as exc:

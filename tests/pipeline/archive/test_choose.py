@@ -9,7 +9,7 @@ import shapely
 
 from pipeline.archive import choose
 from pipeline.archive.windows import parse_window
-from tests import stac_fixtures as sf
+from tests.helpers import stac as sf
 
 BEFORE, AFTER = parse_window(sf.BEFORE), parse_window(sf.AFTER)
 

@@ -16,9 +16,8 @@ from pipeline.archive.pairs import parse_manifest
 from pipeline.archive.search import CatalogError, CatalogUnreachableError
 from pipeline.archive.windows import parse_window
 from pipeline.io.items import is_item, load_item
-from tests import stac_fixtures as sf
+from tests.helpers import stac as sf
 
-stac_world, run_storage = sf.stac_world, sf.run_storage  # pytest fixtures
 pytestmark = pytest.mark.timeout(120)
 
 BEFORE, AFTER = parse_window(sf.BEFORE), parse_window(sf.AFTER)

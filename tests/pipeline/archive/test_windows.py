@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.archive import choose
 from pipeline.archive.windows import WindowError, check_windows, format_window, parse_window
-from tests import stac_fixtures as sf
+from tests.helpers import stac as sf
 
 BEFORE, AFTER = parse_window(sf.BEFORE), parse_window(sf.AFTER)
 

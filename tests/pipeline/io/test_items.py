@@ -14,9 +14,8 @@ from pipeline import errors
 from pipeline.io import items
 from pipeline.io.items import ItemError, ItemReader, is_item, load_item
 from pipeline.io.raster import same_crs
-from tests import stac_fixtures as sf
+from tests.helpers import stac as sf
 
-stac_world, run_storage = sf.stac_world, sf.run_storage  # pytest fixtures
 pytestmark = pytest.mark.timeout(120)
 
 UVP_0612 = sf.item_id("33UVP", "2023-06-12")

@@ -12,6 +12,7 @@ from pipeline.checks import plan_grid
 from pipeline.errors import GridError, InputRasterError
 from pipeline.grid import Grid
 from pipeline.io import cog, raster, read
+from tests import helpers
 
 
 def test_read_info(synthetic):
@@ -179,28 +180,6 @@ def test_rasters_are_read_through_fsspec_for_protocols_gdal_lacks(synthetic):
 
 # --- what went wrong, told apart: endpoint, access, missing, server, corrupt -------------------------
 
-@pytest.fixture(scope="module")
-def status_server():
-    """An HTTP server on loopback answering ``GET /<status>/...`` with that status (403, 404, 500, ...)."""
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(int(self.path.strip("/").split("/")[0]))
-            self.end_headers()
-
-        do_HEAD = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 @pytest.mark.parametrize("status,error,text", [
     (403, errors.InputAccessDeniedError, "is not readable with the given credentials (HTTP response code: 403)"),
     (401, errors.InputAccessDeniedError, "is not readable with the given credentials"),
@@ -233,31 +212,8 @@ def test_an_s3_endpoint_that_refuses_connections_is_not_called_corrupt():
     assert "s3cr3t" not in message
 
 
-def tiled_with_corrupt_middle(folder) -> tuple[str, str]:
-    """A tiled DEFLATE GeoTIFF (768 x 768, 256-pixel tiles, no nodata) whose middle tile's bytes are zeroed,
-    and a clean copy: the header and the last tile read fine, the middle does not."""
-    from rasterio.crs import CRS
-    from rasterio.transform import from_origin
-
-    data = np.random.default_rng(5).integers(0, 255, (3, 768, 768), dtype="uint8")
-    profile = {"driver": "GTiff", "width": 768, "height": 768, "count": 3, "dtype": "uint8",
-               "crs": CRS.from_epsg(32614), "transform": from_origin(600000, 3340000, 1, 1), "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-    clean, bad = folder / "clean.tif", folder / "middle_corrupt.tif"
-    for path in (clean, bad):
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-    with rasterio.open(bad) as src:  # where GDAL says tile (1, 1) lies in the file
-        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
-        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
-    raw = bytearray(bad.read_bytes())
-    raw[offset + 16:offset + size - 16] = bytes(size - 32)
-    bad.write_bytes(bytes(raw))
-    return str(bad), str(clean)
-
-
 def test_a_corrupt_block_in_the_middle_is_named_with_its_window(tmp_path):
-    bad, clean = tiled_with_corrupt_middle(tmp_path)
+    bad, clean = helpers.tiled_with_corrupt_middle(tmp_path)
     alignment = plan_grid(bad, clean)  # the header and the last block are fine
     assert read.overlap_coverage(alignment).both  # no nodata: the masks need no pixel
     with read.AlignedPairReader(alignment) as reader:

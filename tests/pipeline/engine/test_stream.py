@@ -22,7 +22,7 @@ from pipeline.io import store
 from pipeline.tiling import assemble, chunks_under, halo_window, make_tiles
 from tests import helpers
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 
 

@@ -24,7 +24,7 @@ from pipeline.loader import select_bands
 from pipeline.tiling import halo_window, make_tiles, pad_window
 from tests import helpers
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 class LocalDiff(ChangeModel):

@@ -11,7 +11,7 @@ from scipy import ndimage
 from pipeline.cli import main
 from pipeline.io import read
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 @pytest.mark.slow

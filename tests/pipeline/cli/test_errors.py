@@ -26,8 +26,7 @@ from pipeline import checks, storage
 from pipeline.cli import main
 from pipeline.io import fs
 from tests.conftest import REPO
-from tests.pipeline.io.test_raster import status_server, tiled_with_corrupt_middle  # noqa: F401 - a fixture
-from tests.pipeline.test_checks import free_port, write_tif
+from tests.helpers import free_port, tiled_with_corrupt_middle, write_tif
 
 BUCKET = "cli-errors"
 SECRET_MARK = "sEcReT"  # part of the S3 test secret: must never reach stderr
@@ -35,7 +34,7 @@ PRE_FLOW_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
-def world(synthetic, tmp_path_factory, s3_server, status_server):  # noqa: F811 - the imported fixture
+def world(synthetic, tmp_path_factory, s3_server, status_server):
     """Every bad input the table refers to, by name."""
     d = tmp_path_factory.mktemp("bad-inputs")
     rng = np.random.default_rng(7)

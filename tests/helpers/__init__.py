@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
 
 from pipeline.config import MapSettings
 from pipeline.engine.mapwriter import MapFormat, publish_cog
@@ -78,3 +84,43 @@ def predict_stores(predictor, job, tiles) -> int:
     with_data = [t for t in tiles if valid[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width].any()]
     engine.predict(with_data, read, write, job.scene_stats)
     return len(tiles)
+
+
+def write_tif(path, data: np.ndarray, nodata: float | None = 0, origin=(600000.0, 3340000.0), **extra) -> str:
+    """A small UTM GeoTIFF of ``data`` (bands, rows, cols)."""
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": data.dtype.name, "crs": CRS.from_epsg(32614), "transform": from_origin(*origin, 1.0, 1.0),
+               "nodata": nodata, **extra}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return str(path)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiled_with_corrupt_middle(folder) -> tuple[str, str]:
+    """A tiled DEFLATE GeoTIFF (768 x 768, 256-pixel tiles, no nodata) whose middle tile's bytes are zeroed,
+    and a clean copy: the header and the last tile read fine, the middle does not."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    data = np.random.default_rng(5).integers(0, 255, (3, 768, 768), dtype="uint8")
+    profile = {"driver": "GTiff", "width": 768, "height": 768, "count": 3, "dtype": "uint8",
+               "crs": CRS.from_epsg(32614), "transform": from_origin(600000, 3340000, 1, 1), "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    clean, bad = folder / "clean.tif", folder / "middle_corrupt.tif"
+    for path in (clean, bad):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    with rasterio.open(bad) as src:  # where GDAL says tile (1, 1) lies in the file
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    raw = bytearray(bad.read_bytes())
+    raw[offset + 16:offset + size - 16] = bytes(size - 32)
+    bad.write_bytes(bytes(raw))
+    return str(bad), str(clean)

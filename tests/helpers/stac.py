@@ -1,8 +1,7 @@
-"""STAC test fixtures: Sentinel-2-L2A-like Items with band-per-file COGs in a local S3 (moto),
+"""STAC test helpers: Sentinel-2-L2A-like Items with band-per-file COGs in a local S3 (moto),
 as a static catalog, a stac-geoparquet file and a live STAC API (``rustac serve``) on 127.0.0.1.
 
-Self-contained (to be merged into tests/helpers.py): the pytest fixture :func:`stac_world`
-needs the ``s3_server`` fixture of tests/conftest.py; the other helpers are plain functions.
+The fixtures built from them (``stac_world``, ``run_storage``) are in tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import datetime as dt
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject, transform_geom
+
+from tests.helpers import free_port
 
 COLLECTION = "sentinel-2-l2a"
 EPSG = 32633
@@ -234,13 +233,6 @@ def collection_dict(items: list[dict]) -> dict:
 # ---------------------------------------------------------------- rustac serve
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rustac_command() -> list[str]:
     """The ``rustac`` console script of this venv (PyPI package ``rustac``)."""
     exe = Path(sys.executable).with_name("rustac")
@@ -372,24 +364,3 @@ def build_world(options: dict, folder: Path, bucket: str | None = None) -> tuple
     world = StacWorld(options, bucket, f"{root}/catalog.json", f"s3://{bucket}/items.parquet", server.url, items, local,
                       static_items, (west - 0.01, south - 0.01, east + 0.01, north + 0.01))
     return world, server
-
-
-@pytest.fixture(scope="session")
-def stac_world(s3_server, tmp_path_factory):
-    """The Items of :data:`SCENES` in moto S3, as a static catalog, a stac-geoparquet file and a live STAC API."""
-    world, server = build_world(s3_server, tmp_path_factory.mktemp("stac-world"))
-    yield world
-    server.stop()
-
-
-@pytest.fixture
-def run_storage(s3_server):
-    """The moto endpoint and keys as the run's storage options for s3:// (never the environment).
-
-    Keyed by protocol: flat options would also be handed to fsspec's HTTP filesystem, which
-    refuses ``endpoint_url`` (the STAC API's Item URLs are http://).
-    """
-    from pipeline import storage
-
-    with storage.using(storage.StorageOptions.from_mapping({"s3": s3_server})) as options:
-        yield options
