@@ -61,6 +61,106 @@ def run_with_peak_memory(cmd: list[str], env: dict[str, str] | None = None
     return proc.returncode, time.perf_counter() - start, peak, out
 
 
+# What each process of a run is, from its command line (first match). A Ray worker's title is
+# ``ray::ClassName`` once it hosts an actor and ``ray::function`` while it runs a task.
+_ROLES = (("ray::MapWriter", "map writer"), ("Predictor", "model actor"), ("raylet", "raylet"),
+          ("gcs_server", "gcs"), ("prefect.server", "prefect api"), ("uvicorn", "prefect api"),
+          ("dashboard", "ray services"), ("log_monitor", "ray services"), ("runtime_env", "ray services"),
+          ("monitor.py", "ray services"), ("default_worker", "stream workers"), ("ray::", "stream workers"))
+
+
+def _role(cmdline: str) -> str:
+    return next((role for key, role in _ROLES if key in cmdline), "other")
+
+
+class CpuSampler:
+    """CPU seconds (user + system) of a process tree by role, sampled from /proc while it runs.
+
+    Each process's last reading is kept after it exits, so only the CPU a process spends in its
+    last sampling period (``period`` seconds) is missed. A process keeps the role it is first
+    seen with, except that a worker that takes an actor becomes that actor. Reading
+    ``/proc/PID/stat`` is cheap: it does not slow the run the way sampling its memory does.
+    """
+
+    def __init__(self, root: int, period: float = 0.1) -> None:
+        self.root, self.period = root, period
+        self.cpu: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.root)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                seen = self.roles.get(p.pid)
+                if seen not in ("map writer", "model actor"):
+                    now = "driver" if p.pid == self.root else _role(" ".join(p.cmdline()))
+                    # a process's title changes (a worker takes an actor, a server renames itself, an exiting
+                    # process loses its command line): keep what it was first seen as, unless it becomes an actor
+                    if seen is None or seen == "other" or now in ("map writer", "model actor"):
+                        self.roles[p.pid] = now
+                self.cpu[p.pid] = t.user + t.system  # not children_*: they are counted themselves
+            except psutil.Error:
+                continue
+
+    def _loop(self) -> None:
+        while not self._done.is_set():
+            self._sample()
+            time.sleep(self.period)
+
+    def start(self) -> CpuSampler:
+        """Start sampling in a thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """Stop; the CPU seconds by role."""
+        self._done.set()
+        self._thread.join()
+        by_role: dict[str, float] = {}
+        for pid, seconds in self.cpu.items():
+            by_role[self.roles[pid]] = by_role.get(self.roles[pid], 0.0) + seconds
+        return by_role
+
+
+def run_with_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, dict[str, float], str]:
+    """Run a command; return (exit code, seconds, CPU seconds of its process tree by role, combined output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    sampler = CpuSampler(proc.pid).start()
+    out, _ = proc.communicate()
+    return proc.returncode, time.perf_counter() - start, sampler.stop(), out
+
+
+def raw_decode_cpu(before: Path, after: Path, window: int = 512) -> float:
+    """CPU seconds per megapixel of reading both dates window by window with rasterio, one thread.
+
+    The floor of any data path: the pixels of both dates decoded once (windows of the tile size,
+    all bands, the files' own dtype).
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    start = time.process_time()
+    with rasterio.Env(GDAL_NUM_THREADS="1"):
+        for path in (before, after):
+            with rasterio.open(path) as src:
+                for y in range(0, src.height, window):
+                    for x in range(0, src.width, window):
+                        src.read(window=Window(x, y, min(window, src.width - x), min(window, src.height - y)))
+        with rasterio.open(before) as src:
+            megapixels = src.width * src.height / 1e6
+    return (time.process_time() - start) / megapixels
+
+
 def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, seed: int = 0,
                 width: int | None = None) -> None:
     """Write a size x size (or size x ``width``) 3-band mosaic of randomly rotated source tiles, block by block."""

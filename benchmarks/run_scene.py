@@ -23,8 +23,10 @@ def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     flags = bench.parse_args(argv[:split])
 
+    # isort: off
+    import pipeline  # noqa: F401  (first: it keeps a local Ray on 127.0.0.1, which must be set before ray is imported)
     import ray
-
+    # isort: on
     from benchmarks import nullmodel
     from benchmarks.common import parse_node
     from pipeline.cli import _parser, options

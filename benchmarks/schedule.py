@@ -28,7 +28,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+# isort: off
+import pipeline  # noqa: F401  (first: it keeps a local Ray on 127.0.0.1, which must be set before ray is imported)
 import ray
+# isort: on
 
 from benchmarks.common import parse_node
 from pipeline.engine import stream

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks import nullmodel
-from benchmarks.common import parse_node
+from benchmarks.common import parse_node, raw_decode_cpu
 from benchmarks.nullmodel import NULL_MODEL
 
 WIDE_HEIGHT = 2048  # the height of the --wide pair
@@ -184,9 +184,7 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
     ``smaps_rollup``, which walks its page tables under its memory lock: TinyCD 4096² runs took
     91.7-93.0 s sampled and 78.0-78.5 s not, so runs that are timed are not sampled.
     """
-    import subprocess
-
-    from benchmarks.common import run_with_peak_memory
+    from benchmarks.common import run_with_cpu, run_with_peak_memory
 
     trace = work / f"timeline-{out.stem}.json"
     flags = ["--null"] if model == NULL_MODEL else []
@@ -201,12 +199,12 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
         cmd += ["--batch-size", str(args.batch)]
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
+    cpu: dict[str, float] = {}
     if memory:
         code, seconds, (rss, pss), output = run_with_peak_memory(cmd)
-    else:
-        start = time.perf_counter()
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-        code, seconds, (rss, pss), output = done.returncode, time.perf_counter() - start, (0, 0), done.stdout
+    else:  # the CPU seconds of its process tree by role, sampled (cheap: /proc/PID/stat)
+        code, seconds, cpu, output = run_with_cpu(cmd)
+        rss = pss = 0
     summary = next((json.loads(line) for line in output.splitlines() if line.startswith("{")), None)
     if code or summary is None:
         print(output[-3000:])
@@ -215,7 +213,7 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
     workers = stream_workers(trace) if timeline and trace.exists() else None
     # Beside the timeline, for reading later (e.g. copied off a lent GPU machine with the work folder)
     (work / f"summary-{out.stem}-{model}.json").write_text(json.dumps({**summary, "process_wall": seconds}))
-    return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy, "workers": workers}
+    return {"summary": summary, "wall": seconds, "pss": pss, "rss": rss, "busy": busy, "workers": workers, "cpu": cpu}
 
 
 def peak_memory(pair: tuple[Path, Path], out: Path, args: argparse.Namespace, work: Path) -> dict[str, int]:
@@ -347,7 +345,21 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
                      f"flow = {mp_wide / r['summary']['seconds']:.2f} MP/s; peak PSS {r['pss'] / 2**20:.0f} MiB{base}")
     data_rate = mp[args.size] / null[args.size]["summary"]["seconds"]
     lines.append(f"data path (null model) / raw decode at {args.size}²: {data_rate / decode:.3f}")
+    if args.marginal:
+        lines += cpu_lines(null[args.marginal]["cpu"], null[args.size]["cpu"], mp[args.size] - mp[args.marginal],
+                           raw_decode_cpu(*pairs[args.size]), f"{args.marginal}² -> {args.size}²")
     return lines
+
+
+def cpu_lines(small: dict[str, float], big: dict[str, float], megapixels: float, decode_ms: float, what: str) -> list[str]:
+    """The data path's CPU per megapixel by role (marginal between two runs), raw decode's, and their ratio."""
+    roles = sorted(set(small) | set(big), key=lambda r: -(big.get(r, 0) - small.get(r, 0)))
+    per_mp = {r: 1000 * (big.get(r, 0) - small.get(r, 0)) / megapixels for r in roles}
+    total = sum(per_mp.values())
+    return [f"data path CPU per MP (marginal {what}, whole process tree): {total:.1f} ms = "
+            + ", ".join(f"{r} {v:.1f}" for r, v in per_mp.items() if abs(v) >= 0.05),
+            f"raw decode CPU per MP (rasterio, one thread, 512-pixel windows, both dates): {1000 * decode_ms:.1f} ms",
+            f"data path CPU / raw decode CPU: {total / (1000 * decode_ms):.2f}"]
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
