@@ -176,7 +176,7 @@ def stream_workers(timeline: Path) -> int:
 
 
 def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespace, work: Path,
-         timeline: bool = True, memory: bool = False) -> dict:
+         timeline: bool = True, memory: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """One ``changemap run`` in a child process; its summary and figures.
 
     ``timeline``: Ray's task timeline kept (per-stage busy time; written after the flow).
@@ -199,6 +199,7 @@ def _run(pair: tuple[Path, Path], out: Path, model: str, args: argparse.Namespac
         cmd += ["--batch-size", str(args.batch)]
     if model == NULL_MODEL:
         cmd += ["--weights", "none"]
+    cmd += list(extra)
     cpu: dict[str, float] = {}
     if memory:
         code, seconds, (rss, pss), output = run_with_peak_memory(cmd)
@@ -273,6 +274,9 @@ def throughput(args: argparse.Namespace) -> None:
             say(f"model alone ({m}) by batch size: {', '.join(f'{b}: {r:.3f} MP/s' for b, r in rates.items())}")
     if data_path:
         for line in _data_path(args, work, pairs, sizes, bases, wide, decode):
+            say(line)
+    if args.sentinel2:
+        for line in _sentinel2_cpu(args, work):
             say(line)
     if not args.skip_model_run:
         for m in models:
@@ -351,6 +355,29 @@ def _data_path(args: argparse.Namespace, work: Path, pairs: dict, sizes: list[in
     return lines
 
 
+S2_WIDTH = 10980  # a Sentinel-2 tile's side at 10 m
+
+
+def _sentinel2_cpu(args: argparse.Namespace, work: Path) -> list[str]:
+    """The null model's data path on 13-band uint16 strips of a synthetic Sentinel-2 tile: time and CPU per MP.
+
+    The strips are the first ``H`` rows of :mod:`benchmarks.fitted_scale`'s 10980² scene, every
+    band read (``--bands 1,...,13``); the CPU is marginal between the two heights.
+    """
+    from benchmarks.fitted_scale import BANDS, make_pair
+
+    small, big = args.sentinel2
+    pairs = {h: make_pair(work, S2_WIDTH, height=h) for h in (small, big)}
+    bands = ("--bands", ",".join(str(b) for b in range(1, len(BANDS) + 1)))
+    runs = {h: _run(pairs[h], work / f"null_s2_{h}.tif", NULL_MODEL, args, work, timeline=False, extra=bands)
+            for h in (small, big)}
+    lines = [f"data path alone (null model), 13-band uint16 {h} x {S2_WIDTH}: {r['summary']['seconds']:.1f} s in the "
+             f"flow = {h * S2_WIDTH / 1e6 / r['summary']['seconds']:.2f} MP/s; process wall {r['wall']:.1f} s"
+             for h, r in runs.items()]
+    return lines + cpu_lines(runs[small]["cpu"], runs[big]["cpu"], (big - small) * S2_WIDTH / 1e6,
+                             raw_decode_cpu(*pairs[big]), f"{small} x {S2_WIDTH} -> {big} x {S2_WIDTH}, 13-band uint16")
+
+
 def cpu_lines(small: dict[str, float], big: dict[str, float], megapixels: float, decode_ms: float, what: str) -> list[str]:
     """The data path's CPU per megapixel by role (marginal between two runs), raw decode's, and their ratio."""
     roles = sorted(set(small) | set(big), key=lambda r: -(big.get(r, 0) - small.get(r, 0)))
@@ -375,6 +402,9 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                    help="sampled runs per size; the highest peak is reported (default 2)")
     t.add_argument("--wide", type=int, default=None,
                    help=f"also a {WIDE_HEIGHT} x WIDE pair with the null model, for memory against the width (e.g. 65536)")
+    t.add_argument("--sentinel2", type=lambda v: sorted(int(h) for h in v.split(",")), default=None, metavar="H1,H2",
+                   help=f"also the null model's CPU per MP on 13-band uint16 H x {S2_WIDTH} strips of a synthetic "
+                        "Sentinel-2 tile, marginal from H1 to H2 (e.g. 2048,4096)")
     t.add_argument("--whole-size", type=int, default=None, help="size of the whole run with the model (default --size)")
     t.add_argument("--skip-model-run", action="store_true", help="do not run the whole pipeline with the model")
     t.add_argument("--skip-data-path", action="store_true",

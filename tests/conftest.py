@@ -66,6 +66,18 @@ def prefect_harness():
 
 
 @pytest.fixture
+def prefect_api_env(prefect_harness) -> dict[str, str]:
+    """The environment for a child ``changemap``: this session's Prefect API, so it starts none of its own.
+
+    Each ephemeral API a child starts costs it 8-12 s of a 2-core machine (the server's imports
+    and database); the ephemeral path itself is tested on its own (tests/pipeline/test_session.py).
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+@pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> Path:
     """A private weights cache for one test."""
     monkeypatch.setenv("CHANGEMAP_CACHE", str(tmp_path / "cache"))
@@ -95,12 +107,21 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def status_server():
-    """An HTTP server on loopback answering ``GET /<status>/...`` with that status (403, 404, 500, ...)."""
+    """An HTTP server on loopback answering ``GET /<status>/...`` with that status (403, 404, 500, ...).
+
+    Yields its URL, whose ``seen`` lists the paths asked for.
+    """
     import http.server
     import threading
 
+    class Url(str):
+        """The server's URL; ``seen`` lists the paths asked for, in order."""
+
+        seen: list[str]
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            url.seen.append(self.path)
             self.send_response(int(self.path.strip("/").split("/")[0]))
             self.end_headers()
 
@@ -110,8 +131,10 @@ def status_server():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    url = Url(f"http://127.0.0.1:{server.server_address[1]}")
+    url.seen = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield url
     server.shutdown()
 
 

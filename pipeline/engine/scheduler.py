@@ -42,6 +42,11 @@ class StreamTuning:
     #: at once: Ray starts a worker process (150-220 MiB) for each task running at once. A decode task
     #: did 10 MP/s on an H200 node, so 16 of them feed a model of 124 MP/s.
     decodes_per_lane: int = 16
+    #: Bytes of decoded segments (running, ready or held for a later batch) the stream keeps at most:
+    #: it decodes ahead and holds segments for the next row's halos within this, so the lookahead of a
+    #: 13-band uint16 scene (54 MiB a segment) is not 20x an RGB scene's in memory; a segment let go
+    #: is read back from input.zarr when its batch comes.
+    held_bytes: int = 512 * 2**20
     #: CPUs a stream task claims: Ray starts a worker process for each task it runs at once.
     task_cpus: float = 0.5
     #: Room in a local runtime's object store, in row segments (about three tile rows are held).

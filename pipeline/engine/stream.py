@@ -92,6 +92,12 @@ def object_store_for(plan: RunPlan) -> int:
     return object_store_bytes(len(plan.bands), np.dtype(plan.alignment.dtype).itemsize, plan.spec.tile)
 
 
+def segment_bytes(job: SceneStream) -> int:
+    """Bytes of one decoded row segment: both dates of the model's bands and the valid mask."""
+    itemsize = np.dtype(job.alignment.dtype).itemsize
+    return job.tile * max(1, job.segment_width // job.tile) * job.tile * (2 * len(job.bands) * itemsize + 1)
+
+
 def make_segments(tiles: Sequence[Tile], tile: int, width: int = TUNING.segment_width
                   ) -> dict[Key, tuple[Tile, ...]]:
     """The tiles grouped into row segments of ``width // tile`` chunks (at least one), keyed ``(row, first col)``.
@@ -255,13 +261,17 @@ class _Segments:
     next batch is more than ``hold`` batches after the one that just finished is let go, and read
     back from ``input.zarr`` (where its first decode stored it) when that batch comes. So the
     stream holds a bounded number of segments whatever the scene's width, as well as its height.
-    ``decode`` is the decode task (``.remote(job, tiles, done)``).
+    ``decode`` is the decode task (``.remote(job, tiles, done)``). ``held`` bounds the segments
+    kept at once (decoding, decoded or held for a later batch) by count: lookahead stops there, and
+    a released segment with later uses is let go while more are held (a batch being sent still
+    gets its segments whatever the bound).
     """
 
     def __init__(self, job: SceneStream, done: set[str], segments: dict[Key, tuple[Tile, ...]],
                  batches: Iterable[Sequence[Tile]], needs: dict[Tile, list[Key]], hold: int | None = None,
-                 limit: int | None = None, decode: Any = None) -> None:
+                 limit: int | None = None, decode: Any = None, held: int | None = None) -> None:
         self.job, self.done, self.segments, self.hold, self.limit = job, done, segments, hold, limit
+        self.held = held
         self.decode = decode or _decode
         self.refs: dict[Key, ray.ObjectRef] = {}
         self.running: list[ray.ObjectRef] = []  # decode tasks not yet seen finished (kept with a limit)
@@ -270,6 +280,7 @@ class _Segments:
             for key in batch_segments(batch, needs):
                 self.uses.setdefault(key, []).append(index)
         self.stored: set[Key] = set()  # let go with batches to come: read back when needed
+        self.finished: set[Key] = set()  # held segments whose decode is known finished (a batch used them)
         self.decoded = self.reused = self.reread = 0  # chunks
 
     def _submit(self, tiles: tuple[Tile, ...], done: set[str]) -> tuple[ray.ObjectRef, int]:
@@ -303,6 +314,8 @@ class _Segments:
                 continue
             if self.limit is not None and len(self.running) >= self.limit:
                 return False
+            if self.held is not None and len(self.refs) >= self.held:
+                return False
             self.need(key)
         return True
 
@@ -316,9 +329,22 @@ class _Segments:
         uses.remove(index)
         if not uses:
             self.refs.pop(key, None)  # the object store frees it once the batches using it are done
-        elif self.hold is not None and uses[0] - index > self.hold and key in self.refs:
-            del self.refs[key]
-            self.stored.add(key)
+            self.finished.discard(key)
+        elif key in self.refs:
+            self.finished.add(key)
+            if self.hold is not None and uses[0] - index > self.hold:
+                self._let_go(key)
+        if self.held is not None:  # over the bound: let go of finished segments needed last
+            for k in sorted((k for k in self.finished if k in self.refs), key=lambda k: -self.uses[k][0]):
+                if len(self.refs) <= self.held:
+                    break
+                self._let_go(k)
+
+    def _let_go(self, key: Key) -> None:
+        """Drop a finished segment with later uses: read back from ``input.zarr`` when one comes."""
+        del self.refs[key]
+        self.finished.discard(key)
+        self.stored.add(key)
 
 
 class _Writes:
@@ -389,7 +415,8 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     plan = _plan(job, todo, pool, infer_job)
     ahead = tuning.lookahead_batches * pool.slots
     segments = _Segments(job, done_in, make_segments(tiles, job.tile, job.segment_width), plan.batches, plan.needs,
-                         hold=tuning.hold_factor * ahead, limit=tuning.decodes_per_lane * pool.lanes, decode=decode)
+                         hold=tuning.hold_factor * ahead, limit=tuning.decodes_per_lane * pool.lanes, decode=decode,
+                         held=max(2 * pool.lanes, tuning.held_bytes // segment_bytes(job)))
 
     def send(actor, batch: Batch) -> tuple:
         keys = batch_segments(batch.tiles, plan.needs)

@@ -84,7 +84,6 @@ def test_the_gpu_sampler_says_nothing_without_nvidia_smi(monkeypatch):
 
 def test_the_gpu_sampler_reads_nvidia_smi_while_the_block_runs(tmp_path, monkeypatch):
     """A stand-in ``nvidia-smi`` that prints a sample every 50 ms, as ``-lms 50`` does, until stopped."""
-    import os
     import time
 
     fake = tmp_path / "nvidia-smi"
@@ -162,28 +161,30 @@ def test_a_wide_mosaic_has_the_height_and_width_asked_for(tmp_path):
 def test_each_run_leaves_its_summary_in_the_work_folder(tmp_path, monkeypatch):
     """A lent machine's figures can be read later: each run's summary (with its process wall) is kept."""
     import argparse
-    import subprocess
 
-    def fake_run(cmd, **kwargs):
+    import benchmarks.common
+
+    def fake_run(cmd, env=None):
         assert cmd[cmd.index("--model") + 1] == "tinycd" and "--batch-size" not in cmd  # the run's own default
-        return subprocess.CompletedProcess(cmd, 0, stdout='progress\n{"seconds": 2.5, "model_seconds": {"forward": 1.0}}\n')
+        return 0, 3.0, {"driver": 1.5}, 'progress\n{"seconds": 2.5, "model_seconds": {"forward": 1.0}}\n'
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(benchmarks.common, "run_with_cpu", fake_run)
     args = argparse.Namespace(tile=512, halo=64, batch=None)
     pair = (tmp_path / "before_256.tif", tmp_path / "after_256.tif")
     result = throughput._run(pair, tmp_path / "whole_256.tif", "tinycd", args, tmp_path, timeline=False)
     kept = json.loads((tmp_path / "summary-whole_256-tinycd.json").read_text())
     assert result["summary"]["seconds"] == kept["seconds"] == 2.5 and kept["model_seconds"] == {"forward": 1.0}
-    assert kept["process_wall"] == result["wall"] >= 0
+    assert kept["process_wall"] == result["wall"] == 3.0 and result["cpu"] == {"driver": 1.5}
 
 
-def test_a_simulated_node_places_gpu_actors_that_run_on_the_cpu(tmp_path):
+@pytest.mark.slow
+def test_a_simulated_node_places_gpu_actors_that_run_on_the_cpu(tmp_path, prefect_api_env):
     """``--simulate-node 8:1``: the pool places its actor as on a GPU node (a GPU's batch and warm-up), on the CPU."""
     cmd = [sys.executable, "-m", "benchmarks.run_scene", "--null", "--simulate-node", "8:1", "--",
            str(REPO / "examples" / "levir_test_1_A.tif"), str(REPO / "examples" / "levir_test_1_B.tif"),
            "-o", str(tmp_path / "map.tif"), "--model", nullmodel.NULL_MODEL, "--weights", "none",
            "--workdir", str(tmp_path / "work")]
-    done = subprocess.run(cmd, env=os.environ, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(cmd, env=prefect_api_env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
     assert summary["device"] == "cuda" and summary["workers"] == 1 and summary["tiles_predicted"] == 4

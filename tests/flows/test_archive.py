@@ -32,6 +32,7 @@ def _areas(path) -> list[float]:
     return list(fields[list(meta["fields"]).index("area_m2")])
 
 
+@pytest.mark.slow
 def test_a_rerun_with_only_min_area_changed_redoes_the_polygons_and_nothing_else(tmp_path):
     maps = tmp_path / "maps"
     first = _archive(tmp_path, ProductSettings())

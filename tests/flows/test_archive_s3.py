@@ -23,7 +23,7 @@ from pipeline.learn.metrics import Confusion
 from tests.conftest import LEVIR_1024, require
 from tests.data.levir_archive import make_corrupt_pair, make_levir_archive
 
-pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
+pytestmark = [pytest.mark.usefixtures("prefect_harness", "ray_local"), pytest.mark.slow]
 
 BUCKET = "s3://scenes"
 

@@ -55,6 +55,7 @@ def no_pixel_read(monkeypatch):
     monkeypatch.setattr(rasterio, "open", _refuse)
 
 
+@pytest.mark.slow
 def test_a_search_maps_one_pair_per_tile_equal_to_its_bands_stacked_by_hand(stac_world, s3_server, tmp_path,
                                                                               monkeypatch):
     prefix = tmp_path / "maps"
@@ -128,6 +129,7 @@ def test_a_tile_without_an_acceptable_item_is_an_unpaired_row_and_the_sources_ag
     assert "T33UUP: no pair: no item in the after window" in out and "search-pairs.csv" in out
 
 
+@pytest.mark.slow
 def test_a_pair_across_the_sentinel2_baseline_change_shows_no_change(tmp_path, ray_local):
     """The same surface before (baseline 03.01) and after (05.09, DN + 1000, Earth Search's offset): no change."""
     bands = {k: sf.BANDS[k] for k in ("red", "green", "blue")}

@@ -41,6 +41,7 @@ def test_levir_pair_gives_an_accurate_georeferenced_cog(levir_pair, tmp_path):
         "map.json", "input.zarr", "output.zarr"}
 
 
+@pytest.mark.slow
 def test_after_in_another_crs_is_warped_onto_before_grid(levir_pair, tmp_path):
     before, after, label = levir_pair
     utm_after = reproject_to(after, tmp_path / "after_utm14.tif", "EPSG:32614", 0.5)
@@ -65,6 +66,7 @@ def test_float_probability_output(synthetic, tmp_path):
     assert np.isnan(p[:, :12]).all() and np.nanmin(p) >= 0 and np.nanmax(p) <= 1
 
 
+@pytest.mark.slow
 def test_a_zstd_map_is_a_valid_cog_of_the_same_probabilities(synthetic, tmp_path):
     spec = MapSpec(before=str(synthetic["before"]), after=str(synthetic["after"]), tile=128, halo=16, mask=True)
     maps = {}
@@ -89,6 +91,7 @@ def test_rgb_weights_run_on_four_bands(synthetic, tmp_path):
     assert valid.all() and mask.sum() < 0.01 * mask.size  # identical dates: (almost) no change
 
 
+@pytest.mark.slow
 def test_scene_statistics_map_equals_one_pass_over_the_scene(tmp_path):
     """--statistics scene through the whole flow: the float map is the one-pass map, on BEFORE's grid."""
     from pathlib import Path

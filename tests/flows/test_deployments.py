@@ -64,6 +64,7 @@ def test_bad_deployment_files_are_clear_errors(tmp_path):
         to_deployment(read_definitions(bad)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_served_deployment_run_processes_an_archive(tmp_path):
     from prefect.client.orchestration import get_client

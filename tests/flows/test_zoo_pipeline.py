@@ -31,6 +31,7 @@ def _run(model: str, synthetic, out) -> None:
 
 
 # The wider MiT variants share their b0 architecture's code path (built and shape-tested in tests/models).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [m for m in models.list_models(kind="deep")
                                   if m != "siamese" and not m.endswith(("-mit-b1", "-mit-b2"))])
 def test_every_registered_model_runs_through_the_pipeline(name, synthetic, tmp_path):

@@ -38,6 +38,7 @@ def levir_crop(tinycd_levir):
     return normalize(np.stack([a, b])[..., 0:256, 768:1024], meta)
 
 
+@pytest.mark.slow
 def test_tinycd_tiles_with_scene_statistics_equal_one_pass(tinycd_levir, levir_crop):
     torch.set_num_threads(2)
     net, meta = tinycd_levir

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -32,6 +34,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_local_ray_started_by_the_pipeline_is_on_loopback():
     """On 127.0.0.1 only: its node, and every port its raylet and GCS listen on; Ray runs tasks."""
     found = _fresh_process(PROBE)
@@ -56,6 +59,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_released_objects_leave_the_store_soon_so_its_space_is_reused():
     """With Ray's default (frees flushed once a second) the eight puts touched 191-223 MiB of the store; here 32-63."""
     found = _fresh_process(FREED)
@@ -88,7 +92,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_path):
+@pytest.mark.slow
+def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_path, prefect_api_env):
     """A head node started here on 127.0.0.1 (stopped by its own process id, never `ray stop`)."""
     import signal
     import time
@@ -97,7 +102,7 @@ def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_pat
     import secrets
 
     # Ray 2.5x+ heads use token authentication: the driver needs the same token.
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**prefect_api_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -156,6 +161,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 def test_a_session_starts_the_model_actors_that_the_run_then_borrows():
     """``Session.start(plan)``: actors started while Prefect's API starts are the ones the map uses; all stop with it."""
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # a set API: none is started, none contacted
@@ -180,6 +186,7 @@ with Session() as session:
 """
 
 
+@pytest.mark.slow
 def test_flow_runs_on_an_ephemeral_api_send_no_heartbeats(tmp_path):
     """The API ends with the process: nobody would read the heartbeats, and stopping them cost up to a second."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}

@@ -39,6 +39,7 @@ def test_the_sample_is_reproducible_stratified_and_aligned():
     assert len(cells) == k * k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cva", "irmad"])
 def test_a_scene_fitted_map_is_the_model_applied_to_the_whole_scene_whatever_the_tiles(model, tmp_path, ray_local):
     """Landsat Taizhou (6 bands): tiles of 64 and 128 with halos of 8 and 32 make the same scores, equal to the fit
@@ -72,6 +73,7 @@ def test_a_scene_fitted_map_is_the_model_applied_to_the_whole_scene_whatever_the
     np.testing.assert_allclose(scores[128], whole, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_on_landsat_taizhou_the_better_method_scores_f1_090(tmp_path, ray_local):
     """F1 over the labelled pixels (255: unlabeled), the threshold automatic, nothing tuned for the scene."""
     before, after, label = (str(require(TAIZHOU) / n) for n in ("A.tif", "B.tif", "label.tif"))
@@ -83,6 +85,7 @@ def test_on_landsat_taizhou_the_better_method_scores_f1_090(tmp_path, ray_local)
     assert max(f1.values()) >= 0.90 and min(f1.values()) >= 0.85, f1
 
 
+@pytest.mark.slow
 def test_a_nodata_stripe_is_masked_and_leaves_the_fit_unchanged(synthetic, tmp_path, ray_local):
     """The uint16 pair's AFTER has a 12-px nodata stripe: the map masks it, and the scores of the other pixels equal
     those of the same pair cropped to its valid part (the fit saw the same pixels)."""
@@ -142,6 +145,7 @@ def test_constant_and_duplicated_bands_are_dropped_and_said(synthetic, tmp_path,
     assert set(dropped) == {3, 4} and "constant" in dropped[3] and "collinear" in dropped[4]
 
 
+@pytest.mark.slow
 def test_threshold_otsu_works_for_a_deep_model(levir_pair, tmp_path, ray_local):
     """TinyCD with --threshold otsu: the threshold is Otsu's over the map's own probabilities, and the mask band,
     statistics and polygons all follow it."""

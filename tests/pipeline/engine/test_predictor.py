@@ -290,6 +290,7 @@ def levir_crop_stores(tmp_path_factory):
     return alignment, inp, root
 
 
+@pytest.mark.slow
 def test_pool_with_scene_statistics_reproduces_one_pass_over_the_scene(levir_crop_stores, ray_local):
     """Through Ray actors: 17 measuring passes, clipped windows, then tiles equal to the one-pass map."""
     alignment, inp, root = levir_crop_stores

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_row_segments_group_chunks_of_one_row():
     assert stream.segment_of((2, 11), 256) == (2, 8) and stream.segment_of((2, 7), 256) == (2, 0)
 
 
-def _walk(rows: int, width_tiles: int, hold: int | None) -> tuple[stream._Segments, int, list]:
+def _walk(rows: int, width_tiles: int, hold: int | None, held: int | None = None) -> tuple[stream._Segments, int, list]:
     """The segments of a scene of 64-pixel tiles streamed in order as :func:`stream.run_stream` does.
 
     Batches of 4 tiles, decoding the next 4 batches ahead; returns (segments, peak held, submits).
@@ -65,15 +66,17 @@ def _walk(rows: int, width_tiles: int, hold: int | None) -> tuple[stream._Segmen
              for t in tiles}
     batches = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]
     segments = stream._Segments(None, set(), stream.make_segments(tiles, 64, 128), batches, needs, hold=hold,
-                                decode=FakeDecode())
-    ahead, peak = 4, 0
+                                decode=FakeDecode(), held=held)
+    ahead, peak, between = 4, 0, []
     for i, batch in enumerate(batches):
-        for later in batches[i:i + ahead]:
-            for key in stream.batch_segments(later, needs):
-                segments.need(key)
+        for key in stream.batch_segments(batch, needs):  # the batch being sent: whatever the bounds
+            segments.need(key)
+        segments.ahead(k for later in batches[i + 1:i + ahead] for k in stream.batch_segments(later, needs))
         peak = max(peak, len(segments.refs))
         for key in stream.batch_segments(batch, needs):
             segments.release(key, i)
+        between.append(len(segments.refs))
+    segments.between = max(between)  # held between batches: lookahead and segments kept for later
     assert segments.refs == {}  # everything released at the end
     return segments, peak, submits
 
@@ -125,6 +128,28 @@ def test_the_segments_held_do_not_grow_with_the_scene_width():
         assert segments.decoded == len(tiles) and segments.reread == sum(len(k) for k in again)
     assert unbounded[128] > 1.8 * unbounded[64] and unbounded[64] > 2 * 32  # over two rows of 32 segments
     assert peaks[128] == peaks[64] < unbounded[64] / 2
+
+
+def test_the_segments_held_are_bounded_in_bytes():
+    """A many-band scene's segments are big: the stream holds at most ``held`` of them, reading the rest back.
+
+    Unbounded, a 13-band uint16 tile of 10980 px held some 19 segments of 54 MiB (1 GiB of object store).
+    """
+    free, free_peak, _ = _walk(8, 16, 8)
+    segments, peak, submits = _walk(8, 16, 8, held=6)
+    assert free.between > 2 * 6 and segments.between <= 6  # a batch being sent adds what it needs, whatever the bound
+    assert free_peak > peak
+    first = [keys for keys, done in submits if not done]
+    assert sorted(k for keys in first for k in keys) == sorted(t.key for t in make_tiles(8 * 64, 16 * 64, 64))
+    assert segments.reread > 0 and segments.decoded == 8 * 16  # each chunk decoded once, some read back
+
+
+def test_a_segment_is_as_big_as_the_bands_the_model_reads():
+    job = SimpleNamespace(alignment=SimpleNamespace(dtype="uint16"), tile=512, segment_width=2048, bands=tuple(range(13)))
+    assert stream.segment_bytes(job) == 512 * 2048 * (2 * 13 * 2 + 1)
+    job.bands = (1, 2, 3)
+    job.tile = 4096
+    assert stream.segment_bytes(job) == 4096 * 4096 * (2 * 3 * 2 + 1)  # one chunk wider than a segment
 
 
 def test_a_scene_within_the_horizon_reads_nothing_back():
@@ -243,6 +268,7 @@ def test_a_worker_opens_a_scenes_stores_once_and_writes_every_chunk(synthetic, t
     assert workdir.Records(str(tmp_path)).done("infer") == {t.key for t in tiles}
 
 
+@pytest.mark.slow
 def test_segments_read_back_from_input_zarr_make_the_same_map(synthetic, tmp_path, ray_local, monkeypatch):
     """With no horizon every later use of a segment is read back from input.zarr: the map is the same."""
     from dataclasses import replace
@@ -312,8 +338,8 @@ def test_work_folders_are_found_again_by_the_map_not_by_how_it_runs(tmp_path, mo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("with_workdir", [False])  # --workdir only moves the folder (test above)
-def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir, ray_local):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "CHANGEMAP_CACHE": str(tmp_path / "cache")}
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, with_workdir, ray_local, prefect_api_env):
+    env = {**prefect_api_env, "PREFECT_HOME": str(tmp_path / "prefect"), "CHANGEMAP_CACHE": str(tmp_path / "cache")}
     pair = [str(EXAMPLES / "levir_test_1_A.tif"), str(EXAMPLES / "levir_test_1_B.tif")]
     opts = ["--tile", "256", "--halo", "32", "--probability", "float32", "--batch-size", "2", "--json"]
     if with_workdir:

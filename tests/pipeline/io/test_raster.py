@@ -186,11 +186,19 @@ def test_rasters_are_read_through_fsspec_for_protocols_gdal_lacks(synthetic):
     (404, errors.MissingRasterError, "does not exist (HTTP response code: 404); check the URL"),
     (500, errors.InputStorageError, "the storage answered with a server error"),
 ])
-def test_http_answers_are_told_apart(status_server, status, error, text):
+def test_http_answers_are_told_apart(status_server, status, error, text, monkeypatch):
+    # GDAL's own backoff (1 s, doubling, 5 tries) made the 500 case last 50 s: shortened here.
+    monkeypatch.setitem(raster.HTTP_RETRIES, "GDAL_HTTP_RETRY_DELAY", "0.05")
+    monkeypatch.setitem(raster.HTTP_RETRIES, "GDAL_HTTP_MAX_RETRY", "2")
     url = f"{status_server}/{status}/scene.tif"
     with pytest.raises(error) as exc:
         raster.read_info(url, "AFTER")
     assert text in str(exc.value) and url in str(exc.value) and isinstance(exc.value, InputRasterError)
+    asked = status_server.seen.count(f"/{status}/scene.tif")
+    if status >= 500:  # a server error is asked again before it is reported
+        assert asked >= 3
+    else:  # a refusal or a missing file is final: not retried
+        assert 1 <= asked < 3
 
 
 def test_an_s3_endpoint_that_refuses_connections_is_not_called_corrupt():
