@@ -63,10 +63,12 @@ def run_with_peak_memory(cmd: list[str], env: dict[str, str] | None = None
 
 # What each process of a run is, from its command line (first match). A Ray worker's title is
 # ``ray::ClassName`` once it hosts an actor and ``ray::function`` while it runs a task.
-_ROLES = (("ray::MapWriter", "map writer"), ("Predictor", "model actor"), ("raylet", "raylet"),
+# A worker's command line names the raylet's socket (``--raylet-name``): workers are matched first.
+_ROLES = (("ray::MapWriter", "map writer"), ("Predictor", "model actor"), ("default_worker", "stream workers"),
+          ("ray::", "stream workers"), ("raylet", "raylet"),
           ("gcs_server", "gcs"), ("prefect.server", "prefect api"), ("uvicorn", "prefect api"),
           ("dashboard", "ray services"), ("log_monitor", "ray services"), ("runtime_env", "ray services"),
-          ("monitor.py", "ray services"), ("default_worker", "stream workers"), ("ray::", "stream workers"))
+          ("monitor.py", "ray services"))
 
 
 def _role(cmdline: str) -> str:

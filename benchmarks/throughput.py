@@ -297,6 +297,11 @@ def throughput(args: argparse.Namespace) -> None:
                 say(f"whole run ({m}), marginal rate {args.marginal}² -> {whole_size}²: {marginal:.3f} MP/s = "
                     f"{marginal / model_only[m]:.3f} x model alone")
             say(f"GPU utilisation during the whole run ({m}, {whole_size}²): " + _gpu_line(gpus[whole_size]))
+            null_map = work / f"null_{whole_size}.tif"
+            if data_path and whole_size in sizes and null_map.exists():  # made by this invocation's null run
+                a, b = null_map.stat().st_size, (work / f"whole_{whole_size}.tif").stat().st_size
+                say(f"map size at {whole_size}²: null model {a / 2**20:.2f} MiB, {m} {b / 2**20:.2f} MiB; "
+                    f"null / {m} = {a / b:.2f} (the null map must compress like a real one: within 2x)")
 
 
 def _seconds(seconds: dict[str, float] | None) -> str:

@@ -141,3 +141,31 @@ def test_every_imported_distribution_is_declared():
                 if not dists & declared:
                     missing.setdefault(top, str(path.relative_to(REPO)))
     assert missing == {}
+
+
+PRODUCT = ("pipeline", "flows", "models")
+
+
+def test_no_product_function_is_longer_than_80_lines():
+    long = []
+    for root in PRODUCT:
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert long == []
+
+
+def test_pipeline_keeps_its_rooms():
+    """At most 16 top-level modules in pipeline/: the engine, products, archive, io, cli and learn are packages."""
+    assert len(list((REPO / "pipeline").glob("*.py"))) <= 16
+
+
+def test_the_product_reads_no_changemap_variable_but_the_cache():
+    """Test and benchmark hooks are seams (classes and callbacks passed in), never environment variables."""
+    import re
+
+    read = re.compile(r"""environ(?:\.get)?\s*[\[(]\s*["'](CHANGEMAP_\w+)|getenv\(\s*["'](CHANGEMAP_\w+)""")
+    names = {m for root in PRODUCT for path in (REPO / root).rglob("*.py")
+             for pair in read.findall(path.read_text()) for m in pair if m}
+    assert names <= {"CHANGEMAP_CACHE"}, names

@@ -27,8 +27,16 @@ if TYPE_CHECKING:
 
 
 def probability_to_uint8(p: np.ndarray) -> np.ndarray:
-    """Scale probabilities in [0, 1] to 0..255 (NaN -> 0; nodata is carried by the mask)."""
-    return np.round(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * 255).astype("uint8")
+    """Scale probabilities in [0, 1] to 0..255 (NaN -> 0; nodata is carried by the mask).
+
+    ``round(clip(p, 0, 1) * 255)`` computed in one float32 buffer, in place (the same values as
+    the chain of copies it replaces: the map writer runs it on every pixel of the scene).
+    """
+    q = np.multiply(p, np.float32(255), dtype=np.float32)
+    np.clip(q, 0, 255, out=q)
+    np.rint(q, out=q)
+    q[np.isnan(q)] = 0
+    return q.astype(np.uint8)
 
 
 Window = tuple[int, int, int, int]  # (y0, x0, h, w)
@@ -83,11 +91,14 @@ class MapFormat:
         for sink in sinks:  # statistics and polygons from the same pass that writes the map
             sink.add(window, p, valid)
         ok = valid & ~np.isnan(p)
-        band1 = probability_to_uint8(p) if self.probability == "uint8" else np.where(ok, p, np.nan).astype("float32")
-        bands = [band1]
+        bands = np.empty((len(self.descriptions), *p.shape), self.probability)  # written in place: no stack
+        if self.probability == "uint8":
+            bands[0] = probability_to_uint8(p)
+        else:
+            bands[0] = np.where(ok, p, np.nan)
         if self.mask:
-            bands.append(((np.nan_to_num(p, nan=0.0) > self.threshold) & ok).astype(self.probability))
-        return window, np.stack(bands), ok
+            np.logical_and(np.greater(p, self.threshold), ok, out=bands[1], casting="unsafe")  # NaN > t is False
+        return window, bands, ok
 
 
 def publish_cog(dest: str, grid: Grid, fmt: MapFormat, blocks: Iterable[tuple[Window, np.ndarray, np.ndarray]],

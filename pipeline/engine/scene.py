@@ -61,7 +61,8 @@ def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session,
     store.create_input_store(paths.input_store, g, plan.alignment.before.count, plan.alignment.dtype, spec.tile)
     store.create_output_store(paths.output_store, g, spec.tile)
     scene = stream.SceneStream(plan.alignment, paths.input_store, paths.output_store, paths.run_dir, spec.tile,
-                               plan.bands, storage.installed())
+                               plan.bands, storage.installed(), stream.segment_width_for(
+                                   len(plan.bands), np.dtype(plan.alignment.dtype).itemsize, spec.tile))
     job = InferenceJob(paths.input_store, paths.output_store, spec.halo, plan.bands, storage.installed(),
                        spec.statistics, shape=(g.height, g.width, spec.tile))
     session.start_ray(stream.object_store_for(plan))

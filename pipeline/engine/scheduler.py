@@ -32,6 +32,10 @@ class StreamTuning:
     #: Pixels of a tile row one decode task reads, stores and hands on as one object: a task per ~1 MP
     #: amortises opening the pair, Ray's per-task cost and the store's per-write cost over several chunks.
     segment_width: int = 2048
+    #: Bytes of one decoded segment (both dates of the model's bands and the valid mask) at most: a
+    #: scene of many bands gets narrower segments (13 uint16 bands: one 512-px chunk, 13.6 MiB, not
+    #: 54 MiB), because every batch in flight pins the segments under its windows, three rows of them.
+    segment_bytes: int = 24 * 2**20
     #: Batches whose segments are decoded ahead of the model, per actor slot.
     lookahead_batches: int = 2
     #: A decoded segment is kept for a batch at most this many lookaheads later; one needed further on
@@ -44,9 +48,9 @@ class StreamTuning:
     decodes_per_lane: int = 16
     #: Bytes of decoded segments (running, ready or held for a later batch) the stream keeps at most:
     #: it decodes ahead and holds segments for the next row's halos within this, so the lookahead of a
-    #: 13-band uint16 scene (54 MiB a segment) is not 20x an RGB scene's in memory; a segment let go
+    #: many-band scene is not many times an RGB scene's in memory; a segment let go
     #: is read back from input.zarr when its batch comes.
-    held_bytes: int = 512 * 2**20
+    held_bytes: int = 256 * 2**20
     #: CPUs a stream task claims: Ray starts a worker process for each task it runs at once.
     task_cpus: float = 0.5
     #: Room in a local runtime's object store, in row segments (about three tile rows are held).

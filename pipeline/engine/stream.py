@@ -75,14 +75,25 @@ UNREAD_ITEMSIZE = 4  # bytes a sample is assumed to take before the scenes are r
 DEFAULT_OBJECT_STORE = 512 * 1024**2  # a local runtime's object store, at least
 
 
+def segment_width_for(bands: int, itemsize: int, tile: int, tuning: StreamTuning = TUNING) -> int:
+    """The width of a row segment for ``bands`` samples of ``itemsize`` bytes.
+
+    Whole chunks, within :attr:`StreamTuning.segment_bytes` (one chunk at least) and
+    :attr:`StreamTuning.segment_width`.
+    """
+    per_chunk = tile * tile * (2 * bands * itemsize + 1)
+    chunks = max(1, min(tuning.segment_width // tile, tuning.segment_bytes // per_chunk))
+    return chunks * tile
+
+
 def object_store_bytes(bands: int, itemsize: int, tile: int, tuning: StreamTuning = TUNING) -> int:
     """Object store for a local Ray runtime streaming scenes of ``bands`` samples of ``itemsize`` bytes.
 
     Room for :attr:`StreamTuning.store_segments` row segments, at least :data:`DEFAULT_OBJECT_STORE`
     (an RGB uint8 scene's) and at most 30 % of this machine's memory (Ray's own default share). A
-    13-band uint16 pair's segments (53 MiB) spilled to disk in 512 MiB, and ran 3-4x slower.
+    13-band uint16 pair's segments (then 53 MiB each) spilled to disk in 512 MiB, and ran 3-4x slower.
     """
-    segment = tile * max(1, tuning.segment_width // tile) * tile * (2 * bands * itemsize + 1)  # both dates + valid
+    segment = segment_width_for(bands, itemsize, tile, tuning) * tile * (2 * bands * itemsize + 1)  # both dates + valid
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(min(max(DEFAULT_OBJECT_STORE, tuning.store_segments * segment), max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
 

@@ -24,8 +24,10 @@ COG_BLOCKSIZE = 512
 
 
 # GDAL's block cache defaults to 5 % of RAM: writing a map would fill it with finished blocks, so a
-# map writer's memory would grow with the scene; 64 MiB hold a few rows of 512 px blocks.
-_GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 64}
+# map writer's memory would grow with the scene; 64 MiB hold a few rows of 512 px blocks. (rasterio
+# passes an integer GDAL_CACHEMAX to GDAL as bytes: a bare 64 was a 64-byte cache, and the COG step
+# decoded the temporary file's blocks again for every overview.)
+_GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_CACHEMAX": 64 * 2**20}
 
 
 def _cog_options(dtype: str, compress: str = "deflate") -> dict[str, object]:

@@ -528,6 +528,23 @@ def _mask_asset(assets: dict[str, dict], base: str) -> MaskAsset | None:
     return None
 
 
+def _band_asset(asset: dict, key: str, index: int, props: dict, base: str, item_id: str) -> tuple[BandAsset, Grid]:
+    """Band ``index`` (0-based) of an Item's asset: how it is read (href, scale, offsets) and its grid."""
+    infos = _band_infos(asset)
+    info = infos[index] if index < len(infos) else {}
+    rb = _raster_band(asset, index)
+    dn_offset, offset = _radiometry(props, key, info, _number(rb.get("offset"), None))
+    href = resolve_href(str(asset["href"]), base)
+    gsd = _number(asset.get("gsd", rb.get("spatial_resolution")), None)
+    grid = _meta_grid(asset, props, gsd)
+    if grid is None:  # no (fitting) projection metadata: the file's header says
+        grid = read_raster_info(href, f"asset {key!r} of STAC item {item_id}:").grid
+    band = BandAsset(key=key, href=href, common_name=info.get("common_name"), scale=_number(rb.get("scale"), 1.0),
+                     offset=offset, nodata=_number(rb.get("nodata"), None), gsd=gsd or grid.resolution[0],
+                     dn_offset=dn_offset, band=index + 1)
+    return band, grid
+
+
 def load_item(url: str, assets: Sequence[str] | None = None, *, cloud_mask: bool = False,
               default_bands: int | None = None) -> ItemDate:
     """Read a STAC Item and decide how it is read as one multi-band image.
@@ -587,24 +604,8 @@ def load_item(url: str, assets: Sequence[str] | None = None, *, cloud_mask: bool
     else:
         choices = _default_choices(raw_assets, default_bands, item_id, url)
 
-    bands, grids = [], []
-    for key, index in choices:
-        asset = raw_assets[key]
-        infos = _band_infos(asset)
-        info = infos[index] if index < len(infos) else {}
-        rb = _raster_band(asset, index)
-        dn_offset, offset = _radiometry(props, key, info, _number(rb.get("offset"), None))
-        href = resolve_href(str(asset["href"]), base)
-        gsd = _number(asset.get("gsd", rb.get("spatial_resolution")), None)
-        grid = _meta_grid(asset, props, gsd)
-        if grid is None:  # no (fitting) projection metadata: the file's header says
-            grid = read_raster_info(href, f"asset {key!r} of STAC item {item_id}:").grid
-        grids.append(grid)
-        gsd = gsd or grid.resolution[0]
-        bands.append(BandAsset(key=key, href=href, common_name=info.get("common_name"), scale=_number(rb.get("scale"), 1.0),
-                               offset=offset, nodata=_number(rb.get("nodata"), None), gsd=gsd, dn_offset=dn_offset,
-                               band=index + 1))
-
+    read_as = [_band_asset(raw_assets[key], key, index, props, base, item_id) for key, index in choices]
+    bands, grids = [band for band, _ in read_as], [grid for _, grid in read_as]
     mask = _mask_asset(raw_assets, base)
     if cloud_mask and mask is None:
         raise ItemError(f"cloud masking was asked for, but STAC item {item_id} ({storage.redact_url(url)}) has no 'scl' "

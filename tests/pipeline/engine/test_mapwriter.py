@@ -84,3 +84,27 @@ def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthet
     aborted.put([(tiles[0], prob[:64, :64], valid[:64, :64])])
     aborted.abort()
     assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []
+
+
+def test_encoded_bands_are_the_rounded_scaled_probability_and_the_thresholded_mask():
+    """Band 1 is round(clip(p, 0, 1) x 255) (NaN: 0), band 2 p > threshold where both dates have data.
+
+    Checked on every float32 step between -0.01 and 1.01 (the half steps of 255 included) and NaN.
+    """
+    from pipeline.config import MapSettings
+    from pipeline.engine.mapwriter import MapFormat, probability_to_uint8
+
+    p = np.linspace(-0.01, 1.01, 1_000_001, dtype=np.float32)
+    p[::97] = np.nan
+    expected = np.round(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * 255).astype("uint8")
+    np.testing.assert_array_equal(probability_to_uint8(p), expected)
+    p, valid = p[:1_000_000].reshape(1000, 1000), np.arange(1_000_000).reshape(1000, 1000) % 7 > 0
+    ok = valid & ~np.isnan(p)
+    for probability in ("uint8", "float32"):
+        fmt = MapFormat(MapSettings(probability=probability, mask=True), threshold=0.3)
+        window, bands, got_ok = fmt.encode((0, 0, 1000, 1000), p, valid)
+        band1 = probability_to_uint8(p) if probability == "uint8" else np.where(ok, p, np.nan)
+        assert bands.dtype == np.dtype(probability) and window == (0, 0, 1000, 1000)
+        np.testing.assert_array_equal(bands[0], band1)
+        np.testing.assert_array_equal(bands[1], (np.nan_to_num(p) > 0.3) & ok)
+        np.testing.assert_array_equal(got_ok, ok)

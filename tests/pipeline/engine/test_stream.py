@@ -82,18 +82,18 @@ def _walk(rows: int, width_tiles: int, hold: int | None, held: int | None = None
 
 
 def test_a_local_object_store_has_room_for_the_scenes_row_segments(monkeypatch):
-    """RGB uint8 keeps the default; a 13-band uint16 scene gets room for its 53 MiB segments, within 30 % of RAM."""
+    """RGB uint8 keeps the default; a 13-band uint16 scene gets room for its segments, within 30 % of RAM."""
     def machine(gib):
         monkeypatch.setattr(stream.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": gib * 2**18}[name])
 
     machine(64)
     assert stream.object_store_bytes(3, 1, 512) == 512 * 2**20
-    segment = 512 * 2048 * (2 * 13 * 2 + 1)  # both dates' 13 uint16 bands and the valid mask
+    segment = 512 * 512 * (2 * 13 * 2 + 1)  # both dates' 13 uint16 bands and the valid mask: one chunk a segment
     assert stream.object_store_bytes(13, 2, 512) == TUNING.store_segments * segment
-    assert stream.object_store_bytes(13, 2, 1024) == TUNING.store_segments * 1024 * 2048 * 53  # 2 chunks a segment
+    assert stream.object_store_bytes(13, 2, 1024) == TUNING.store_segments * 1024 * 1024 * 53  # one chunk of 1024
     assert stream.object_store_bytes(13, 2, 4096) == int(0.3 * 64 * 2**30)  # one chunk of 4096²: 30 % of RAM
     machine(4)
-    assert stream.object_store_bytes(13, 2, 512) == int(0.3 * 4 * 2**30)
+    assert stream.object_store_bytes(13, 2, 1024) == int(0.3 * 4 * 2**30)
     machine(1)
     assert stream.object_store_bytes(13, 2, 512) == 512 * 2**20  # never below the default
 
@@ -142,6 +142,15 @@ def test_the_segments_held_are_bounded_in_bytes():
     first = [keys for keys, done in submits if not done]
     assert sorted(k for keys in first for k in keys) == sorted(t.key for t in make_tiles(8 * 64, 16 * 64, 64))
     assert segments.reread > 0 and segments.decoded == 8 * 16  # each chunk decoded once, some read back
+
+
+def test_segments_of_many_bands_are_narrower():
+    """RGB uint8 keeps 2048-px segments (4 chunks of 512); 13 uint16 bands get one chunk; 6 get three."""
+    assert stream.segment_width_for(3, 1, 512) == 2048
+    assert stream.segment_width_for(13, 2, 512) == 512
+    assert stream.segment_width_for(6, 2, 512) == 1536
+    assert stream.segment_width_for(13, 2, 4096) == 4096  # one chunk at least
+    assert stream.segment_width_for(3, 1, 256) == 2048
 
 
 def test_a_segment_is_as_big_as_the_bands_the_model_reads():

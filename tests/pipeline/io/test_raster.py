@@ -248,3 +248,28 @@ def test_requester_pays_and_unsigned_buckets_reach_gdal(options, expected):
     assert expected.items() <= session.get_credential_options().items()
     # reads of every kind retry throttling and server errors with a backoff
     assert config["GDAL_HTTP_MAX_RETRY"] == "5" and config["GDAL_HTTP_RETRY_DELAY"] == "1"
+
+
+def _gdal_cache_max() -> int:
+    """GDAL's block cache limit in bytes, asked of the GDAL library rasterio links (its wheel's copy)."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs", "libgdal*"))
+    if not libs:
+        pytest.skip("rasterio is not the wheel build here: its GDAL library is not at rasterio.libs/")
+    gdal = ctypes.CDLL(libs[0])
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    return gdal.GDALGetCacheMax64()
+
+
+def test_gdal_block_caches_are_bounded_in_bytes_not_left_at_5_percent_of_ram(synthetic):
+    """rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes: a bare 64 made the COG step's cache 64 bytes."""
+    outside = _gdal_cache_max()
+    with rasterio.Env(**cog._GDAL_ENV):
+        assert _gdal_cache_max() == 64 * 2**20
+    pre = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
+    with read.AlignedPairReader(pre) as reader:
+        assert _gdal_cache_max() == read.READ_CACHE_BYTES == 256 * 2**20
+        reader.read(0, 16, 0, 16)
+    assert _gdal_cache_max() == outside
