@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the repository root
 #   SIZE=2048 MARGINAL=1024 bash benchmarks/gpu_check.sh   # a small check on a CPU-only machine
 #
-# Settings (environment): SIZE, MARGINAL, MODELS (default tinycd,changer-mit-b0), BATCH (16),
+# Settings (environment): PYTHON (an interpreter with the project installed: skips the install), SIZE, MARGINAL, MODELS (default tinycd,changer-mit-b0), BATCH (16),
 # DATA (the shared data folder holding levir-cd-1024/geotiff; default ../shared/data, else
 # .gpu-check/data), WHEELS (a folder of wheels to install from, for a machine without an index),
 # OUT (where the log goes; default /tmp/changemap-gpu-check), LIMIT (seconds, default 470).
@@ -46,8 +46,9 @@ mkdir -p "$OUT"
 
 # The project into a virtual environment that sees the machine's own PyTorch (a GPU build):
 # everything else at the versions of constraints.txt, torch left as it is.
-PY=.venv-gpu/bin/python
+PY=${PYTHON:-.venv-gpu/bin/python}  # PYTHON: an interpreter that has the project already (nothing installed)
 if [[ ! -x "$PY" ]] || ! "$PY" -c "import pipeline, ray, prefect, rasterio, zarr, torch" 2>/dev/null; then
+    PY=.venv-gpu/bin/python
     python3 -m venv --system-site-packages .venv-gpu
     grep -v '^torch' constraints.txt > "$OUT/constraints-gpu.txt"
     if [[ -n "${WHEELS:-}" ]]; then

@@ -21,9 +21,9 @@ from pipeline.io.raster import _READ_ERRORS, _all_valid, _failure, _open, _rio, 
 
 # GDAL's block cache defaults to 5 % of RAM per process. A decode worker reads each block of a scene
 # once (a warp's neighbouring windows share a few), so a bigger cache only grew every worker's memory
-# with the scene: 256 MiB hold the blocks one segment's windows touch, of 13 bands. (In bytes:
+# with the scene: 64 MiB hold the blocks a segment's windows touch (13 uint16 bands: 7 MiB a block). (In bytes:
 # rasterio hands an integer to GDAL as bytes.)
-READ_CACHE_BYTES = 256 * 2**20
+READ_CACHE_BYTES = 64 * 2**20
 
 
 class AlignedPairReader:

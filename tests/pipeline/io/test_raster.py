@@ -270,6 +270,6 @@ def test_gdal_block_caches_are_bounded_in_bytes_not_left_at_5_percent_of_ram(syn
         assert _gdal_cache_max() == 64 * 2**20
     pre = plan_grid(str(synthetic["before"]), str(synthetic["after"]))
     with read.AlignedPairReader(pre) as reader:
-        assert _gdal_cache_max() == read.READ_CACHE_BYTES == 256 * 2**20
+        assert _gdal_cache_max() == read.READ_CACHE_BYTES == 64 * 2**20
         reader.read(0, 16, 0, 16)
     assert _gdal_cache_max() == outside
