@@ -132,7 +132,7 @@ def test_run_attaches_to_an_existing_cluster_with_ray_address(synthetic, tmp_pat
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(10)  # a graceful shutdown takes ~30 s: the whole process group is killed after 10
+            head.wait(2)  # a graceful shutdown takes ~30 s: the whole process group is killed after 2
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
