@@ -46,11 +46,15 @@ class StreamTuning:
     #: at once: Ray starts a worker process (150-220 MiB) for each task running at once. A decode task
     #: did 10 MP/s on an H200 node, so 16 of them feed a model of 124 MP/s.
     decodes_per_lane: int = 16
-    #: Bytes of decoded segments (running, ready or held for a later batch) the stream keeps at most:
-    #: it decodes ahead and holds segments for the next row's halos within this, so the lookahead of a
-    #: many-band scene is not many times an RGB scene's in memory; a segment let go
-    #: is read back from input.zarr when its batch comes.
+    #: Bytes of decoded segments (running, ready or held for a later batch) the stream keeps at most
+    #: for CPU model actors, and for GPU ones (at most half the object store either way): it decodes
+    #: ahead and holds segments for the next row's halos within this; a segment let go is read back
+    #: from input.zarr when its batch comes. A CPU actor is slower than its decodes, so a short
+    #: lookahead costs it nothing (a 13-band Sentinel-2 tile's peak memory: 1.198 x a 2048² pair's
+    #: at 256 MiB, 1.29 x at 1 GiB); a GPU needs the long one (the paced stream of a simulated GPU
+    #: node at TinyCD's rate: 5.7 x its bound at 256 MiB, 1.65 x at 1 GiB; docs/benchmarks).
     held_bytes: int = 256 * 2**20
+    held_bytes_gpu: int = 2**30
     #: CPUs a stream task claims: Ray starts a worker process for each task it runs at once.
     task_cpus: float = 0.5
     #: Room in a local runtime's object store, in row segments (about three tile rows are held).

@@ -86,27 +86,40 @@ def segment_width_for(bands: int, itemsize: int, tile: int, tuning: StreamTuning
     return chunks * tile
 
 
-def object_store_bytes(bands: int, itemsize: int, tile: int, tuning: StreamTuning = TUNING) -> int:
+def object_store_bytes(bands: int, itemsize: int, tile: int, tuning: StreamTuning = TUNING, gpus: int = 0) -> int:
     """Object store for a local Ray runtime streaming scenes of ``bands`` samples of ``itemsize`` bytes.
 
-    Room for :attr:`StreamTuning.store_segments` row segments, at least :data:`DEFAULT_OBJECT_STORE`
+    Room for :attr:`StreamTuning.store_segments` row segments (and, with ``gpus``, twice the
+    segments a GPU's stream holds: :attr:`StreamTuning.held_bytes_gpu`), at least :data:`DEFAULT_OBJECT_STORE`
     (an RGB uint8 scene's) and at most 30 % of this machine's memory (Ray's own default share). A
     13-band uint16 pair's segments (then 53 MiB each) spilled to disk in 512 MiB, and ran 3-4x slower.
     """
     segment = segment_width_for(bands, itemsize, tile, tuning) * tile * (2 * bands * itemsize + 1)  # both dates + valid
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(min(max(DEFAULT_OBJECT_STORE, tuning.store_segments * segment), max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
+    wanted = max(DEFAULT_OBJECT_STORE, tuning.store_segments * segment, 2 * tuning.held_bytes_gpu if gpus else 0)
+    return int(min(wanted, max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
 
 
 def object_store_for(plan: RunPlan) -> int:
-    """The object store a local Ray runtime needs for this scene's stream (its bands, sample size and tile)."""
-    return object_store_bytes(len(plan.bands), np.dtype(plan.alignment.dtype).itemsize, plan.spec.tile)
+    """The object store a local Ray runtime needs for this scene's stream (its bands, sample size, tile, GPUs)."""
+    import torch  # the driver's checks built the model already
+
+    return object_store_bytes(len(plan.bands), np.dtype(plan.alignment.dtype).itemsize, plan.spec.tile,
+                              gpus=torch.cuda.device_count())
 
 
 def segment_bytes(job: SceneStream) -> int:
     """Bytes of one decoded row segment: both dates of the model's bands and the valid mask."""
     itemsize = np.dtype(job.alignment.dtype).itemsize
     return job.tile * max(1, job.segment_width // job.tile) * job.tile * (2 * len(job.bands) * itemsize + 1)
+
+
+def held_budget(tuning: StreamTuning = TUNING) -> int:
+    """Bytes of decoded segments the stream may hold on this cluster: its GPUs' or CPUs' share, within half its store."""
+    resources = ray.cluster_resources()
+    held = tuning.held_bytes_gpu if resources.get("GPU", 0) else tuning.held_bytes
+    store = resources.get("object_store_memory", 0)
+    return int(min(held, store // 2)) if store else held
 
 
 def make_segments(tiles: Sequence[Tile], tile: int, width: int = TUNING.segment_width
@@ -427,7 +440,7 @@ def run_stream(job: SceneStream, pool: PredictorPool, infer_job: InferenceJob, w
     ahead = tuning.lookahead_batches * pool.slots
     segments = _Segments(job, done_in, make_segments(tiles, job.tile, job.segment_width), plan.batches, plan.needs,
                          hold=tuning.hold_factor * ahead, limit=tuning.decodes_per_lane * pool.lanes, decode=decode,
-                         held=max(2 * pool.lanes, tuning.held_bytes // segment_bytes(job)))
+                         held=max(2 * pool.lanes, held_budget(tuning) // segment_bytes(job)))
 
     def send(actor, batch: Batch) -> tuple:
         keys = batch_segments(batch.tiles, plan.needs)

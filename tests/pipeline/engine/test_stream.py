@@ -387,3 +387,17 @@ def test_warm_workers_cover_the_tasks_the_stream_runs_at_once(ray_local):
     assert len(refs) == min(stream.stream_workers(1), free) == free  # 2 CPUs here: fewer than the stream's 20
     assert len(set(ray.get(refs))) >= 2  # several processes, not one worker reused four times
     assert stream.stream_workers(2) == 2 * TUNING.decodes_per_lane + 4
+
+
+def test_the_held_segments_fit_the_device_and_half_the_store(monkeypatch):
+    """A CPU actor's stream looks ahead within held_bytes, a GPU's within held_bytes_gpu; never over half the store."""
+    resources = {"CPU": 16, "object_store_memory": 8 * 2**30}
+    monkeypatch.setattr(stream.ray, "cluster_resources", lambda: resources)
+    assert stream.held_budget() == TUNING.held_bytes
+    resources["GPU"] = 1
+    assert stream.held_budget() == TUNING.held_bytes_gpu > TUNING.held_bytes
+    resources["object_store_memory"] = 512 * 2**20
+    assert stream.held_budget() == 256 * 2**20
+    monkeypatch.setattr(stream.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 64 * 2**18}[name])
+    assert stream.object_store_bytes(3, 1, 512, gpus=1) == 2 * TUNING.held_bytes_gpu  # room for a GPU's lookahead
+    assert stream.object_store_bytes(3, 1, 512) == 512 * 2**20
