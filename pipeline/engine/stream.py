@@ -75,13 +75,18 @@ UNREAD_ITEMSIZE = 4  # bytes a sample is assumed to take before the scenes are r
 DEFAULT_OBJECT_STORE = 512 * 1024**2  # a local runtime's object store, at least
 
 
+def segment_nbytes(width: int, tile: int, bands: int, itemsize: int) -> int:
+    """Bytes of a decoded row segment ``width`` wide (whole chunks): both dates' ``bands`` and the valid mask."""
+    return max(tile, width // tile * tile) * tile * (2 * bands * itemsize + 1)
+
+
 def segment_width_for(bands: int, itemsize: int, tile: int, tuning: StreamTuning = TUNING) -> int:
     """The width of a row segment for ``bands`` samples of ``itemsize`` bytes.
 
     Whole chunks, within :attr:`StreamTuning.segment_bytes` (one chunk at least) and
     :attr:`StreamTuning.segment_width`.
     """
-    per_chunk = tile * tile * (2 * bands * itemsize + 1)
+    per_chunk = segment_nbytes(tile, tile, bands, itemsize)
     chunks = max(1, min(tuning.segment_width // tile, tuning.segment_bytes // per_chunk))
     return chunks * tile
 
@@ -94,7 +99,7 @@ def object_store_bytes(bands: int, itemsize: int, tile: int, tuning: StreamTunin
     (an RGB uint8 scene's) and at most 30 % of this machine's memory (Ray's own default share). A
     13-band uint16 pair's segments (then 53 MiB each) spilled to disk in 512 MiB, and ran 3-4x slower.
     """
-    segment = segment_width_for(bands, itemsize, tile, tuning) * tile * (2 * bands * itemsize + 1)  # both dates + valid
+    segment = segment_nbytes(segment_width_for(bands, itemsize, tile, tuning), tile, bands, itemsize)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     wanted = max(DEFAULT_OBJECT_STORE, tuning.store_segments * segment, 2 * tuning.held_bytes_gpu if gpus else 0)
     return int(min(wanted, max(DEFAULT_OBJECT_STORE, 0.3 * memory)))
@@ -110,8 +115,7 @@ def object_store_for(plan: RunPlan) -> int:
 
 def segment_bytes(job: SceneStream) -> int:
     """Bytes of one decoded row segment: both dates of the model's bands and the valid mask."""
-    itemsize = np.dtype(job.alignment.dtype).itemsize
-    return job.tile * max(1, job.segment_width // job.tile) * job.tile * (2 * len(job.bands) * itemsize + 1)
+    return segment_nbytes(job.segment_width, job.tile, len(job.bands), np.dtype(job.alignment.dtype).itemsize)
 
 
 def held_budget(tuning: StreamTuning = TUNING) -> int:
