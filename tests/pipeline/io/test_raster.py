@@ -254,8 +254,9 @@ def _gdal_cache_max() -> int:
     """GDAL's block cache limit in bytes, asked of the GDAL library this process has loaded (rasterio's)."""
     import ctypes
 
-    with open("/proc/self/maps") as maps:
-        lib = next(line.split()[-1] for line in maps if "/libgdal" in line)
+    with open("/proc/self/maps") as maps:  # pyogrio may load a GDAL of its own: rasterio's first
+        libs = sorted({line.split()[-1] for line in maps if "/libgdal" in line}, key=lambda p: "rasterio" not in p)
+    lib = libs[0]
     gdal = ctypes.CDLL(lib)
     gdal.GDALGetCacheMax64.restype = ctypes.c_int64
     return gdal.GDALGetCacheMax64()
