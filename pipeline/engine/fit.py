@@ -22,6 +22,7 @@ import numpy as np
 import ray
 
 from models.statistics import Moments, Stats, add_moments, measure_levels
+from pipeline.engine import heap
 from pipeline.engine.pool import PredictorPool
 from pipeline.engine.predictor import InferenceJob
 from pipeline.engine.scheduler import TUNING, Batch, Scheduler
@@ -136,7 +137,7 @@ def sample_pixels(scene: SceneStream, windows: list[tuple[int, int, int, int]]) 
     return np.concatenate(before), np.concatenate(after)
 
 
-_sample = ray.remote(num_cpus=TUNING.task_cpus, scheduling_strategy="SPREAD")(sample_pixels)
+_sample = ray.remote(num_cpus=TUNING.task_cpus, scheduling_strategy="SPREAD")(heap.trimmed(sample_pixels))
 
 
 def fit_model(scene: SceneStream, pool: PredictorPool, *, target: int = SAMPLE_PIXELS) -> dict:

@@ -19,6 +19,7 @@ import torch
 from models import LoadedWeights
 from models.statistics import Moments, SceneStatistics, Stats
 from pipeline import loader, storage
+from pipeline.engine import heap
 from pipeline.engine.tile_engine import Lanes, PhaseClock, TileEngine, forward_probability, normalize
 from pipeline.io import store
 from pipeline.tiling import Tile, Window, assemble
@@ -190,6 +191,7 @@ class TilePredictor:
 
         engine.predict(with_data, read, lambda t, core: found.__setitem__(t, core.astype("float32", copy=True)),
                        job.scene_stats)
+        heap.release_free_memory()  # the batch's windows and casts: a long-lived actor keeps no heap of them
         return len(tiles), [(t, found.get(t, np.full((t.height, t.width), np.nan, "float32")),
                              np.ascontiguousarray(valids[(t.row, t.col)])) for t in tiles]
 

@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 from pipeline import storage
+from pipeline.engine import heap
 from pipeline.engine.scheduler import TUNING, Batch, Scheduler, StreamTuning
 from pipeline.engine.workdir import Records
 from pipeline.errors import InputRasterError
@@ -234,8 +235,8 @@ def load_tiles(job: SceneStream, tiles: list[Tile]) -> list[tuple[Tile, np.ndarr
 # Every stream task takes half a CPU (TUNING.task_cpus): Ray starts a worker process for each task it
 # runs at once. Decoding is spread over the cluster's nodes: reads and warps are the stream's
 # heaviest CPU work.
-_decode = ray.remote(num_cpus=TUNING.task_cpus, scheduling_strategy="SPREAD")(decode_segment)
-_load = ray.remote(num_cpus=TUNING.task_cpus)(load_tiles)
+_decode = ray.remote(num_cpus=TUNING.task_cpus, scheduling_strategy="SPREAD")(heap.trimmed(decode_segment))
+_load = ray.remote(num_cpus=TUNING.task_cpus)(heap.trimmed(load_tiles))
 WARM_HOLD_S = 0.3  # a warm-up task keeps its worker this long, so that tasks submitted together start a process each
 
 
