@@ -48,7 +48,8 @@ else:
         pinned = heap.trimmed(unit)()
     except ValueError as exc:
         pinned = str(exc)
-    print(json.dumps(dict(start=start, after=rss(), name=heap.trimmed(unit).__name__, result=pinned if isinstance(pinned, str) else float(pinned.sum()))))
+    result = pinned if isinstance(pinned, str) else float(pinned.sum())
+    print(json.dumps(dict(start=start, after=rss(), name=heap.trimmed(unit).__name__, result=result)))
 """
 
 
