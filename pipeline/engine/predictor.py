@@ -155,6 +155,7 @@ class TilePredictor:
             self._scenes[job.output_store] = (engine, read, read_valid, valid)
         return self._scenes[job.output_store]
 
+    @heap.trimmed  # the batch's windows and casts: a long-lived actor keeps no heap of them
     def predict_chunks(self, job: InferenceJob, tiles: Sequence[Tile], keys: Sequence[tuple[int, int]],
                        *segments: tuple[np.ndarray, np.ndarray]) -> tuple[int, list[tuple[Tile, np.ndarray, np.ndarray]]]:
         """Predict ``tiles`` from just-decoded row segments (no zarr round trip), with the job's scene statistics if any.
@@ -191,7 +192,6 @@ class TilePredictor:
 
         engine.predict(with_data, read, lambda t, core: found.__setitem__(t, core.astype("float32", copy=True)),
                        job.scene_stats)
-        heap.release_free_memory()  # the batch's windows and casts: a long-lived actor keeps no heap of them
         return len(tiles), [(t, found.get(t, np.full((t.height, t.width), np.nan, "float32")),
                              np.ascontiguousarray(valids[(t.row, t.col)])) for t in tiles]
 
