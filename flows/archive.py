@@ -29,7 +29,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
-from flows.change_detection import detect_changes
+from flows.change_detection import detect_changes, retry_unless_user_error
 from pipeline import checks, loader, storage
 from pipeline.archive import pairs, report, skip
 from pipeline.archive.pairs import Plan
@@ -39,7 +39,7 @@ from pipeline.engine import stream
 from pipeline.products import outputs
 from pipeline.session import Session
 
-_task = dict(cache_policy=NO_CACHE)
+_task = dict(cache_policy=NO_CACHE, retry_condition_fn=retry_unless_user_error)  # a bad manifest: said at once
 
 
 @task(name="plan-archive", retries=2, retry_delay_seconds=2, **_task)

@@ -26,7 +26,7 @@ from pipeline.summary import RunSummary
 _USER_ERRORS = (ChangemapError, WeightsError, UnknownModelError)
 
 
-def _retry_unless_user_error(task, task_run, state) -> bool:
+def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry infrastructure failures, not errors in the user's inputs."""
     try:
         state.result()
@@ -37,7 +37,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     return True
 
 
-_task = dict(cache_policy=NO_CACHE, retry_condition_fn=_retry_unless_user_error)
+_task = dict(cache_policy=NO_CACHE, retry_condition_fn=retry_unless_user_error)
 
 
 @task(name="check", retries=2, retry_delay_seconds=2, **_task)

@@ -424,9 +424,11 @@ def check_items(plan: Plan, settings: MapSettings, default_bands: int | None) ->
 def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOptions, session: Any = None) -> int:
     """What an archive run can check before Prefect and Ray: the pair source, the places and the model.
 
-    A catalog's search runs here (once per ``session``), and every chosen Item is read to check
-    it has the asked bands: a bad search costs seconds, before anything starts or is written.
-    Returns how many bands the model takes from each scene.
+    The pairs are listed here (once per ``session``: the flow reuses the list), so a missing
+    manifest or a glob matching nothing is said before anything starts; a catalog's search runs
+    here too, and every chosen Item is read to check it has the asked bands: a bad search costs
+    seconds, before anything starts or is written. Returns how many bands the model takes from
+    each scene.
     """
     check_source(archive)
     places = [(role, url) for role, url in (("MANIFEST", archive.manifest), ("--before", archive.before),
@@ -444,10 +446,10 @@ def check_archive(archive: ArchiveOptions, settings: MapSettings, run: RunOption
     model = loader.choose_model(settings.model, settings.weights)
     fitted = loader.model_kind(model) == "scene-fitted"
     bands_in = len(settings.bands) if settings.bands else None
-    if archive.catalog:
-        from pipeline.archive.sources import plan_pairs
+    from pipeline.archive.sources import plan_pairs
 
-        plan = session.pairs(archive) if session is not None else plan_pairs(archive)
+    plan = session.pairs(archive) if session is not None else plan_pairs(archive)
+    if archive.catalog:
         count = check_items(plan, settings, None if fitted else 3)
         if fitted and not bands_in:
             bands_in = count

@@ -91,7 +91,15 @@ def test_an_existing_output_is_not_replaced_without_overwrite(synthetic, tmp_pat
     (["{tmp}/m.csv", "--output-prefix", "{tmp}/maps", "--storage-options", '{"secret": "s3cr3t-value"'],
      "--storage-options is not valid JSON"),
 ])
-def test_archive_input_errors_are_one_clear_line(args, message, tmp_path, capsys):
+def test_archive_input_errors_are_one_clear_line(args, message, tmp_path, capsys, monkeypatch):
+    """Said before anything starts: the pairs are listed by the checks (a missing manifest took 10 s of Ray and retries)."""
+    from pipeline.session import Session
+
+    def start(*_a, **_k):
+        raise AssertionError("Prefect's API, Ray or the model actors started before the archive's pairs were listed")
+
+    monkeypatch.setattr(Session, "start", start)
+    monkeypatch.setattr(Session, "start_ray", start)
     (tmp_path / "m.csv").write_text("id,before,after\n")
     code = main(["archive", *[a.replace("{tmp}", str(tmp_path)) for a in args]])
     err = capsys.readouterr().err
