@@ -59,9 +59,14 @@ def ray_local():
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A throw-away Prefect API for flow tests."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Nobody reads a throw-away API's heartbeats, and stopping the heartbeat thread costs up to a
+    # second at the end of every flow run (an archive's pairs are a flow run each). The product's
+    # own choice (heartbeats on a real API, none on an ephemeral one) is tested in test_session.py.
+    with prefect_test_harness(server_startup_timeout=120), \
+            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
