@@ -23,6 +23,17 @@ LEVIR_1024 = SHARED_DATA / "levir-cd-1024" / "geotiff"
 LEVIR_256 = SHARED_DATA / "levir-cd-256"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a ``slow`` test first, then the rest, each group in its own order.
+
+    The suite's two processes take whole modules (``--dist loadfile``, without xdist's reordering
+    by test count, which put the long modules of few tests last): the long end-to-end modules start
+    first and the many short ones fill in after them, rather than one starting last and running alone.
+    """
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.module.__name__ not in slow)  # a stable sort: the order within each group stays
+
+
 def require(path: Path) -> Path:
     """Skip the calling test when a piece of the shared research data is absent."""
     if not path.exists():
