@@ -17,20 +17,30 @@ import ray
 from ray.exceptions import RayActorError
 
 from models import LoadedWeights
+from pipeline import loader
 from pipeline.engine.predictor import TilePredictor, cpu_lanes
 from pipeline.errors import ChangemapError
 
 # Windows per forward pass when --batch-size is not given: on one H200 (fp16 autocast, 640² windows) the
 # fastest of 4-64 for TinyCD and ChangerEx MiT-b0 (docs/benchmarks). On the CPU the lanes already share
-# the cores, and a larger batch only holds more windows.
+# the cores, and a larger batch only holds more windows. A scene-fitted model's work is per pixel (and a
+# local mean): a batch gains it nothing on the CPU, while every window of a batch in flight pins the row
+# segments under it, three rows of them: one window per pass took a 13-band Sentinel-2 tile's peak memory
+# from 1.183 to 1.058 x a 2048² pair's (docs/benchmarks).
 GPU_BATCH_SIZE = 16
 CPU_BATCH_SIZE = 4
+CPU_BATCH_SIZE_FITTED = 1
 RELEASE_WAIT_S = 10.0  # how long a pool waits for CPUs that killed actors have yet to give back
 
 
-def default_batch_size(gpus: int) -> int:
-    """Windows per forward pass when none is asked for: :data:`GPU_BATCH_SIZE` on GPUs, else :data:`CPU_BATCH_SIZE`."""
-    return GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
+def default_batch_size(gpus: int, kind: str = "deep") -> int:
+    """Windows per forward pass when none is asked for: on GPUs :data:`GPU_BATCH_SIZE`, else by the model's kind.
+
+    :data:`CPU_BATCH_SIZE` for a ``deep`` model, :data:`CPU_BATCH_SIZE_FITTED` for a ``scene-fitted`` one.
+    """
+    if gpus:
+        return GPU_BATCH_SIZE
+    return CPU_BATCH_SIZE_FITTED if kind == "scene-fitted" else CPU_BATCH_SIZE
 
 
 def free_cpus(wanted: int = 0) -> int:
@@ -64,7 +74,7 @@ class PredictorPool:
                  batch_size: int | None = None, model_args: dict | None = None, compile: bool = False,
                  predictor: type = TilePredictor, device: str | None = None) -> None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.batch_size = batch_size or default_batch_size(gpus)
+        self.batch_size = batch_size or default_batch_size(gpus, loader.model_kind(model_name))
         cpus = free_cpus(workers if workers and not gpus else 0)
         if workers and workers > (gpus or cpus):  # actors that cannot be placed would wait forever
             kind = "GPU" if gpus else "free CPU"

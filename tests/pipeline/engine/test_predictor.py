@@ -229,13 +229,15 @@ def test_ray_actor_pool_predicts_all_tiles(synthetic, tmp_path, ray_local, monke
 
 
 def test_the_batch_size_is_the_devices_default_unless_one_is_asked_for(ray_local):
-    """No ``--batch-size``: 16 windows per pass on GPUs (the fastest measured), 4 on this GPU-less cluster."""
+    """No ``--batch-size``: 16 windows per pass on GPUs (the fastest measured); on this GPU-less cluster 4 for a
+    deep model, 1 for a scene-fitted one (its batch gains nothing and pins three rows of segments a window)."""
     from pipeline.config import RunOptions
 
     assert RunOptions().batch_size is None
-    assert default_batch_size(gpus=1) == GPU_BATCH_SIZE and default_batch_size(gpus=0) == 4
-    for asked, expected in ((None, 4), (3, 3)):
-        pool = PredictorPool("tinycd", None, workers=1, batch_size=asked)
+    assert default_batch_size(gpus=1) == default_batch_size(gpus=1, kind="scene-fitted") == GPU_BATCH_SIZE
+    assert default_batch_size(gpus=0) == 4 and default_batch_size(gpus=0, kind="scene-fitted") == 1
+    for model, asked, expected in (("tinycd", None, 4), ("tinycd", 3, 3), ("irmad", None, 1), ("cva", 3, 3)):
+        pool = PredictorPool(model, None, workers=1, batch_size=asked)
         try:
             assert pool.batch_size == expected and pool.device == "cpu"
         finally:
