@@ -200,7 +200,8 @@ class RunOptions(Frozen):
 
     output: str | None = option(None, "output change map (Cloud-Optimized GeoTIFF)", short="-o")
     workers: int | None = option(None, "inference actors (default: one per GPU, else 1)")
-    batch_size: int | None = option(None, "windows per forward pass (default: 16 on a GPU; on the CPU 4, 1 for a scene-fitted model)")
+    batch_size: int | None = option(None, "windows per forward pass (default: 16 on a GPU; on the CPU 4, "
+                                          "1 for a scene-fitted model)")
     compile: bool = option(False, "compile the model with torch.compile in each actor (opt-in: slow to start, "
                                   "for long GPU runs)")
     workdir: str | None = option(None, "folder for the intermediate zarr stores (default: under $CHANGEMAP_CACHE/work, "
