@@ -26,13 +26,15 @@ from tests.data.levir_archive import make_corrupt_pair, make_levir_archive
 pytestmark = [pytest.mark.usefixtures("prefect_harness", "ray_local"), pytest.mark.slow]
 
 BUCKET = "s3://scenes"
+GOOD = 6  # real pairs: the two crops with the most change of each of the three LEVIR-CD test tiles (+ a corrupt pair)
 
 
 @pytest.fixture(scope="module")
 def s3_archive(s3_server, tmp_path_factory):
-    """Nine real pairs and one corrupt pair uploaded to the S3 server, with a CSV manifest."""
+    """Six real pairs and one corrupt pair uploaded to the S3 server, with a CSV manifest."""
     local = tmp_path_factory.mktemp("levir-archive")
-    records = make_levir_archive(require(LEVIR_1024), local)
+    records = make_levir_archive(require(LEVIR_1024), local, per_tile=2)
+    assert len(records) == GOOD
     records.append(make_corrupt_pair(records[0], local))
     storage.install(s3_server)
     s3, _ = fs.filesystem(BUCKET)
@@ -85,9 +87,9 @@ def _assert_no_secret(s3_archive, texts):
 def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd, caplog):
     prefix = f"{BUCKET}/maps"
     state, data = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", workdir=f"{BUCKET}/work")
-    assert state.is_failed() and state.message == "10 pairs: 9 succeeded, 1 failed, 0 skipped (complete)"
-    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "updated": 0, "unpaired": 0}
-    assert data["tiles_inferred"] == 9 and data["model_actors"] == 1
+    assert state.is_failed() and state.message == f"{GOOD + 1} pairs: {GOOD} succeeded, 1 failed, 0 skipped (complete)"
+    assert data["counts"] == {"succeeded": GOOD, "failed": 1, "skipped": 0, "updated": 0, "unpaired": 0}
+    assert data["tiles_inferred"] == GOOD and data["model_actors"] == 1
     failed = [r for r in data["pairs"] if r["status"] == "failed"]
     assert [r["id"] for r in failed] == ["corrupt_pair"] and "corrupt" in failed[0]["error"]
     assert not fs.exists(f"{prefix}/corrupt_pair.tif")  # nothing half-written under the final key
@@ -96,25 +98,25 @@ def test_manifest_archive_in_s3_rerun_and_overwrite(s3_archive, tmp_path, capfd,
 
     summary_csv = fs.read_text(f"{prefix}/archive-summary.csv")
     rows = list(csv.DictReader(io.StringIO(summary_csv)))
-    assert [r["status"] for r in rows].count("succeeded") == 9 and rows[-1]["id"] == "corrupt_pair"
+    assert [r["status"] for r in rows].count("succeeded") == GOOD and rows[-1]["id"] == "corrupt_pair"
     assert rows[0]["output"] == f"{prefix}/{rows[0]['id']}.tif" and float(rows[0]["megapixels"]) > 0
     summary_json = fs.read_text(f"{prefix}/archive-summary.json")
     assert json.loads(summary_json)["counts"]["failed"] == 1
 
-    # Second run, with another batch size (how a map is made, not what it is): the nine complete maps are
+    # Second run, with another batch size (how a map is made, not what it is): the six complete maps are
     # checked and skipped, nothing is inferred.
     state2, data2 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", batch_size=2)
-    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 9, "updated": 0, "unpaired": 0}
+    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": GOOD, "updated": 0, "unpaired": 0}
     assert data2["tiles_inferred"] == 0
 
     # With every map complete, nothing starts: no model actor, no inference.
     state_ok, data_ok = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest-good.jsonl")
-    assert state_ok.is_completed() and data_ok["counts"]["skipped"] == 9
+    assert state_ok.is_completed() and data_ok["counts"]["skipped"] == GOOD
     assert data_ok["model_actors"] == 0 and data_ok["tiles_inferred"] == 0
 
     # --overwrite redoes them.
     state3, data3 = _run(s3_archive, prefix, manifest=f"{BUCKET}/archive/manifest.csv", overwrite=True)
-    assert data3["counts"]["succeeded"] == 9 and data3["tiles_inferred"] == 9
+    assert data3["counts"]["succeeded"] == GOOD and data3["tiles_inferred"] == GOOD
 
     # The secret key never reaches logs, summaries, map tags, artifacts or stored parameters.
     tags, _ = read.read_metadata(f"{prefix}/{rows[0]['id']}.tif")
@@ -139,7 +141,7 @@ def test_glob_form_pairs_by_stem_and_reports_unpaired_with_every_output(s3_archi
     extras = dict(before=f"{BUCKET}/archive/2019/*.tif", after=f"{BUCKET}/archive/2023/*.tif", pair_by="stem",
                   vector_format="gpkg", quicklooks=True, stac=True)
     state, data = _run(s3_archive, prefix, **extras)
-    assert data["counts"] == {"succeeded": 9, "failed": 1, "skipped": 0, "updated": 0, "unpaired": 1}
+    assert data["counts"] == {"succeeded": GOOD, "failed": 1, "skipped": 0, "updated": 0, "unpaired": 1}
     unpaired = [r for r in data["pairs"] if r["status"] == "unpaired"]
     assert unpaired[0]["id"] == "extra_only_after.tif" and "no BEFORE file" in unpaired[0]["error"]
     _check_maps(s3_archive, data, tmp_path)
@@ -163,7 +165,7 @@ def test_glob_form_pairs_by_stem_and_reports_unpaired_with_every_output(s3_archi
         assert float(row["nodata_fraction"]) == pytest.approx(stats["nodata_fraction"], abs=1e-6)
     assert rows["corrupt_pair"]["valid_area_km2"] == "" and not fs.exists(f"{prefix}/corrupt_pair.stats.json")
     totals = data["totals"]
-    assert totals["pairs_with_statistics"] == 9 and totals["regions"] > 0
+    assert totals["pairs_with_statistics"] == GOOD and totals["regions"] > 0
     assert totals["regions"] == sum(int(rows[p]["regions"]) for p in succeeded)
     assert totals["changed_area_km2"] == pytest.approx(sum(float(rows[p]["changed_area_km2"]) for p in succeeded),
                                                        abs=1e-5)
@@ -182,7 +184,7 @@ def test_glob_form_pairs_by_stem_and_reports_unpaired_with_every_output(s3_archi
     s3, _ = fs.filesystem(BUCKET)
     s3.rm(f"scenes/maps-glob/{succeeded[0]}.png")
     state2, data2 = _run(s3_archive, prefix, **extras)
-    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": 8, "updated": 1, "unpaired": 1}
+    assert data2["counts"] == {"succeeded": 0, "failed": 1, "skipped": GOOD - 1, "updated": 1, "unpaired": 1}
     assert [r["id"] for r in data2["pairs"] if r["status"] == "updated"] == [succeeded[0]]
     assert fs.exists(f"{prefix}/{succeeded[0]}.png") and data2["tiles_inferred"] == 0
     assert data2["totals"] == pytest.approx(totals)
