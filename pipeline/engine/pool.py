@@ -17,6 +17,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from models import LoadedWeights
+from models.errors import UnknownModelError
 from pipeline import loader
 from pipeline.engine.predictor import TilePredictor, cpu_lanes
 from pipeline.errors import ChangemapError
@@ -58,6 +59,18 @@ def free_cpus(wanted: int = 0) -> int:
         time.sleep(0.1)
 
 
+def _kind(model_name: str) -> str:
+    """The kind of a registered model; ``deep`` for a name the registry does not know.
+
+    Only a ``predictor`` class of the caller's own (a benchmark's paced stand-in) gets that far:
+    a :class:`TilePredictor` fails on an unknown model as it loads.
+    """
+    try:
+        return loader.model_kind(model_name)
+    except UnknownModelError:
+        return "deep"
+
+
 class PredictorPool:
     """Model actors placed on the Ray cluster: one per GPU (``num_gpus=1``), else CPU actors.
 
@@ -74,7 +87,7 @@ class PredictorPool:
                  batch_size: int | None = None, model_args: dict | None = None, compile: bool = False,
                  predictor: type = TilePredictor, device: str | None = None) -> None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.batch_size = batch_size or default_batch_size(gpus, loader.model_kind(model_name))
+        self.batch_size = batch_size or default_batch_size(gpus, _kind(model_name))
         cpus = free_cpus(workers if workers and not gpus else 0)
         if workers and workers > (gpus or cpus):  # actors that cannot be placed would wait forever
             kind = "GPU" if gpus else "free CPU"
