@@ -69,9 +69,9 @@ def _tall_pair(synthetic, folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_two_nodes_share_the_cpu_stages_and_make_the_same_map(synthetic, tmp_path, ray_local):
+def test_two_nodes_share_the_cpu_stages_and_make_the_same_map(synthetic, tmp_path, ray_local, prefect_api_env):
     pair = _tall_pair(synthetic, tmp_path)
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**prefect_api_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("RAY_ADDRESS", None)
