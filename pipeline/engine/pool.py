@@ -27,7 +27,7 @@ from pipeline.errors import ChangemapError
 # the cores, and a larger batch only holds more windows. A scene-fitted model's work is per pixel (and a
 # local mean): a batch gains it nothing on the CPU, while every window of a batch in flight pins the row
 # segments under it, three rows of them: one window per pass took a 13-band Sentinel-2 tile's peak memory
-# from 1.183 to 1.058 x a 2048² pair's (docs/benchmarks).
+# from 1.183 to 1.009 x a 2048² pair's (docs/benchmarks).
 GPU_BATCH_SIZE = 16
 CPU_BATCH_SIZE = 4
 CPU_BATCH_SIZE_FITTED = 1
