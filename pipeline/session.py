@@ -3,7 +3,8 @@
 A :class:`Session` owns the run's storage options (in force inside it), the Ray runtime (started
 on 127.0.0.1, or attached to with ``--ray-address``; stopped at the end only if started here),
 the model actors (of one model, weights and batch size at a time: an archive loads its model
-once; a run of another model closes them first),
+once; a run of another model closes them first), the map writer actors (one per map being
+written, reused by the next),
 and the checked plans and loaded models (checked once, however many steps ask). The CLI opens
 one around a command and hands it to the flow; a flow called without one opens its own.
 """
@@ -108,6 +109,7 @@ class Session:
         self._archives: dict[str, Plan] = {}
         self._models: dict[tuple, tuple[LoadedWeights | None, WeightsMeta]] = {}
         self._pools: dict[str, PredictorPool] = {}
+        self._writers: dict[str | None, list[Any]] = {}  # idle map writer actors by node (None: any)
         self._lock = threading.Lock()  # an archive's pairs run in threads
         self._ray_started = False
         self._stack = ExitStack()
@@ -200,6 +202,31 @@ class Session:
                                                  device=self.device, **extra)
             return self._pools[key]
 
+    @contextmanager
+    def map_writer(self, node: str | None = None) -> Iterator[Any]:
+        """A map writer actor (:class:`pipeline.engine.mapwriter.MapWriterHost`) on Ray node ``node`` for one map.
+
+        This session's idle one if it has one there, else a new one; it is kept for the next map
+        when the block ends cleanly, and killed when it ends in an error (it may be what failed).
+        """
+        from pipeline.engine import mapwriter
+
+        self.start_ray()
+        with self._lock:
+            idle = self._writers.get(node)
+            writer = idle.pop() if idle else None
+        if writer is None:
+            writer = mapwriter.start_host(node)
+        try:
+            yield writer
+        except BaseException:
+            import ray
+
+            ray.kill(writer)
+            raise
+        with self._lock:
+            self._writers.setdefault(node, []).append(writer)
+
     def start(self, plan: RunPlan | None = None, object_store_memory: int | None = None) -> dict[str, float]:
         """Start Prefect's API, Ray and ``plan``'s model actors at the same time; the seconds each took.
 
@@ -257,6 +284,12 @@ class Session:
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+        writers, self._writers = [w for idle in self._writers.values() for w in idle], {}
+        if writers:
+            import ray
+
+            for writer in writers:
+                ray.kill(writer)
         if self._ray_started:
             import ray
 

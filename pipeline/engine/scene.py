@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline import storage
 from pipeline.config import ProductSettings, RunOptions
@@ -36,16 +35,12 @@ class SceneResult:
     fit: dict[str, Any] | None = None  # what the fit step fitted and what it cost (scene-fitted models)
 
 
-def _writer(plan: RunPlan, run: RunOptions, sinks: list[Any], keep: stream.TileKeeper, tags: dict[str, str] | None):
-    """The map writer actor: on this node for a local output (the file is written where the path is)."""
-    options: dict[str, Any] = {"num_cpus": 0}
-    if not storage.is_remote(run.output):
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
-                                                                        soft=False)
-    return ray.remote(mapwriter.MapWriter).options(**options).remote(
-        run.output, plan.alignment.grid, mapwriter.MapFormat.of(plan, run.compress), {**mapwriter.map_tags(plan),
-                                                                                       **(tags or {})},
-        sinks, storage.installed(), keep=keep, scene=keep.job)
+def _open_writer(writer, plan: RunPlan, run: RunOptions, sinks: list[Any], keep: stream.TileKeeper,
+                 tags: dict[str, str] | None) -> None:
+    """Start the scene's map in the map writer actor ``writer``."""
+    ray.get(writer.open.remote(
+        run.output, plan.alignment.grid, mapwriter.MapFormat.of(plan, run.compress),
+        {**mapwriter.map_tags(plan), **(tags or {})}, sinks, storage.installed(), keep=keep, scene=keep.job))
 
 
 def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session,
@@ -70,20 +65,24 @@ def make_map(plan: RunPlan, paths: RunPaths, run: RunOptions, session: Session,
     before = pool.phase_seconds()  # a session's pool may have served other scenes
     fitted = fit.fit_scene(scene, job, pool, kind=plan.kind)
     known = _with_threshold(fitted.job.fitted, plan.threshold, plan.threshold_method)  # the fit, with a known threshold
-    writer = _writer(plan, run, outputs.make_sinks(plan, run, products), stream.TileKeeper(scene), _fit_tags(known))
-    try:
-        stats = stream.run_stream(scene, pool, fitted.job, writer)
-        stats.model_seconds = _since(before, pool.phase_seconds())
-        if fitted.passes:  # the scene was decoded before its passes: the stream read it back
-            stats = replace(stats, chunks_decoded=fitted.chunks_decoded, chunks_reused=fitted.chunks_reused)
-        threshold, report = plan.threshold, known
-        if threshold is None:  # the scene decides: Otsu's over its scores, then the map's second pass
-            threshold = _scene_threshold(ray.get(writer.histogram.remote()), fitted.job.fitted)
-            report = _with_threshold(fitted.job.fitted, threshold, "otsu over the scene's scores")
-        sinks = ray.get(writer.close.remote(threshold if plan.threshold is None else None, _fit_tags(report)))
-    except BaseException:
-        ray.get(writer.abort.remote())  # nothing half-written at or beside the output
-        raise
+    # the map is written where its path is, for a local output: on this node
+    node = None if storage.is_remote(run.output) else ray.get_runtime_context().get_node_id()
+    with session.map_writer(node) as writer:
+        _open_writer(writer, plan, run, outputs.make_sinks(plan, run, products), stream.TileKeeper(scene),
+                     _fit_tags(known))
+        try:
+            stats = stream.run_stream(scene, pool, fitted.job, writer)
+            stats.model_seconds = _since(before, pool.phase_seconds())
+            if fitted.passes:  # the scene was decoded before its passes: the stream read it back
+                stats = replace(stats, chunks_decoded=fitted.chunks_decoded, chunks_reused=fitted.chunks_reused)
+            threshold, report = plan.threshold, known
+            if threshold is None:  # the scene decides: Otsu's over its scores, then the map's second pass
+                threshold = _scene_threshold(ray.get(writer.histogram.remote()), fitted.job.fitted)
+                report = _with_threshold(fitted.job.fitted, threshold, "otsu over the scene's scores")
+            sinks = ray.get(writer.close.remote(threshold if plan.threshold is None else None, _fit_tags(report)))
+        except BaseException:
+            ray.get(writer.abort.remote())  # nothing half-written at or beside the output
+            raise
     store.mark_complete(paths.output_store)
     fit_info = {**_fit_summary(report), "seconds": round(fitted.seconds, 3)} if report else None
     return SceneResult(stats, sinks, pool.workers, pool.device, ray.get_runtime_context().gcs_address, fitted.passes,

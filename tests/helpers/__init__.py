@@ -43,14 +43,16 @@ def export_map(output_store: str, input_store: str, dest: str, *, probability: s
     return grid
 
 
-def make_map(spec, run, **session_options):
-    """One scene's map made in this process with a session of its own (Ray: the test's, if it is up)."""
+def make_map(spec, run, session=None, **session_options):
+    """One scene's map made in this process, in ``session`` or a session of its own (Ray: the test's, if it is up)."""
     from pipeline.engine import scene, workdir
     from pipeline.session import Session
 
-    with Session(run, **session_options) as session:
+    if session is not None:
         plan = session.plan(spec, run)
         return scene.make_map(plan, workdir.paths_for(plan.spec, run), run, session)
+    with Session(run, **session_options) as own:
+        return make_map(spec, run, own)
 
 
 def dies_once(after: int, marker: Path) -> type:

@@ -195,3 +195,25 @@ def test_flow_runs_on_an_ephemeral_api_send_no_heartbeats(tmp_path):
                          timeout=300, check=True).stdout
     assert json.loads([x for x in out.splitlines() if x.startswith("{")][-1]) == {"heartbeat": None,
                                                                                 "started": ["prefect api", "ray"]}
+
+
+def test_a_session_hands_its_idle_map_writer_to_the_next_map(ray_local):
+    """An actor start is a process start: the next map on a node gets the session's idle writer there, one that
+    failed is never handed out again, and closing the session ends them all."""
+    import ray
+
+    from pipeline.session import Session
+
+    node = ray.get_runtime_context().get_node_id()
+    with Session() as session:
+        with session.map_writer(node) as first:
+            ray.get(first.abort.remote())
+        with session.map_writer(node) as again, session.map_writer(node) as concurrent:
+            assert again == first and concurrent != first  # two maps at once: two writers
+        with pytest.raises(ValueError), session.map_writer(node) as failing:
+            raise ValueError("the map failed")
+        with session.map_writer(node) as after:
+            assert after != failing
+    for writer in (first, concurrent, after):
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(writer.abort.remote(), timeout=60)

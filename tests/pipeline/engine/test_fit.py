@@ -43,20 +43,25 @@ def test_the_sample_is_reproducible_stratified_and_aligned():
 @pytest.mark.parametrize("model", ["cva", "irmad"])
 def test_a_scene_fitted_map_is_the_model_applied_to_the_whole_scene_whatever_the_tiles(model, tmp_path, ray_local):
     """Landsat Taizhou (6 bands): tiles of 64 and 128 with halos of 8 and 32 make the same scores, equal to the fit
-    applied to the whole scene at once; the threshold is Otsu's over the scene, stamped with the fit."""
+    applied to the whole scene at once; the threshold is Otsu's over the scene, stamped with the fit.
+
+    Both maps are made in one session, as an archive's are: the second by the same actors and map writer."""
+    from pipeline.session import Session
+
     before, after = str(require(TAIZHOU) / "A.tif"), str(TAIZHOU / "B.tif")
     scores = {}
-    for tile, halo in ((64, 8), (128, 32)):
-        run = RunOptions(output=str(tmp_path / f"{model}-{tile}.tif"), workdir=str(tmp_path / f"w{tile}"))
-        made = helpers.make_map(MapSpec(before=before, after=after, model=model, tile=tile, halo=halo,
-                                        probability="float32", mask=True), run)
-        scores[tile], valid, tags = _read(run.output)
-        mask, _, _ = _read(run.output, 2)
-        fit = json.loads(tags["CHANGEMAP_FIT"])
-        assert fit["method"] == model and fit["in_channels"] == 6 and fit["n_samples"] == 400 * 400
-        assert float(tags["CHANGEMAP_THRESHOLD"]) == pytest.approx(made.threshold) == pytest.approx(fit["threshold"])
-        assert fit["threshold_method"] == "otsu over the scene's scores"
-        np.testing.assert_array_equal(mask[valid] > 0, scores[tile][valid] > made.threshold)
+    with Session() as session:
+        for tile, halo in ((64, 8), (128, 32)):
+            run = RunOptions(output=str(tmp_path / f"{model}-{tile}.tif"), workdir=str(tmp_path / f"w{tile}"))
+            made = helpers.make_map(MapSpec(before=before, after=after, model=model, tile=tile, halo=halo,
+                                            probability="float32", mask=True), run, session)
+            scores[tile], valid, tags = _read(run.output)
+            mask, _, _ = _read(run.output, 2)
+            fit = json.loads(tags["CHANGEMAP_FIT"])
+            assert fit["method"] == model and fit["in_channels"] == 6 and fit["n_samples"] == 400 * 400
+            assert float(tags["CHANGEMAP_THRESHOLD"]) == pytest.approx(made.threshold) == pytest.approx(fit["threshold"])
+            assert fit["threshold_method"] == "otsu over the scene's scores"
+            np.testing.assert_array_equal(mask[valid] > 0, scores[tile][valid] > made.threshold)
     assert np.max(np.abs(scores[64] - scores[128])) <= 1e-4
     # the same fit applied to the whole scene in one piece
     import torch

@@ -86,6 +86,35 @@ def test_map_writer_takes_tiles_in_any_order_and_an_abort_leaves_nothing(synthet
     assert not (tmp_path / "sub").exists() or list((tmp_path / "sub").iterdir()) == []
 
 
+def test_a_writer_host_writes_one_map_then_the_next(synthetic, tmp_path):
+    """What a session's reused writer actor does: maps one after another, each whole, none while one is open."""
+    from pipeline.config import MapSettings
+    from pipeline.tiling import make_tiles
+
+    grid = raster.read_info(str(synthetic["before"])).grid
+    prob = np.random.default_rng(1).random((grid.height, grid.width)).astype("float32")
+    valid = np.ones((grid.height, grid.width), bool)
+    fmt = mapwriter.MapFormat(MapSettings(probability="float32"), 0.5)
+    host = mapwriter.MapWriterHost()
+    tiles = make_tiles(grid.height, grid.width, 64)
+    with pytest.raises(RuntimeError, match="no map is open"):
+        host.put([])
+    host.open(str(tmp_path / "aborted.tif"), grid, fmt, {}, [])
+    with pytest.raises(RuntimeError, match="still writing"):
+        host.open(str(tmp_path / "other.tif"), grid, fmt, {}, [])
+    host.abort()
+    for name, scale in (("first.tif", 1.0), ("second.tif", 0.5)):
+        host.open(str(tmp_path / name), grid, fmt, {"MAP": name}, [])
+        for t in tiles:
+            sl = (slice(t.y0, t.y0 + t.height), slice(t.x0, t.x0 + t.width))
+            host.put([(t, prob[sl] * scale, valid[sl])])
+        host.close()
+        with rasterio.open(tmp_path / name) as src:
+            np.testing.assert_allclose(src.read(1), prob * scale)
+            assert src.tags()["MAP"] == name
+    assert not (tmp_path / "aborted.tif").exists() and host.writer is None
+
+
 def test_encoded_bands_are_the_rounded_scaled_probability_and_the_thresholded_mask():
     """Band 1 is round(clip(p, 0, 1) x 255) (NaN: 0), band 2 p > threshold where both dates have data.
 
