@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_DATA, make_mosaic, run_with_peak_memory
+from benchmarks.common import DEFAULT_DATA, levir_mosaic_pair, run_with_peak_memory
 from pipeline.config import STATISTICS
 
 
@@ -103,14 +103,10 @@ def _distance_to_tile_borders(shape: tuple[int, int], tile: int) -> np.ndarray:
 
 
 def _large(args: argparse.Namespace) -> None:
-    root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-large-"))
     work.mkdir(parents=True, exist_ok=True)
-    before, after = work / f"before_{args.size}.tif", work / f"after_{args.size}.tif"
     t0 = time.perf_counter()
-    for path, date in ((before, "A"), (after, "B")):
-        if not path.exists():
-            make_mosaic(path, args.size, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)])
+    before, after = levir_mosaic_pair(Path(args.data), work, args.size)
     print(f"mosaics {args.size}x{args.size} ready in {time.perf_counter() - t0:.1f} s "
           f"({before.stat().st_size / 1e6:.0f} MB + {after.stat().st_size / 1e6:.0f} MB on disk)", flush=True)
     out = work / f"change_{args.size}.tif"

@@ -184,6 +184,17 @@ def make_mosaic(path: Path, size: int, sources: list[str], block: int = 1024, se
     cog.write_cog(str(path), grid, 3, "uint8", blocks())
 
 
+def levir_mosaic_pair(data: Path, work: Path, height: int, width: int | None = None) -> tuple[Path, Path]:
+    """BEFORE and AFTER mosaics (``height`` x ``width or height``) of LEVIR-CD test_1..3 from ``data``, made once in ``work``."""
+    root = Path(data) / "levir-cd-1024" / "geotiff"
+    stem = f"{height}" if width is None else f"{height}x{width}"
+    pair = (work / f"before_{stem}.tif", work / f"after_{stem}.tif")
+    for path, date in zip(pair, "AB"):
+        if not path.exists():
+            make_mosaic(path, height, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)], width=width)
+    return pair
+
+
 def parse_node(spec: str) -> tuple[int, int]:
     """``"CPUS:GPUS"`` -> (CPUS, GPUS), e.g. ``"16:1"``: a node a local runtime claims to be."""
     try:

@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import nullmodel
-from benchmarks.common import make_mosaic, raw_decode_cpu
-
-SEGMENT = 4096  # a row segment's width for a 3-band uint8 pair (pipeline.engine.stream.segment_width_for)
+from benchmarks.common import DEFAULT_DATA, levir_mosaic_pair, raw_decode_cpu
 
 
 def _clock(fn: Callable[[], object]) -> float:
@@ -39,11 +37,13 @@ def _clock(fn: Callable[[], object]) -> float:
 
 
 def ingest_stages(before: Path, after: Path, work: Path, tile: int = 512) -> dict[str, float]:
-    """CPU seconds of reading, storing and recording every row segment of the pair."""
+    """CPU seconds of reading, storing and recording every row segment of the pair (the stream's segments)."""
+    from pipeline.engine.stream import make_segments, segment_width_for
     from pipeline.engine.workdir import Records
     from pipeline.grid import Alignment
     from pipeline.io import raster, store
     from pipeline.io.read import AlignedPairReader
+    from pipeline.tiling import make_tiles
 
     b, a = raster.read_info(str(before)), raster.read_info(str(after))
     g = b.grid
@@ -51,29 +51,29 @@ def ingest_stages(before: Path, after: Path, work: Path, tile: int = 512) -> dic
     store.create_input_store(path, g, b.count, b.dtype, tile)
     writer, records, files = store.InputWriter(path), Records(str(work / "run")), work / "chunks"
     files.mkdir()
+    width = segment_width_for(b.count, np.dtype(b.dtype).itemsize, tile)
     seconds = dict.fromkeys(("read", "input.zarr", "the same bytes as files", "ingest records"), 0.0)
     with AlignedPairReader(Alignment(g, b, a, False, b.dtype)) as reader:
-        for y0 in range(0, g.height, tile):
-            y1 = min(g.height, y0 + tile)
-            for x0 in range(0, g.width, SEGMENT):
-                x1 = min(g.width, x0 + SEGMENT)
-                got: list = []
-                seconds["read"] += _clock(lambda: got.extend(reader.read(y0, y1, x0, x1)))
-                image, valid = got
-                seconds["input.zarr"] += _clock(lambda: writer.write(y0, x0, image, valid))
+        for segment in make_segments(make_tiles(g.height, g.width, tile), tile, width).values():
+            y0, x0 = segment[0].y0, segment[0].x0
+            got: list = []
+            seconds["read"] += _clock(lambda: got.extend(
+                reader.read(y0, y0 + segment[0].height, x0, segment[-1].x0 + segment[-1].width)))
+            image, valid = got
+            seconds["input.zarr"] += _clock(lambda: writer.write(y0, x0, image, valid))
 
-                def chunks() -> None:
-                    for c in range(0, x1 - x0, tile):
-                        key = f"{y0 // tile}.{(x0 + c) // tile}"
-                        (files / f"i{key}").write_bytes(np.ascontiguousarray(image[..., c:c + tile]).data)
-                        (files / f"v{key}").write_bytes(np.ascontiguousarray(valid[:, c:c + tile]).data)
+            def chunks() -> None:
+                for t in segment:
+                    c = slice(t.x0 - x0, t.x0 - x0 + t.width)
+                    (files / f"i{t.key}").write_bytes(np.ascontiguousarray(image[..., c]).data)
+                    (files / f"v{t.key}").write_bytes(np.ascontiguousarray(valid[:, c]).data)
 
-                def record() -> None:
-                    for c in range(0, x1 - x0, tile):
-                        records.mark("ingest", f"r{y0 // tile}c{(x0 + c) // tile}", "bench")
+            def record() -> None:
+                for t in segment:
+                    records.mark("ingest", t.key, "bench")
 
-                seconds["the same bytes as files"] += _clock(chunks)
-                seconds["ingest records"] += _clock(record)
+            seconds["the same bytes as files"] += _clock(chunks)
+            seconds["ingest records"] += _clock(record)
     return seconds
 
 
@@ -138,11 +138,7 @@ def stages(size: int, data: Path, work: Path) -> list[tuple[str, float]]:
     """Each stage's CPU milliseconds per megapixel on the ``size`` x ``size`` mosaic pair (made in ``work`` once)."""
     from pipeline.io import raster
 
-    root = data / "levir-cd-1024" / "geotiff"
-    pair = (work / f"before_{size}.tif", work / f"after_{size}.tif")
-    for path, date in zip(pair, "AB"):
-        if not path.exists():
-            make_mosaic(path, size, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)])
+    pair = levir_mosaic_pair(data, work, size)
     megapixels = size * size / 1e6
     scratch = Path(tempfile.mkdtemp(prefix="stages-", dir=work))
     try:
@@ -158,8 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print the stages' CPU per megapixel, and each against the raw decode."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stages", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
-                        help="the shared data folder")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
     parser.add_argument("--workdir", help="where the mosaics are made (kept for the next invocation)")
     parser.add_argument("--runs", type=int, default=1, help="invocations of every stage, one row each")
     args = parser.parse_args(argv)

@@ -229,11 +229,10 @@ def peak_memory(pair: tuple[Path, Path], out: Path, args: argparse.Namespace, wo
 
 def throughput(args: argparse.Namespace) -> None:
     """The benchmark (see the module docstring)."""
-    from benchmarks.common import make_mosaic
+    from benchmarks.common import levir_mosaic_pair
     from pipeline.engine.pool import default_batch_size
 
     nullmodel.register()
-    root = Path(args.data) / "levir-cd-1024" / "geotiff"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="changemap-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder (mosaics, each run's summary and timeline): {work}", flush=True)
@@ -244,14 +243,7 @@ def throughput(args: argparse.Namespace) -> None:
     whole_size = args.whole_size or args.size
     whole_sizes = [whole_size] + ([args.marginal] if args.whole_marginal and args.marginal else [])
 
-    def mosaic_pair(height: int, width: int | None = None) -> tuple[Path, Path]:
-        """BEFORE and AFTER mosaics of LEVIR-CD test_1..3, made once in ``work``."""
-        stem = f"{height}" if width is None else f"{height}x{width}"
-        pair = (work / f"before_{stem}.tif", work / f"after_{stem}.tif")
-        for path, date in zip(pair, "AB"):
-            if not path.exists():
-                make_mosaic(path, height, [str(root / f"test_{i}_{date}.tif") for i in (1, 2, 3)], width=width)
-        return pair
+    mosaic_pair = functools.partial(levir_mosaic_pair, Path(args.data), work)  # (height, width=None): made once
 
     pairs = {size: mosaic_pair(size) for size in sorted({*sizes, *whole_sizes, *([256] if data_path else [])})}
     wide = mosaic_pair(WIDE_HEIGHT, args.wide) if args.wide and data_path else None  # memory against the width
